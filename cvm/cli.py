@@ -1,0 +1,131 @@
+"""The ``cvm`` command line.
+
+Each sub-command is a function ``main(cfg, args) -> int`` in the module that owns the work; this file only parses
+arguments, loads the configuration, and turns a :class:`CvmError` into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cvm.config import Config
+from cvm.exceptions import CvmError
+
+__all__ = ["main"]
+
+#: sub-command → module whose ``main(cfg, args)`` runs it
+COMMANDS = {
+    "broker": "cvm.broker_cmd",
+    "topics": "cvm.broker_cmd",
+    "worker": "streams.worker",
+    "sink": "sinks.service",
+    "simulate": "cvm.simulate",
+    "replay": "cvm.replay",
+    "up": "cvm.up",
+    "sql": "sinks.query",
+    "schemas": "cvm.broker_cmd",
+    "config": "cvm.broker_cmd",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvm", description="Streaming customer-value scoring: value, loyalty, CLV, churn risk and alerts."
+    )
+    parser.add_argument("--config", help="TOML configuration file (also CVM_CONFIG)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) in the foreground")
+
+    p = sub.add_parser("topics", help="create cvm's topics on the configured broker (idempotent)")
+    p.add_argument("--list", action="store_true", help="list the topics and their partitions")
+
+    p = sub.add_parser("worker", help="run a Faust scoring worker (several may run at once)")
+    p.add_argument("--id", default="", help="name of this worker, used for its state directory")
+
+    p = sub.add_parser("sink", help="write events and scores to ClickHouse and serve the HTTP API")
+    p.add_argument("--port", type=int, help="HTTP port (default CVM_HTTP_PORT, 8080)")
+    p.add_argument("--host", help="HTTP bind address (default CVM_HTTP_HOST, 127.0.0.1)")
+
+    p = sub.add_parser("simulate", help="generate realistic upstream events and publish them (or write a file)")
+    p.add_argument("--customers", type=_positive_int, default=1000, help="number of customers (default 1000)")
+    p.add_argument("--days", type=_positive_int, default=None, help="days of history (default 180)")
+    p.add_argument("--rate", type=_positive_float, default=None, help="events per second at most (default: max)")
+    p.add_argument("--seed", type=int, default=1, help="random seed: same seed, same events (default 1)")
+    p.add_argument("--out", help="write JSON lines to this file instead of publishing")
+    p.add_argument("--truth", help="write each customer's true churn time and cause to this JSON-lines file")
+    p.add_argument(
+        "--end", help="event time at which the history ends (ISO-8601; default: now, or 2026-01-01 with --out)"
+    )
+    p.add_argument("--duration", type=_positive_float, help="stop live traffic after this many seconds")
+
+    p = sub.add_parser("replay", help="publish a history file through the live topics")
+    p.add_argument("file", help="JSON lines (simulator format), CSV or Avro container file")
+    p.add_argument("--type", choices=["transactions", "contacts", "payments"], help="event type of every row")
+    p.add_argument("--format", choices=["jsonl", "csv", "avro"], help="file format (default: from the extension)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="take FIELD from COLUMN")
+    p.add_argument("--time-format", help="strptime format of time columns (default ISO-8601 or epoch)")
+    p.add_argument("--rate", type=_positive_float, help="events per second at most (default: max)")
+
+    p = sub.add_parser("up", help="run broker, sink, worker and simulator together with a live status screen")
+    p.add_argument("--customers", type=_positive_int, default=2000, help="simulated customers (default 2000)")
+    p.add_argument("--days", type=_positive_int, default=120, help="days of simulated history (default 120)")
+    p.add_argument("--rate", type=_positive_float, default=None, help="simulator events per second at most")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--duration", type=_positive_float, help="stop everything after this many seconds")
+    p.add_argument("--no-simulate", action="store_true", help="start no simulator (replay your own data)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="number of scoring workers (default 1)")
+    p.add_argument("--port", type=int, help="HTTP port of the sink (default 8080)")
+
+    p = sub.add_parser("sql", help="run a read-only query against ClickHouse")
+    p.add_argument("query", help='the SQL text, e.g. "SELECT count() FROM cvm.customers FINAL"')
+    p.add_argument("--format", choices=["tsv", "json"], default="tsv", help="output format (default tsv)")
+
+    p = sub.add_parser("schemas", help="show or update the local schema registry file")
+    p.add_argument("action", choices=["list", "sync"], help="list ids, or register changed .avsc files")
+
+    sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = Config.load(args.config)
+        logging.basicConfig(
+            level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        module = importlib.import_module(COMMANDS[args.command])
+        return int(module.main(cfg, args) or 0)
+    except CvmError as exc:
+        print(f"cvm {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Kafka plumbing shared by every process: topic specs and creation, producers, consumers, reachability.
+
+Partitioning: every producer of cvm uses librdkafka's ``murmur2_random`` partitioner, the one of the Java client
+and of aiokafka (Faust). A customer's events, its table entries and its scores therefore land on the same
+partition number whichever client wrote them — the co-partitioning Faust tables rely on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cvm.config import EVENT_TOPICS, Config
+from cvm.exceptions import BrokerUnavailable
+
+__all__ = ["TOPICS", "TopicSpec", "check_broker", "create_topics", "make_consumer", "make_producer"]
+
+_quiet = logging.getLogger("cvm.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+_WEEK_MS = 7 * 86_400_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic cvm owns. ``partitions=None`` means the configured event-topic partition count."""
+
+    name: str
+    partitions: int | None = None
+    compact: bool = False
+    retention_ms: int = 30 * 86_400_000
+    doc: str = ""
+
+    def configs(self) -> dict[str, str]:
+        # Explicit configs: Tansu returns them from describe_configs only when they were given (Quix needs them).
+        return {
+            "cleanup.policy": "compact" if self.compact else "delete",
+            "retention.ms": "-1" if self.compact else str(self.retention_ms),
+            "retention.bytes": "-1",
+        }
+
+
+#: Every topic cvm creates, by base name (the configured prefix is added).
+TOPICS: dict[str, TopicSpec] = {
+    spec.name: spec
+    for spec in (
+        TopicSpec("transactions", doc="Purchases and refunds, keyed by customer_id (Avro)."),
+        TopicSpec("contacts", doc="Customer-service contacts, keyed by customer_id (Avro)."),
+        TopicSpec("payments", doc="Invoice payment outcomes, keyed by customer_id (Avro)."),
+        TopicSpec("customer-scores", doc="Each customer's latest scores, emitted by workers (JSON)."),
+        TopicSpec("late-events", doc="Events later than the allowed lateness: kept, not applied to state (JSON)."),
+        TopicSpec("dead-letters", doc="Records that could not be decoded or validated, with the reason (JSON)."),
+    )
+}
+
+
+def _client_conf(cfg: Config, **extra: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = dict(cfg.kafka_client_config())
+    conf["logger"] = _quiet
+    conf.update(extra)
+    return conf
+
+
+def check_broker(cfg: Config, timeout: float = 5.0) -> AdminClient:
+    """An admin client to a broker that answered, or :class:`BrokerUnavailable` with what to do."""
+    admin = AdminClient(_client_conf(cfg))
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        hint = (
+            "start it with 'cvm broker' (or 'cvm up')"
+            if cfg.embedded_broker
+            else "check CVM_KAFKA_BOOTSTRAP and the broker"
+        )
+        raise BrokerUnavailable(f"Kafka at {cfg.bootstrap} did not answer within {timeout:g}s: {hint}") from None
+    return admin
+
+
+def create_topics(cfg: Config, names: Iterable[str] | None = None, timeout: float = 10.0) -> list[str]:
+    """Create cvm's topics that do not exist yet, with explicit configs; return the full names created."""
+    admin = check_broker(cfg)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = []
+    for base in names or TOPICS:
+        spec = TOPICS[base]
+        full = cfg.topic(spec.name)
+        if full in existing:
+            continue
+        wanted.append(
+            NewTopic(
+                full,
+                num_partitions=spec.partitions or cfg.partitions,
+                replication_factor=cfg.replication_factor,
+                config=spec.configs(),
+            )
+        )
+    created = []
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout).items() if wanted else []:
+        try:
+            future.result()
+            created.append(topic)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):  # a concurrent process created it: fine
+                raise BrokerUnavailable(f"could not create topic {topic}: {exc}") from None
+    return created
+
+
+def event_topics(cfg: Config) -> list[str]:
+    """Full names of the three upstream topics."""
+    return [cfg.topic(name) for name in EVENT_TOPICS]
+
+
+def make_producer(cfg: Config, **extra: Any) -> Producer:
+    """A confluent-kafka producer with cvm's partitioner and batching."""
+    conf = _client_conf(
+        cfg,
+        **{
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+            "compression.type": "none",
+            "acks": "all",
+        },
+    )
+    conf.update(extra)
+    return Producer(conf)
+
+
+def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:
+    """A confluent-kafka consumer that commits only when told (at-least-once)."""
+    conf = _client_conf(
+        cfg,
+        **{
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": 100,
+        },
+    )
+    conf.update(extra)
+    return Consumer(conf)

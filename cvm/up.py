@@ -1,0 +1,246 @@
+"""``cvm up``: the whole system on one machine — broker, sink, workers and simulator as supervised children.
+
+Children are started in dependency order and stopped in reverse order (simulator, workers, sink, broker) so that
+everything published is scored and everything scored is written before the broker goes away. A worker or the
+sink that dies is restarted (at most 3 times); the broker dying ends the run, because its topics live in memory.
+Child output goes to ``$CVM_DATA_DIR/logs/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvm.broker import port_free, wait_port
+from cvm.config import EVENT_TOPICS, Config
+from cvm.exceptions import CvmError, PortInUse
+
+__all__ = ["main"]
+
+_MAX_RESTARTS = 3
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    restartable: bool = True
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    done: bool = False  # exited on its own with code 0 (the simulator after --duration)
+    log: Path = field(default_factory=Path)
+
+    def start(self, env: dict[str, str], logs: Path) -> None:
+        self.log = logs / f"{self.name}.log"
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cvm.cli", *self.argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches cvm up only: children are stopped in order
+        )
+        out.close()
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, lines: int = 3) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Status:
+    """Figures for the status screen: the sink's /api/status plus the workers' consumer lag."""
+
+    def __init__(self, cfg: Config, port: int) -> None:
+        self.cfg = cfg
+        self.url = f"http://127.0.0.1:{port}/api/status"
+        self._consumer: Any = None
+        self.first_row_s: float | None = None
+
+    def sink(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(self.url, timeout=1.0) as resp:
+                return dict(json.loads(resp.read()))
+        except (OSError, ValueError):
+            return {}
+
+    def lag(self) -> int | None:
+        """Events published but not yet processed by the workers' consumer group."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        from cvm.kafka import make_consumer
+
+        try:
+            if self._consumer is None:
+                self._consumer = make_consumer(self.cfg, group=self.cfg.app_id)
+            tps = [TopicPartition(self.cfg.topic(name), p) for name in EVENT_TOPICS for p in range(self.cfg.partitions)]
+            committed = self._consumer.committed(tps, timeout=2.0)
+            total = 0
+            for tp in committed:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+                total += max(0, high - max(tp.offset, 0))
+            return total
+        except KafkaException:
+            return None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    port = args.port or cfg.http_port
+    cfg = cfg.replace(http_port=port)
+    if cfg.embedded_broker and not port_free(cfg.broker_port):
+        raise PortInUse(
+            f"port {cfg.broker_port} (embedded broker) is in use: stop what listens there or set CVM_BROKER_PORT"
+        )
+    if not port_free(port, cfg.http_host if cfg.http_host != "0.0.0.0" else "127.0.0.1"):
+        raise PortInUse(f"port {port} (HTTP API) is in use: pick another with --port or CVM_HTTP_PORT")
+    logs = cfg.data_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **cfg.to_env(), PYTHONUNBUFFERED="1")
+
+    children: list[Child] = []
+    if cfg.embedded_broker:
+        children.append(Child("broker", ["broker"], restartable=False))
+    children.append(Child("sink", ["sink", "--port", str(port)]))
+    children += [Child(f"worker-{i + 1}", ["worker", "--id", f"w{i + 1}"]) for i in range(args.workers)]
+    if not args.no_simulate:
+        sim = ["simulate", "--customers", str(args.customers), "--days", str(args.days), "--seed", str(args.seed)]
+        if args.rate:
+            sim += ["--rate", str(args.rate)]
+        # --days alone means "history only" to `cvm simulate`; under `up` it keeps going live, so say so.
+        sim += ["--duration", str(args.duration or 10**9)]
+        children.append(Child("simulator", sim))
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    status = Status(cfg, port)
+    code = 0
+    try:
+        print(f"cvm up: logs in {logs}; dashboard http://127.0.0.1:{port}/ ; Ctrl-C stops", file=sys.stderr)
+        for child in children:
+            child.start(env, logs)
+            if child.name == "broker" and not wait_port(cfg.broker_port, timeout=15):
+                raise CvmError(f"the embedded broker did not start: see {child.log}")
+            if child.name == "sink" and not _wait_http(port, child, timeout=60):
+                raise CvmError(f"the sink did not start: {child.tail()} (log {child.log})")
+        code = _supervise(cfg, args, children, env, logs, status, stop, started)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        status.close()
+        print("cvm up: stopping ...", file=sys.stderr)
+        for child in reversed(children):
+            child.stop(timeout=30 if child.name == "sink" else 15)
+        print(f"cvm up: stopped after {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return code
+
+
+def _wait_http(port: int, child: Child, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc is not None and child.proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _supervise(
+    cfg: Config,
+    args: argparse.Namespace,
+    children: list[Child],
+    env: dict[str, str],
+    logs: Path,
+    status: Status,
+    stop: threading.Event,
+    started: float,
+) -> int:
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    while not stop.wait(1.0):
+        elapsed = time.monotonic() - started
+        if args.duration and elapsed >= args.duration:
+            break
+        for child in children:
+            rc = child.proc.poll() if child.proc is not None else None
+            if rc is None or child.done:
+                continue
+            if child.name == "simulator" and rc == 0:
+                child.done = True
+                continue
+            if not child.restartable or child.restarts >= _MAX_RESTARTS:
+                print(f"cvm up: {child.name} exited with code {rc}: {child.tail()} (log {child.log})", file=sys.stderr)
+                return 1
+            child.restarts += 1
+            print(
+                f"cvm up: {child.name} exited with code {rc}, restarting ({child.restarts}/{_MAX_RESTARTS})",
+                file=sys.stderr,
+            )
+            child.start(env, logs)
+        if tty or elapsed - last_print >= 10:
+            last_print = elapsed
+            _show(status, elapsed, children, tty)
+    return 0
+
+
+def _show(status: Status, elapsed: float, children: list[Child], tty: bool) -> None:
+    s = status.sink()
+    customers = s.get("customers")
+    if customers and status.first_row_s is None:
+        status.first_row_s = elapsed
+    rows = s.get("rows", {}) if isinstance(s.get("rows"), dict) else {}
+    lines = [
+        f"cvm up  {elapsed:6.0f}s   processes: "
+        + " ".join(f"{c.name}{'' if c.proc and c.proc.poll() is None else '(done)'}" for c in children),
+        f"  events/s (sink)   {_fmt(s.get('events_per_s'))}",
+        f"  consumer lag      {_fmt(status.lag())}",
+        f"  customers         {_fmt(customers)}",
+        f"  transactions      {_fmt(rows.get('transactions'))}",
+        f"  alerts            {_fmt(rows.get('alerts'))}",
+        f"  dead letters      {_fmt(rows.get('dead_letters'))}",
+    ]
+    if tty:
+        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+    else:
+        sys.stdout.write(" ".join(x.strip() for x in lines).replace("   ", " ") + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,123 @@
+"""The Faust application: topics, the per-customer table and the scoring agent. Thin on purpose.
+
+The agent takes events in batches (``take_events``), hands them to :class:`streams.processor.BatchProcessor`
+and writes back one table entry and one score message per customer per batch.
+
+A batch mixes partitions, so before touching a customer's table entry the agent makes one of that customer's
+events the "current event" Faust uses to pick the store partition and the changelog partition: table, changelog
+and source stay co-partitioned.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from cvm.codec import Codec, make_registry
+from cvm.config import EVENT_TOPICS, Config
+from streams.processor import BatchOutput, BatchProcessor, RawRecord, dumps
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("cvm.worker")
+
+
+def _store_url(cfg: Config) -> str:
+    if cfg.store == "memory":
+        return "memory://"
+    if cfg.store in ("rocksdb", "auto"):
+        try:
+            import rocksdict  # noqa: F401
+        except ImportError:
+            if cfg.store == "rocksdb":
+                raise
+            return "memory://"
+        return "rocksdb://"
+    raise ValueError(f"CVM_STORE={cfg.store!r}: expected rocksdb, memory or auto")
+
+
+def create_app(cfg: Config, worker_id: str = "") -> faust.App:
+    """The Faust app of a scoring worker."""
+    datadir = cfg.data_path / "workers" / (worker_id or "default")
+    Path(datadir).mkdir(parents=True, exist_ok=True)
+    broker_credentials = None
+    if cfg.kafka_sasl_mechanism:
+        broker_credentials = faust.SASLCredentials(
+            username=cfg.kafka_sasl_username,
+            password=cfg.kafka_sasl_password,
+            mechanism=cfg.kafka_sasl_mechanism,
+        )
+    app = faust.App(
+        cfg.app_id,
+        broker=[f"kafka://{server}" for server in cfg.bootstrap.split(",")],
+        broker_credentials=broker_credentials,
+        store=_store_url(cfg),
+        datadir=str(datadir),
+        topic_partitions=cfg.partitions,
+        topic_replication_factor=cfg.replication_factor,
+        # Tansu joins a group in about half the session timeout: keep it short (FACTS.md).
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=20.0,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_linger=0.005,
+        producer_acks=-1,
+    )
+    events = app.topic(*(cfg.topic(name) for name in EVENT_TOPICS), key_type=bytes, value_type=bytes)
+    scores_topic = app.topic(cfg.topic("customer-scores"), key_type=bytes, value_type=bytes)
+    dead_topic = app.topic(cfg.topic("dead-letters"), key_type=bytes, value_type=bytes)
+    late_topic = app.topic(cfg.topic("late-events"), key_type=bytes, value_type=bytes)
+    customers = app.Table(
+        "customers",
+        partitions=cfg.partitions,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    processor = BatchProcessor(
+        cfg,
+        Codec(make_registry(cfg.schema_registry_url)),
+        {cfg.topic(name): name for name in EVENT_TOPICS},
+    )
+
+    @app.agent(events)
+    async def score(stream: Any) -> None:
+        async for batch in stream.take_events(cfg.worker_batch, within=cfg.worker_batch_s):
+            out = BatchOutput()
+            records = (
+                RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,)
+            )
+            try:
+                for customer_id, items in processor.decode(records, out).items():
+                    # The table's store and changelog pick the partition of the "current event": make it one of
+                    # this customer's events, so a batch mixing partitions writes each customer where it belongs.
+                    _current_event.set(weakref.ref(items[-1][0].origin))
+                    key = customer_id.encode()
+                    customers[key] = processor.fold(customer_id, items, customers.get(key), out)
+            finally:
+                _current_event.set(None)
+            for customer_id, scores in out.scores:
+                scores_topic.send_soon(key=customer_id.encode(), value=dumps(scores))
+            for raw_key, letter in out.dead_letters:
+                dead_topic.send_soon(key=raw_key, value=dumps(letter))
+            for customer_id, late in out.late:
+                late_topic.send_soon(key=customer_id.encode(), value=dumps(late))
+            if out.dead_letters:
+                log.warning("%d records sent to dead-letters", len(out.dead_letters))
+
+    @app.task
+    async def _tune_producer() -> None:
+        # Faust flushes its send buffer every 100 messages with a warning; a batch emits up to one score per
+        # customer, so let the buffer hold a few batches.
+        app.producer.buffer.max_messages = 4 * cfg.worker_batch
+
+    app.cvm_processor = processor  # type: ignore[attr-defined]
+    return app
