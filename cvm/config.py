@@ -88,6 +88,12 @@ class Config:
     kafka_ssl_cafile: str = _f("", "CVM_KAFKA_SSL_CAFILE", "CA bundle for TLS to Kafka.")
     log_level: str = _f("WARNING", "CVM_LOG_LEVEL", "Log level of cvm processes.")
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.allowed_lateness_s <= 49 * 86400:
+            raise ConfigError(f"allowed_lateness_s={self.allowed_lateness_s}: must be between 0 and 49 days")
+        if self.partitions < 1:
+            raise ConfigError(f"partitions={self.partitions}: must be at least 1")
+
     # --- construction -------------------------------------------------------------------------------------------
 
     @classmethod

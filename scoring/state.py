@@ -8,8 +8,10 @@ Idempotence has two layers:
   changes nothing;
 * an upstream duplicate (same ``event_id``, new offset) is recognised by a bounded memory of recent event-id
   hashes. Only events inside the allowed lateness need remembering: anything older is late and never applied.
-  When the memory is full, the oldest entry is forgotten and its time becomes a floor at or below which events
-  are treated as late — so a duplicate is never counted twice, even past the bound.
+  When the memory is full (more than ``RECENT_IDS`` events inside the lateness window), the oldest entry is
+  forgotten and its time becomes a floor at or below which events are treated as late — so a duplicate is never
+  counted twice, even past the bound. The price: a burst of more than ``RECENT_IDS`` events inside the window,
+  delivered out of order, may see its oldest stragglers classified late (reported on ``late-events``).
 
 >>> s = CustomerState()
 >>> tx = {"event_id": "e1", "event_time": 1_000_000, "amount": 10.0, "gross_margin": None}
@@ -38,10 +40,12 @@ __all__ = ["KIND_INDEX", "CustomerState", "event_hash"]
 KIND_INDEX = {"transactions": 0, "contacts": 1, "payments": 2}
 
 #: How many recent event ids a customer remembers (see the module docstring).
-RECENT_IDS = 12
+RECENT_IDS = 24
 
 _HEAD = struct.Struct("<QqqqIIIqqq3qB")
-_RECENT = struct.Struct("<qQ")
+_RECENT = struct.Struct("<IQ")  # (ms before last_time, event hash)
+#: Recent ids are stored as a uint32 millisecond distance from the stream time.
+MAX_LATENESS_MS = 2**32 - 1
 _FORMAT_VERSION = 1
 
 
@@ -189,7 +193,8 @@ class CustomerState:
             *self.offsets,
             len(self.recent),
         )
-        return bytes([_FORMAT_VERSION]) + head + b"".join(_RECENT.pack(t, h) for t, h in self.recent)
+        last = self.last_time
+        return bytes([_FORMAT_VERSION]) + head + b"".join(_RECENT.pack(last - t, h) for t, h in self.recent)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -211,7 +216,8 @@ class CustomerState:
         ) = fields[:10]
         s.offsets = list(fields[10:13])
         pos = 1 + _HEAD.size
-        s.recent = [_RECENT.unpack_from(data, pos + i * _RECENT.size) for i in range(fields[13])]
+        unpack, size, last = _RECENT.unpack_from, _RECENT.size, s.last_time
+        s.recent = [(last - d, h) for d, h in (unpack(data, pos + i * size) for i in range(fields[13]))]
         return s
 
     def __eq__(self, other: object) -> bool:

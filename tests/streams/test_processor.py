@@ -1,0 +1,71 @@
+"""The worker's batch processor, without Faust: grouping, idempotence, dead letters and late events."""
+
+from __future__ import annotations
+
+import time
+
+from cvm.codec import Codec
+from cvm.config import Config
+from scoring.state import CustomerState
+from streams.processor import BatchProcessor, RawRecord
+
+DAY = 86_400_000
+NOW = int(time.time() * 1000)
+CFG = Config.load(env={})
+CODEC = Codec()
+
+
+def raw(offset: int, kind: str = "transactions", **fields) -> RawRecord:
+    rec = {"event_id": f"e{offset}", "customer_id": "c1", "event_time": NOW - DAY + offset, "amount": 2.0}
+    if kind == "contacts":
+        rec = {"event_id": f"e{offset}", "customer_id": "c1", "event_time": NOW - DAY + offset}
+        rec.update(channel="email", reason="complaint")
+    rec.update(fields)
+    return RawRecord(kind, 0, offset, rec["customer_id"].encode(), CODEC.encode(kind, rec))
+
+
+def processor() -> BatchProcessor:
+    return BatchProcessor(CFG, CODEC, {k: k for k in ("transactions", "contacts", "payments")})
+
+
+def test_one_state_and_one_score_per_customer_per_batch() -> None:
+    store: dict[str, bytes] = {}
+    out = processor().process([raw(i) for i in range(10)] + [raw(10, customer_id="c2")], store.get)
+    assert sorted(out.states) == ["c1", "c2"]
+    assert [cid for cid, _ in out.scores] == ["c1", "c2"]
+    assert out.scores[0][1]["n_transactions"] == 10 and out.scores[0][1]["version"] == 10
+
+
+def test_redelivered_batch_changes_nothing_and_emits_nothing() -> None:
+    store: dict[str, bytes] = {}
+    p = processor()
+    batch = [raw(i) for i in range(5)]
+    store.update(p.process(batch, store.get).states)
+    again = p.process(batch, store.get)
+    assert again.counts["redelivered"] == 5 and not again.scores
+    assert CustomerState.from_bytes(again.states["c1"]).revenue_cents == 1000
+
+
+def test_poison_goes_to_dead_letters_and_the_batch_goes_on() -> None:
+    store: dict[str, bytes] = {}
+    poison = [
+        RawRecord("transactions", 1, 7, b"k", b"\xff\xfe"),
+        RawRecord("transactions", 1, 8, None, None),
+        raw(9, amount=float("nan")),
+        raw(10, customer_id=""),
+        raw(11, event_time=NOW + 400 * DAY),
+        RawRecord("transactions", 0, 12, b"c1", raw(12, kind="contacts").value),
+    ]
+    out = processor().process([raw(1), *poison, raw(2)], store.get)
+    assert out.counts["dead"] == 6 and out.counts["applied"] == 2
+    reasons = [letter["error_class"] for _, letter in out.dead_letters]
+    assert reasons == ["DecodeError", "DecodeError", "InvalidEvent", "InvalidEvent", "InvalidEvent", "DecodeError"]
+    assert out.dead_letters[0][1]["offset"] == 7 and out.dead_letters[0][1]["raw_b64"] == "//4="
+
+
+def test_late_events_are_reported_not_applied() -> None:
+    store: dict[str, bytes] = {}
+    out = processor().process([raw(1, event_time=NOW), raw(2, event_time=NOW - 10 * DAY)], store.get)
+    assert out.counts == {"applied": 1, "redelivered": 0, "duplicate": 0, "late": 1, "dead": 0}
+    ((cid, late),) = out.late
+    assert late["lateness_ms"] == 10 * DAY and late["event_id"] == "e2"

@@ -1,0 +1,76 @@
+"""A real Faust worker on the real Tansu broker: exact scores per customer and poison to dead letters."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cvm.codec import Codec
+from cvm.config import Config
+from cvm.kafka import create_topics, make_consumer, make_producer
+from tests.conftest import spawn, stop
+
+pytestmark = pytest.mark.integration
+DAY = 86_400_000
+
+
+def publish(cfg: Config, start: int, n: int, customers: int, t0: int) -> float:
+    codec, producer = Codec(), make_producer(cfg)
+    total = 0.0
+    for i in range(start, start + n):
+        cid = f"c{i % customers}"
+        amount = round((i % 97) * 1.37 - 20, 2)
+        total += amount
+        rec = {"event_id": f"e{i}", "customer_id": cid, "event_time": t0 + i * 1000, "amount": amount}
+        producer.produce(cfg.topic("transactions"), key=cid.encode(), value=codec.encode("transactions", rec))
+        producer.poll(0)
+    producer.flush(10)
+    return total
+
+
+def latest_scores(consumer, latest: dict, expect_tx: int, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in consumer.consume(2000, 0.5):
+            if m.error() is None:
+                d = json.loads(m.value())
+                if d["version"] >= latest.get(d["customer_id"], {}).get("version", -1):
+                    latest[d["customer_id"]] = d
+        if sum(d["n_transactions"] for d in latest.values()) >= expect_tx:
+            break
+    return latest
+
+
+def test_worker_scores_exactly_and_dead_letters_poison(cfg: Config, tmp_path: Path) -> None:
+    create_topics(cfg)
+    t0 = int(time.time() * 1000) - 30 * DAY
+    total = publish(cfg, 0, 3000, 300, t0)
+    producer = make_producer(cfg)
+    producer.produce(cfg.topic("transactions"), key=b"c1", value=b"\x00\x00\x00\x00\x09not avro")
+    producer.produce(cfg.topic("contacts"), key=b"c1", value=b"plain text")
+    producer.flush(10)
+
+    consumer = make_consumer(cfg, group="test-reader")
+    consumer.subscribe([cfg.topic("customer-scores")])
+    dead = make_consumer(cfg, group="test-dead")
+    dead.subscribe([cfg.topic("dead-letters")])
+
+    worker = spawn(cfg, "worker", "--id", "a", log=tmp_path / "worker-a.log")
+    try:
+        latest = latest_scores(consumer, {}, 3000)
+    finally:
+        assert stop(worker) == 0, (tmp_path / "worker-a.log").read_text()[-2000:]
+        consumer.close()
+    assert len(latest) == 300
+    assert sum(d["n_transactions"] for d in latest.values()) == 3000
+    assert round(sum(d["revenue"] for d in latest.values()), 2) == round(total, 2)
+
+    letters = []
+    deadline = time.monotonic() + 30
+    while len(letters) < 2 and time.monotonic() < deadline:
+        letters += [json.loads(m.value()) for m in dead.consume(10, 0.5) if m.error() is None]
+    dead.close()
+    assert sorted(x["error_class"] for x in letters) == ["DecodeError", "DecodeError"]
