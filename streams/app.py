@@ -22,7 +22,10 @@ from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
 from streams.processor import BatchOutput, BatchProcessor, RawRecord, dumps
 
-__all__ = ["create_app"]
+__all__ = ["MARKER", "create_app"]
+
+#: Key of the changelog marker records (see ``_seal``); never a customer id, never read as state.
+MARKER = b"\x00cvm-seal"
 
 log = logging.getLogger("cvm.worker")
 
@@ -95,11 +98,14 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
             records = (
                 RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,)
             )
+            touched: set[int] = set()
             try:
                 for customer_id, items in processor.decode(records, out).items():
                     # The table's store and changelog pick the partition of the "current event": make it one of
                     # this customer's events, so a batch mixing partitions writes each customer where it belongs.
-                    _current_event.set(weakref.ref(items[-1][0].origin))
+                    origin = items[-1][0].origin
+                    _current_event.set(weakref.ref(origin))
+                    touched.add(origin.message.partition)
                     key = customer_id.encode()
                     customers[key] = processor.fold(customer_id, items, customers.get(key), out)
             finally:
@@ -112,6 +118,23 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
                 late_topic.send_soon(key=customer_id.encode(), value=dumps(late))
             if out.dead_letters:
                 log.warning("%d records sent to dead-letters", len(out.dead_letters))
+            if touched and cfg.embedded_broker:
+                await _seal(touched)
+
+    async def _seal(partitions: set[int]) -> None:
+        """End the batch's changelog writes with a marker record in a batch of its own, per partition.
+
+        Tansu (memory storage) reports as high watermark the base offset of a partition's last record batch,
+        not its last offset + 1, and Faust's changelog recovery stops at that watermark. With the marker alone in
+        the last batch, the watermark is the marker's offset: every state record lies below it and is recovered.
+        Any prefix of the changelog is a consistent state, because each customer's state carries the offsets it
+        has applied. The offsets of the batch are acknowledged only after this returns.
+        """
+        await app.producer.flush()
+        changelog = customers.changelog_topic
+        for partition in partitions:
+            await changelog.send(key=MARKER, value=b"\x00", partition=partition)
+        await app.producer.flush()
 
     @app.task
     async def _tune_producer() -> None:
