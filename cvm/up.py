@@ -228,19 +228,21 @@ def _show(status: Status, elapsed: float, children: list[Child], tty: bool) -> N
     customers = s.get("customers")
     if customers and status.first_row_s is None:
         status.first_row_s = elapsed
-    rows = s.get("rows", {}) if isinstance(s.get("rows"), dict) else {}
-    lines = [
-        f"cvm up  {elapsed:6.0f}s   processes: "
-        + " ".join(f"{c.name}{'' if c.proc and c.proc.poll() is None else '(done)'}" for c in children),
-        f"  events/s (sink)   {_fmt(s.get('events_per_s'))}",
-        f"  consumer lag      {_fmt(status.lag())}",
-        f"  customers         {_fmt(customers)}",
-        f"  transactions      {_fmt(rows.get('transactions'))}",
-        f"  alerts            {_fmt(rows.get('alerts'))}",
-        f"  dead letters      {_fmt(rows.get('dead_letters'))}",
+    rows = s.get("tables") or {}
+    writer = s.get("writer") or {}
+    figures = [
+        ("events/s", writer.get("events_per_s")),
+        ("lag", status.lag()),
+        ("customers", customers),
+        ("transactions", rows.get("transactions")),
+        ("alerts", rows.get("alerts")),
+        ("dead letters", rows.get("dead_letters")),
     ]
+    procs = " ".join(f"{c.name}{'' if c.proc and c.proc.poll() is None else '(done)'}" for c in children)
     if tty:
+        lines = [f"cvm up  {elapsed:6.0f}s   {procs}", *(f"  {name:<14}{_fmt(v)}" for name, v in figures)]
         sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
     else:
-        sys.stdout.write(" ".join(x.strip() for x in lines).replace("   ", " ") + "\n")
+        pairs = " ".join(f"{name.replace(' ', '_')}={_fmt(v)}" for name, v in figures)
+        sys.stdout.write(f"cvm up {elapsed:.0f}s {pairs}\n")
     sys.stdout.flush()

@@ -40,13 +40,11 @@ __all__ = ["KIND_INDEX", "CustomerState", "event_hash"]
 KIND_INDEX = {"transactions": 0, "contacts": 1, "payments": 2}
 
 #: How many recent event ids a customer remembers (see the module docstring).
-RECENT_IDS = 24
+RECENT_IDS = 16
 
-_HEAD = struct.Struct("<QqqqIIIqqq3qB")
-_RECENT = struct.Struct("<IQ")  # (ms before last_time, event hash)
-#: Recent ids are stored as a uint32 millisecond distance from the stream time.
-MAX_LATENESS_MS = 2**32 - 1
-_FORMAT_VERSION = 1
+_HEAD = struct.Struct("<QqqqIIIqqq3q3qB")
+_RECENT = struct.Struct("<qQ")  # (event time, event hash)
+_FORMAT_VERSION = 2
 
 
 def event_hash(event_id: str) -> int:
@@ -77,6 +75,7 @@ class CustomerState:
         "last_time",
         "floor_time",
         "offsets",
+        "kind_times",
         "recent",
     )
 
@@ -92,6 +91,7 @@ class CustomerState:
         self.last_time = 0  # the customer's stream time: latest event time applied
         self.floor_time = 0  # events at or before this time may be forgotten duplicates: treated as late
         self.offsets = [-1, -1, -1]  # last Kafka offset seen per kind
+        self.kind_times = [0, 0, 0]  # stream time per kind: lateness is measured within a topic's order
         self.recent: list[tuple[int, int]] = []  # (event_time, event_hash), oldest first
 
     # --- folding events in ---------------------------------------------------------------------------------------
@@ -115,15 +115,19 @@ class CustomerState:
                 return "redelivered"
             self.offsets[k] = offset
         t = int(record["event_time"])
-        horizon = self.last_time - lateness_ms
-        if self.version and (t < horizon or t <= self.floor_time):
+        # Kafka orders records within a partition only: a customer's three topics are consumed at different
+        # paces, so an event is late only against the stream time of its own kind.
+        if self.kind_times[k] and t < self.kind_times[k] - lateness_ms or t <= self.floor_time:
             return "late"
         h = event_hash(record["event_id"])
         for _, seen in self.recent:
             if seen == h:
                 return "duplicate"
-        self._remember(t, h, horizon)
         self._fold(kind, record, t, margin_rate, contact_costs)
+        if t > self.kind_times[k]:
+            self.kind_times[k] = t
+        # Memory older than every kind's horizon can never match again: an event that old is late.
+        self._remember(t, h, min(x for x in self.kind_times if x) - lateness_ms)
         return "applied"
 
     def _remember(self, t: int, h: int, horizon: int) -> None:
@@ -191,10 +195,10 @@ class CustomerState:
             self.last_time,
             self.floor_time,
             *self.offsets,
+            *self.kind_times,
             len(self.recent),
         )
-        last = self.last_time
-        return bytes([_FORMAT_VERSION]) + head + b"".join(_RECENT.pack(last - t, h) for t, h in self.recent)
+        return bytes([_FORMAT_VERSION]) + head + b"".join(_RECENT.pack(t, h) for t, h in self.recent)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -215,9 +219,9 @@ class CustomerState:
             s.floor_time,
         ) = fields[:10]
         s.offsets = list(fields[10:13])
-        pos = 1 + _HEAD.size
-        unpack, size, last = _RECENT.unpack_from, _RECENT.size, s.last_time
-        s.recent = [(last - d, h) for d, h in (unpack(data, pos + i * size) for i in range(fields[13]))]
+        s.kind_times = list(fields[13:16])
+        pos, size = 1 + _HEAD.size, _RECENT.size
+        s.recent = [_RECENT.unpack_from(data, pos + i * size) for i in range(fields[16])]
         return s
 
     def __eq__(self, other: object) -> bool:

@@ -107,7 +107,11 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
                     _current_event.set(weakref.ref(origin))
                     touched.add(origin.message.partition)
                     key = customer_id.encode()
-                    customers[key] = processor.fold(customer_id, items, customers.get(key), out)
+                    try:
+                        customers[key] = processor.fold(customer_id, items, customers.get(key), out)
+                    except Exception as exc:  # a bug must not stop scoring: the records go to dead letters
+                        log.exception("scoring customer %s failed; its records go to dead-letters", customer_id)
+                        processor.reject(items, exc, out)
             finally:
                 _current_event.set(None)
             for customer_id, scores in out.scores:

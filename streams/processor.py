@@ -109,6 +109,13 @@ class BatchProcessor:
         out.states[customer_id] = data
         return data
 
+    def reject(self, items: list[tuple[RawRecord, str, dict[str, Any]]], exc: Exception, out: BatchOutput) -> None:
+        """Send records that could not be scored to the dead letters, with the error."""
+        now_ms = int(time.time() * 1000)
+        for rec, _, _ in items:
+            out.dead_letters.append((rec.key, self._dead_letter(rec, exc, now_ms)))
+            out.counts["dead"] += 1
+
     def process(self, records: Iterable[RawRecord], load: Callable[[str], bytes | None]) -> BatchOutput:
         """Decode and fold a whole batch; ``load(customer_id)`` returns stored state bytes or ``None``."""
         out = BatchOutput()

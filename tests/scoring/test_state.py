@@ -114,3 +114,16 @@ def test_duplicates_are_ignored(spec, rnd: random.Random) -> None:
     with_dups = events + [rnd.choice(events) for _ in range(len(events))]
     rnd.shuffle(with_dups)
     assert fold(events).scores("c") == fold(with_dups).scores("c")
+
+
+def test_a_long_silence_does_not_break_the_id_memory() -> None:
+    s = fold([tx(i, T0 + i, 1.0) for i in range(5)] + [tx(9, T0 + 400 * DAY, 1.0)])
+    assert CustomerState.from_bytes(s.to_bytes()) == s
+    assert len(s.recent) == 1
+
+
+def test_lateness_is_measured_within_a_topic() -> None:
+    """Topics are consumed at different paces: contacts far ahead must not make older purchases late."""
+    s = fold([contact(1, T0 + 80 * DAY), tx(2, T0, 5.0), tx(3, T0 + DAY, 5.0)])
+    assert s.revenue_cents == 1000 and s.n_contacts == 1
+    assert s.apply(*tx(4, T0 - 5 * DAY, 1.0), -1, 0.3, COSTS, 3 * DAY) == "late"

@@ -1,0 +1,65 @@
+"""``cvm sink``: migrate ClickHouse, serve the HTTP API, and run the writer until SIGTERM/SIGINT.
+
+Start-up fails fast, each failure on one line: ClickHouse unavailable, HTTP port taken or exposed without a token,
+broker unreachable. On SIGTERM or SIGINT the writer stops consuming, writes what it holds, commits, and closes;
+then the HTTP API stops and the command exits 0. A second signal interrupts a slow shutdown.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from cvm.config import Config
+from cvm.kafka import check_broker, create_topics
+from sinks.clickhouse import connect, migrate
+from sinks.http import ApiServer, check_exposure
+from sinks.writer import Writer
+
+__all__ = ["main"]
+
+
+def main(cfg: Config, args: Any) -> int:
+    """Run the sink in the foreground; returns the exit code."""
+    if getattr(args, "port", None) is not None:
+        cfg = cfg.replace(http_port=args.port)
+    if getattr(args, "host", None) is not None:
+        cfg = cfg.replace(http_host=args.host)
+    check_exposure(cfg)  # before opening anything: a refusal should cost nothing
+
+    ch = connect(cfg)
+    reader = None
+    server = None
+    try:
+        migrate(ch)
+        reader = connect(cfg, readonly=True)
+        writer = Writer(cfg, ch)
+        server = ApiServer(cfg, reader, status=writer.stats).start()  # port taken: fail before touching Kafka
+        check_broker(cfg)
+        create_topics(cfg)
+
+        stop = threading.Event()
+        previous: dict[int, Any] = {}
+
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+            for sig, handler in previous.items():  # a second signal takes the default way out
+                signal.signal(sig, handler)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _stop)
+        print(
+            f"cvm sink: HTTP API on {server.url} (dashboard /, SQL /api/sql); writing to "
+            f"{cfg.describe()['clickhouse_url']} database {cfg.clickhouse_database}",
+            flush=True,
+        )
+        writer.run(stop)
+    finally:
+        if server is not None:
+            server.stop()
+        if reader is not None:
+            reader.close()
+        ch.close()
+    return 0

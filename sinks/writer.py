@@ -1,0 +1,402 @@
+"""The sink's writer: cvm's topics → batches per (table, topic, partition) → ClickHouse, then offset commits.
+
+At-least-once, never lossy:
+
+* a batch is written with ``insert_deduplication_token = "{topic}:{partition}:{first}:{last}:{table}"``; once a
+  batch has been tried it is sealed (later records go to a new batch), so a retry carries the same token and
+  is a no-op if the earlier attempt reached ClickHouse after all;
+* offsets are committed only after ClickHouse acknowledged every batch holding them;
+* while inserts keep failing, the consumer is paused and the writer retries with growing delays; nothing is
+  dropped. Partitions taken away by a rebalance before their batches were written are simply not committed:
+  their new owner reads them again.
+
+Raw events are decoded with the Avro codec; records that fail to decode or validate are skipped here — the worker
+sends them to ``dead-letters``, which this writer stores. Score, dead-letter and late-event messages are JSON.
+Score keys are mapped onto the columns ``customers`` and ``customer_scores`` have (read from ``system.columns``
+at start), so a new feature needs a migration and the worker emitting the key, and no change here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from cvm.codec import Codec, make_registry
+from cvm.config import EVENT_TOPICS, Config
+from cvm.events import validate
+from cvm.exceptions import DecodeError, InvalidEvent
+from cvm.kafka import make_consumer
+from sinks.clickhouse import ClickHouse, InsertFailed, Table
+
+__all__ = ["SCORE_TABLES", "Writer"]
+
+log = logging.getLogger("cvm.sink")
+
+#: Every score message is written to both: the latest state and the history.
+SCORE_TABLES = ("customers", "customer_scores")
+
+#: Longest base64 text kept of a dead letter's record (the worker bounds it too; this is the sink's guard).
+MAX_RAW_CHARS = 65_536
+
+_RATE_WINDOW_S = 5.0
+_LAG_EVERY_S = 2.0
+_MAX_RETRY_S = 10.0
+
+Row = dict[str, Any]
+Route = Callable[[str, int, int, bytes, bytes | None], list[tuple[str, Row]]]
+
+
+@dataclass
+class _Batch:
+    table: str
+    topic: str
+    partition: int
+    first: int
+    last: int
+    records: list[Row] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+
+    @property
+    def token(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.first}:{self.last}:{self.table}"
+
+
+class Writer:
+    """Consumes cvm's topics and writes them to ClickHouse in batches; :meth:`run` is the loop.
+
+    Without a consumer (tests, tools), :meth:`add` and :meth:`flush` work alone and :meth:`commit` does nothing.
+    """
+
+    def __init__(self, cfg: Config, ch: ClickHouse, consumer: Consumer | None = None) -> None:
+        self.cfg = cfg
+        self.ch = ch
+        self.consumer = consumer
+        self.codec = Codec(make_registry(cfg.schema_registry_url))
+        names = (*EVENT_TOPICS, *SCORE_TABLES, "dead_letters", "late_events")
+        self.tables = {name: Table.load(ch, name) for name in names}
+        self._routes: dict[str, Route] = {cfg.topic(kind): self._raw for kind in EVENT_TOPICS}
+        self._routes[cfg.topic("customer-scores")] = self._scores
+        self._routes[cfg.topic("dead-letters")] = self._dead_letter
+        self._routes[cfg.topic("late-events")] = self._late_event
+        self._kind = {cfg.topic(kind): kind for kind in EVENT_TOPICS}
+
+        self._open: dict[tuple[str, str, int], _Batch] = {}  # batches still taking records
+        self._pending: list[_Batch] = []  # every unwritten batch, oldest first
+        self._positions: dict[tuple[str, int], int] = {}  # last offset handled per partition, not yet committed
+        self._full = False
+        self._paused = False
+        self._repause = False
+        self._retry_at = 0.0
+        self._retry_s = 0.5
+        self._last_flush = time.monotonic()
+        self._last_lag = 0.0
+
+        self._stats_lock = threading.Lock()
+        self._written: Counter[str] = Counter()
+        self._consumed = 0
+        self._skipped = 0
+        self._samples: deque[tuple[float, int]] = deque()
+        self._last_flush_at: float | None = None
+        self._last_error: str | None = None
+        self._lag: dict[str, int] = {}
+        self._pending_seen = 0
+
+    @property
+    def topics(self) -> list[str]:
+        """The full names of the topics the writer consumes."""
+        return list(self._routes)
+
+    # --- records in ------------------------------------------------------------------------------------------------
+
+    def add(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None) -> bool:
+        """Put one Kafka record into its batches; False when it was skipped (undecodable, invalid, unknown)."""
+        self._consumed += 1
+        pos = (topic, partition)
+        if offset > self._positions.get(pos, -1):
+            self._positions[pos] = offset
+        route = self._routes.get(topic)
+        if route is None or value is None:
+            self._skipped += 1
+            return False
+        try:
+            rows = route(topic, partition, offset, value, key)
+        except (DecodeError, InvalidEvent, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # "Skip this record" is not a failure: the worker dead-letters raw events, and a malformed JSON
+            # message cannot become valid by retrying.
+            self._skipped += 1
+            log.debug("skipped %s[%d]@%d: %s", topic, partition, offset, exc)
+            return False
+        limit = self.cfg.sink_batch_rows
+        for table, row in rows:
+            bkey = (table, topic, partition)
+            batch = self._open.get(bkey)
+            if batch is None:
+                batch = _Batch(table, topic, partition, offset, offset)
+                self._open[bkey] = batch
+                self._pending.append(batch)
+            batch.last = offset
+            batch.records.append(row)
+            batch.keys.update(row)
+            if len(batch.records) >= limit:
+                self._full = True
+        return True
+
+    def _raw(self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None) -> list[tuple[str, Row]]:
+        kind, record = self.codec.decode(value)
+        expected = self._kind[topic]
+        if kind != expected:
+            raise DecodeError(f"a {kind} record on the {expected} topic")
+        validate(kind, record)
+        record = dict(record)
+        record.update(topic=topic, partition=partition, offset=offset, ingested_at=int(time.time() * 1000))
+        return [(kind, self.tables[kind].convert(record))]
+
+    def _scores(
+        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
+    ) -> list[tuple[str, Row]]:
+        obj = _json_object(value)
+        if not obj.get("customer_id"):
+            if not key:
+                raise ValueError("score message without customer_id")
+            obj["customer_id"] = key.decode()
+        return [(name, self.tables[name].convert(obj)) for name in SCORE_TABLES]
+
+    def _dead_letter(
+        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
+    ) -> list[tuple[str, Row]]:
+        obj = _json_object(value)
+        raw = obj.get("raw_b64") or obj.get("raw") or ""
+        record = {
+            "time": obj.get("time") or int(time.time() * 1000),
+            "topic": obj.get("topic", ""),
+            "partition": obj.get("partition", -1),
+            "offset": obj.get("offset", -1),
+            "key": obj.get("key") or "",
+            "raw": str(raw)[:MAX_RAW_CHARS],
+            "error_class": obj.get("error_class", ""),
+            "error": obj.get("error", ""),
+        }
+        return [("dead_letters", self.tables["dead_letters"].convert(record))]
+
+    def _late_event(
+        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
+    ) -> list[tuple[str, Row]]:
+        obj = _json_object(value)
+        obj.setdefault("time", int(time.time() * 1000))
+        return [("late_events", self.tables["late_events"].convert(obj))]
+
+    # --- records out -----------------------------------------------------------------------------------------------
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(len(b.records) for b in self._pending)
+
+    def flush(self) -> bool:
+        """Write every pending batch, oldest first; True when ClickHouse acknowledged them all.
+
+        Stops at the first batch that still fails after the client's retries (ClickHouse is likely down); that
+        batch and the ones after it stay pending, sealed, with their tokens.
+        """
+        self._open.clear()  # seal: a retried batch must keep its offsets, hence its token
+        self._full = False
+        while self._pending:
+            batch = self._pending[0]
+            table = self.tables[batch.table]
+            columns = [c for c in table.columns if c in batch.keys]
+            try:
+                self.ch.insert(batch.table, columns, table.rows(batch.records, columns), batch.token)
+            except InsertFailed as exc:
+                with self._stats_lock:
+                    self._last_error = str(exc)
+                log.warning("%s", exc)
+                return False
+            self._pending.pop(0)
+            with self._stats_lock:
+                self._written[batch.table] += len(batch.records)
+        with self._stats_lock:
+            self._last_flush_at = time.time()
+            self._last_error = None
+        return True
+
+    def commit(self) -> bool:
+        """Commit the offsets of every record handled so far; call only after a successful :meth:`flush`."""
+        if self.consumer is None or not self._positions:
+            self._positions.clear()
+            return True
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._positions.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Not fatal: the records are in ClickHouse; a later commit covers them, or they are re-read and the
+            # ReplacingMergeTree tables and insert tokens absorb the repeat.
+            log.warning("offset commit failed: %s", exc)
+            return False
+        self._positions.clear()
+        return True
+
+    def flush_and_commit(self) -> bool:
+        """:meth:`flush`, then :meth:`commit` when every batch was written."""
+        self._last_flush = time.monotonic()
+        if self.flush():
+            self.commit()
+            return True
+        return False
+
+    # --- the loop --------------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, final_attempts: int = 3) -> None:
+        """Consume until ``stop`` is set; then write what is held, commit, and close the consumer."""
+        if self.consumer is None:
+            self.consumer = make_consumer(self.cfg, group=f"{self.cfg.app_id}-sink")
+        consumer = self.consumer
+        consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        try:
+            while not stop.is_set():
+                self.poll(consumer)
+            for _ in range(final_attempts):
+                if self.flush_and_commit():
+                    break
+                time.sleep(0.5)
+            else:
+                log.warning("stopping with %d rows not written: they will be read again", self.pending_rows)
+        finally:
+            consumer.close()
+
+    def poll(self, consumer: Consumer, timeout: float = 0.2) -> int:
+        """One round: consume a batch of records, then write and commit if it is time. Returns records consumed."""
+        messages: list[Message] = consumer.consume(num_messages=5000, timeout=timeout)
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                # Transient (the client recovers by itself); partition EOF events are not enabled.
+                log.warning("consumer error: %s", err.str())
+                continue
+            self.add(msg.topic(), msg.partition(), msg.offset(), msg.value(), msg.key())
+        now = time.monotonic()
+        if self._paused:
+            if self._repause:
+                self._set_paused(consumer, True)
+            if now >= self._retry_at:
+                self._attempt(consumer)
+        elif self._full or ((self._pending or self._positions) and now - self._last_flush >= self.cfg.sink_flush_s):
+            self._attempt(consumer)
+        self._sample(now, consumer)
+        return len(messages)
+
+    def _attempt(self, consumer: Consumer) -> None:
+        if self.flush_and_commit():
+            self._retry_s = 0.5
+            if self._paused:
+                self._set_paused(consumer, False)
+                log.warning("ClickHouse accepts inserts again: consuming")
+        else:
+            if not self._paused:
+                log.warning("ClickHouse refuses inserts: consumption paused, retrying")
+            self._set_paused(consumer, True)
+            self._retry_at = time.monotonic() + self._retry_s
+            self._retry_s = min(self._retry_s * 2, _MAX_RETRY_S)
+
+    def _set_paused(self, consumer: Consumer, paused: bool) -> None:
+        self._paused = paused
+        self._repause = False
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        try:
+            if paused:
+                consumer.pause(assignment)
+            else:
+                consumer.resume(assignment)
+        except KafkaException as exc:
+            log.warning("could not %s the consumer: %s", "pause" if paused else "resume", exc)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The assignment takes effect after this callback returns: pause the new partitions on the next round.
+        if self._paused:
+            self._repause = True
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.flush():
+            self.commit()
+        else:
+            self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Drop unwritten batches and uncommitted offsets of partitions this writer no longer owns.
+
+        Nothing is lost: their offsets were never committed, so the new owner reads those records again.
+        """
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._pending = [b for b in self._pending if (b.topic, b.partition) not in gone]
+        self._open = {k: b for k, b in self._open.items() if (b.topic, b.partition) not in gone}
+        for pos in gone:
+            self._positions.pop(pos, None)
+
+    # --- status ----------------------------------------------------------------------------------------------------
+
+    def _sample(self, now: float, consumer: Consumer | None) -> None:
+        with self._stats_lock:
+            self._samples.append((now, self._consumed))
+            while self._samples and now - self._samples[0][0] > _RATE_WINDOW_S:
+                self._samples.popleft()
+            self._pending_seen = self.pending_rows  # read here, in the writer's thread, for stats()
+        if consumer is not None and now - self._last_lag >= _LAG_EVERY_S:
+            self._last_lag = now
+            lag = _lag(consumer)
+            with self._stats_lock:
+                self._lag = lag
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/api/status`` (safe to call from any thread)."""
+        with self._stats_lock:
+            rate = 0.0
+            if len(self._samples) >= 2:
+                (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+                rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+            return {
+                "rows_written": dict(self._written),
+                "records_consumed": self._consumed,
+                "records_skipped": self._skipped,
+                "events_per_s": round(rate, 1),
+                "last_flush": self._last_flush_at,
+                "pending_rows": self._pending_seen,
+                "paused": self._paused,
+                "last_error": self._last_error,
+                "lag": dict(self._lag),
+            }
+
+
+def _json_object(value: bytes) -> dict[str, Any]:
+    obj = json.loads(value)
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _lag(consumer: Consumer) -> dict[str, int]:
+    """Records behind the end of each topic, from cached high watermarks (no broker round trip)."""
+    lag: dict[str, int] = {}
+    try:
+        positions = consumer.position(consumer.assignment())
+    except KafkaException:
+        return lag
+    for tp in positions:
+        try:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            continue
+        if high is None or high < 0 or tp.offset < 0:
+            continue
+        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+    return lag

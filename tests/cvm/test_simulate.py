@@ -1,0 +1,289 @@
+"""The simulator: deterministic, true to the event contracts, and realistic enough to drive the features."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from cvm.codec import Codec
+from cvm.config import EVENT_TOPICS, Config
+from cvm.events import from_json, to_json, validate
+from cvm.kafka import make_consumer
+from cvm.simulate import ANCHOR_MS, DAY_MS, SEGMENTS, Simulation, generate, main
+
+Event = tuple[str, dict[str, Any]]
+
+
+def args(**overrides: Any) -> argparse.Namespace:
+    base: dict[str, Any] = dict(
+        customers=100, days=60, rate=None, seed=1, out=None, truth=None, end=None, duration=None
+    )
+    return argparse.Namespace(**(base | overrides))
+
+
+@pytest.fixture(scope="module")
+def year() -> tuple[Simulation, list[Event]]:
+    """A year of history for 1500 customers (about 45k events, a second to generate)."""
+    sim = Simulation(1500, 365, seed=3, end_ms=ANCHOR_MS)
+    return sim, list(sim.history())
+
+
+def profits(events: list[Event], cfg: Config) -> dict[str, float]:
+    """Gross margin minus cost to serve, as the scoring counts them (defaults for missing margins and costs)."""
+    out: dict[str, float] = defaultdict(float)
+    for kind, rec in events:
+        if kind == "transactions":
+            margin = rec["gross_margin"]
+            out[rec["customer_id"]] += rec["amount"] * cfg.default_margin_rate if margin is None else margin
+        elif kind == "contacts":
+            cost = rec["cost"]
+            out[rec["customer_id"]] -= cfg.contact_costs[rec["channel"]] if cost is None else cost
+    return out
+
+
+# --- determinism ------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_file_other_seed_other_file(tmp_path: Path) -> None:
+    paths = [tmp_path / f"{name}.jsonl" for name in ("a", "b", "c")]
+    assert main(Config(), args(out=str(paths[0]))) == 0
+    assert main(Config(), args(out=str(paths[1]))) == 0
+    assert main(Config(), args(out=str(paths[2]), seed=2)) == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert paths[0].read_bytes() != paths[2].read_bytes()
+    assert paths[0].stat().st_size > 10_000
+
+
+def test_the_end_anchors_the_history(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    main(Config(), args(out=str(path), end="2025-06-01T00:00:00Z", days=10))
+    times = [from_json(json.loads(line))[1]["event_time"] for line in path.read_text().splitlines()]
+    end = 1_748_736_000_000  # 2025-06-01
+    assert times and all(end - 10 * DAY_MS <= t <= end for t in times)
+
+
+def test_a_customers_life_does_not_depend_on_the_others() -> None:
+    small = [rec for _, rec in generate(20, 90, seed=5, end_ms=ANCHOR_MS) if rec["customer_id"] == "c000007"]
+    large = [rec for _, rec in generate(200, 90, seed=5, end_ms=ANCHOR_MS) if rec["customer_id"] == "c000007"]
+    assert small == large
+
+
+def test_the_file_is_what_to_json_writes(tmp_path: Path) -> None:
+    """The writer's fast path produces the text of cvm.events.to_json, line for line."""
+    path = tmp_path / "f.jsonl"
+    main(Config(), args(out=str(path), customers=50, seed=9))
+    expected = [
+        json.dumps(to_json(kind, rec), separators=(",", ":"), ensure_ascii=False)
+        for kind, rec in generate(50, 60, seed=9, end_ms=ANCHOR_MS)
+    ]
+    assert path.read_text().splitlines() == expected
+
+
+# --- the contracts ----------------------------------------------------------------------------------------------
+
+
+def test_every_event_fits_its_schema_and_passes_validation() -> None:
+    codec = Codec()
+    ids = set()
+    last = n = 0
+    for kind, rec in generate(300, 120, seed=4, end_ms=ANCHOR_MS):
+        n += 1
+        validate(kind, rec, now_ms=ANCHOR_MS)
+        kind_back, back = codec.decode(codec.encode(kind, rec))
+        assert (kind_back, back) == (kind, rec)
+        assert rec["event_time"] >= last, "history is in event-time order"
+        last = rec["event_time"]
+        ids.add(rec["event_id"])
+        assert rec["customer_id"].startswith("c") and len(rec["customer_id"]) == 7
+    assert len(ids) == n > 3000, "event ids are unique"
+
+
+def test_field_values_cover_the_contracts(year: tuple[Simulation, list[Event]]) -> None:
+    _, events = year
+    tx = [rec for kind, rec in events if kind == "transactions"]
+    contacts = [rec for kind, rec in events if kind == "contacts"]
+    payments = [rec for kind, rec in events if kind == "payments"]
+    assert {c["channel"] for c in contacts} == {"phone", "email", "chat", "web", "store"}
+    assert {c["reason"] for c in contacts} == {
+        "information", "complaint", "cancellation_request", "sales", "technical", "billing",
+    }  # fmt: skip
+    assert {p["status"] for p in payments} == {"paid", "late", "failed", "chargeback"}
+    assert 0.1 < sum(t["gross_margin"] is None for t in tx) / len(tx) < 0.3
+    assert 0.03 < sum(t["amount"] < 0 for t in tx) / len(tx) < 0.15, "refunds"
+    assert 0.1 < sum(c["cost"] is not None for c in contacts) / len(contacts) < 0.4
+    assert 0.1 < sum(not c["resolved"] for c in contacts) / len(contacts) < 0.4
+    for p in payments:
+        assert (p["paid_date"] is not None) == (p["status"] in ("paid", "late"))
+        if p["status"] == "late":
+            assert p["paid_date"] > p["due_date"]
+    mix = Counter(kind for kind, _ in events)
+    assert 0.4 < mix["transactions"] / len(events) < 0.7
+    assert 0.1 < mix["payments"] / len(events) < 0.3
+
+
+# --- realism ----------------------------------------------------------------------------------------------------
+
+
+def test_churn_share_and_new_customers(year: tuple[Simulation, list[Event]]) -> None:
+    sim, _ = year
+    truth = sim.truth()
+    assert len(truth) == 1500
+    churned = [t for t in truth if t["churned"]]
+    assert 0.18 < len(churned) / len(truth) < 0.38
+    assert {t["cause"] for t in churned} == {"dissatisfaction", "price", "payment_trouble", "silent"}
+    assert all(t["churn_time"] and t["churn_time"] >= t["acquired_at"] for t in churned)
+    assert all(t["churn_time"] is None and t["cause"] is None for t in truth if not t["churned"])
+    start = "2025-01-01"
+    new = sum(t["acquired_at"] >= start for t in truth)
+    assert 0.25 < new / len(truth) < 0.55, "customers are acquired during the history"
+    assert {t["segment"] for t in truth} == {s.name for s in SEGMENTS}
+
+    short = Simulation(1500, 120, seed=3, end_ms=ANCHOR_MS)
+    for _ in short.history():
+        pass
+    assert sum(t["churned"] for t in short.truth()) < len(churned) * 0.7
+
+
+def test_churned_customers_go_silent(year: tuple[Simulation, list[Event]]) -> None:
+    sim, events = year
+    churn = {c.customer_id: c.churn_at for c in sim.customers if c.churn_at <= sim.end_ms}
+    after: Counter[str] = Counter()
+    for kind, rec in events:
+        t = churn.get(rec["customer_id"])
+        if t is not None and rec["event_time"] > t:
+            after[kind] += 1
+            assert rec["event_time"] <= t + 60 * DAY_MS, "a churned customer's tail is short"
+            if kind == "transactions":
+                assert rec["amount"] < 0, "no purchase after churning, only refunds under way"
+    assert after["transactions"] + after["payments"] > 0, "outstanding refunds and invoices still settle"
+
+
+def test_profit_is_concentrated_and_some_customers_cost_more_than_they_bring(
+    year: tuple[Simulation, list[Event]],
+) -> None:
+    sim, events = year
+    cfg = Config()
+    by_customer = profits(events, cfg)
+    values = sorted((by_customer.get(c.customer_id, 0.0) for c in sim.customers), reverse=True)
+    total = sum(values)
+    top = sum(values[: len(values) // 5])
+    assert total > 0
+    assert top / total > 0.8
+    assert sum(v < 0 for v in values) / len(values) > 0.1
+    segment = {c.customer_id: c.segment for c in sim.customers}
+    mean = {
+        s.name: sum(v for c, v in by_customer.items() if segment[c] == s.name)
+        / sum(x == s.name for x in segment.values())
+        for s in SEGMENTS
+    }
+    assert mean["premium"] > mean["regular"] > mean["bargain"] > mean["costly"]
+    assert mean["costly"] < 0
+
+
+def test_churners_complain_more_before_leaving(year: tuple[Simulation, list[Event]]) -> None:
+    sim, events = year
+    complaints: dict[str, list[int]] = defaultdict(list)
+    cancellations: dict[str, list[int]] = defaultdict(list)
+    for kind, rec in events:
+        if kind == "contacts" and rec["reason"] == "complaint":
+            complaints[rec["customer_id"]].append(rec["event_time"])
+        if kind == "contacts" and rec["reason"] == "cancellation_request":
+            cancellations[rec["customer_id"]].append(rec["event_time"])
+    rng = random.Random(0)
+    window = 60 * DAY_MS
+
+    def count(times: list[int], at: int) -> int:
+        return sum(at - window <= t < at for t in times)
+
+    churners, stayers, cancel_c, cancel_s = [], [], [], []
+    for c in sim.customers:
+        if c.churn_at <= sim.end_ms:
+            at = c.churn_at
+            churners.append(count(complaints[c.customer_id], at))
+            cancel_c.append(count(cancellations[c.customer_id], at) > 0)
+        else:
+            at = sim.end_ms - int(rng.uniform(0, 120) * DAY_MS)
+            stayers.append(count(complaints[c.customer_id], at))
+            cancel_s.append(count(cancellations[c.customer_id], at) > 0)
+    assert sum(churners) / len(churners) > 2.5 * sum(stayers) / len(stayers)
+    assert sum(cancel_c) / len(cancel_c) > 5 * sum(cancel_s) / len(cancel_s)
+    assert any(stayers), "some customers who stay complain too"
+    assert sum(x == 0 for x in churners) > 0.15 * len(churners), "some churners show nothing"
+
+
+def test_live_continues_the_history_in_order() -> None:
+    sim = Simulation(300, 60, seed=2, end_ms=ANCHOR_MS)
+    last_seen: dict[str, int] = {}
+    for _, rec in sim.history():
+        last_seen[rec["customer_id"]] = rec["event_time"]
+    live = sim.live()
+    times = []
+    for _ in range(2000):
+        t, kind, rec = next(live)
+        assert t == rec["event_time"] > ANCHOR_MS
+        assert t >= last_seen.get(rec["customer_id"], 0)
+        last_seen[rec["customer_id"]] = t
+        times.append(t)
+    assert times == sorted(times)
+    assert len(sim.customers) > 300, "new customers arrive in live mode"
+    assert len(sim.truth()) == len(sim.customers)
+
+
+def test_truth_file(tmp_path: Path) -> None:
+    out, truth = tmp_path / "e.jsonl", tmp_path / "t.jsonl"
+    main(Config(), args(out=str(out), truth=str(truth), customers=200, days=200))
+    lines = [json.loads(line) for line in truth.read_text().splitlines()]
+    assert [line["customer_id"] for line in lines] == [f"c{i:06d}" for i in range(200)]
+    assert set(lines[0]) == {"customer_id", "segment", "acquired_at", "churned", "churn_time", "cause"}
+    customers_with_events = {json.loads(line)["customer_id"] for line in out.read_text().splitlines()}
+    assert len(customers_with_events) > 180
+
+
+# --- publishing -------------------------------------------------------------------------------------------------
+
+
+def consume_all(cfg: Config, expected: int, timeout: float = 30.0) -> list[Any]:
+    """Every message of the event topics, read from the start (assigned partitions: no group join to wait for)."""
+    consumer = make_consumer(cfg, group="test-reader")
+    consumer.assign(
+        [TopicPartition(cfg.topic(kind), p, OFFSET_BEGINNING) for kind in EVENT_TOPICS for p in range(cfg.partitions)]
+    )
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages += [m for m in consumer.consume(5000, 0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return messages
+
+
+@pytest.mark.integration
+def test_publishes_the_history_then_live_events(
+    cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = tmp_path / "truth.jsonl"
+    started_ms = int(time.time() * 1000)
+    assert main(cfg, args(customers=300, days=None, duration=2.5, truth=str(truth))) == 0
+    summary = capsys.readouterr().err
+    match = re.search(r"cvm simulate: ([\d,]+) events", summary)
+    assert match, summary
+    published = int(match.group(1).replace(",", ""))
+    codec = Codec()
+    events = [codec.decode(m.value()) for m in consume_all(cfg, published)]
+    assert len(events) == published
+    assert set(kind for kind, _ in events) == set(EVENT_TOPICS)
+    live = [rec for _, rec in events if rec["event_time"] > started_ms]
+    assert len(events) - len(live) > 3000, "the history (180 days by default)"
+    assert live, "live events follow the history, stamped with the wall clock"
+    assert all(rec["event_time"] <= int(time.time() * 1000) for rec in live)
+    assert len(truth.read_text().splitlines()) >= 300

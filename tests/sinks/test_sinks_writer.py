@@ -1,0 +1,168 @@
+"""The writer on the real chDB engine, fed records directly (no broker): mapping, batching, retries."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from cvm.codec import Codec
+from cvm.config import Config
+from sinks.clickhouse import ClickHouse, Migration, load_migrations, migrate
+from sinks.writer import Writer
+
+NOW = int(time.time() * 1000)
+
+
+def _score(cid: str, version: int, **extra: object) -> bytes:
+    body = {
+        "customer_id": cid,
+        "version": version,
+        "as_of": NOW - 1000,
+        "updated_at": NOW,
+        "revenue": 1234.56,
+        "gross_margin": 370.37,
+        "n_transactions": 12,
+        "n_contacts": 3,
+        "n_payments": 4,
+        "first_event_time": NOW - 86_400_000,
+        "last_event_time": NOW - 1000,
+        "cost_to_serve": 12.5,
+        "profitability": 357.87,
+        "not_a_column": [1, 2],
+    }
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+def test_scores_json_lands_in_customers_and_history(cfg: Config, ch: ClickHouse) -> None:
+    writer = Writer(cfg, ch)
+    topic = cfg.topic("customer-scores")
+    assert writer.add(topic, 0, 10, _score("c42", 56))
+    assert writer.add(topic, 0, 11, _score("c42", 57))
+    assert writer.add(topic, 1, 3, _score("c7", 1, revenue=None), key=b"c7")
+    assert writer.flush()
+    db = ch.database
+    latest = ch.rows(
+        f"SELECT customer_id, version, revenue, n_transactions, toUnixTimestamp64Milli(as_of), "
+        f"toUnixTimestamp64Milli(updated_at) FROM {db}.customers FINAL ORDER BY customer_id"
+    )
+    assert latest == [("c42", 57, 1234.56, 12, NOW - 1000, NOW), ("c7", 1, 0.0, 12, NOW - 1000, NOW)]
+    assert ch.rows(f"SELECT count() FROM {db}.customer_scores")[0][0] == 3
+    assert writer.stats()["rows_written"] == {"customers": 3, "customer_scores": 3}
+
+
+def test_a_new_feature_column_needs_no_sink_change(cfg: Config, ch: ClickHouse) -> None:
+    extra = Migration(
+        9001,
+        "clv",
+        (
+            "ALTER TABLE {db}.customers ADD COLUMN IF NOT EXISTS clv_12m Float64 DEFAULT -1",
+            "ALTER TABLE {db}.customer_scores ADD COLUMN IF NOT EXISTS clv_12m Float64 DEFAULT -1",
+        ),
+    )
+    migrate(ch, [*load_migrations(), extra])
+    writer = Writer(cfg, ch)
+    topic = cfg.topic("customer-scores")
+    writer.add(topic, 0, 0, _score("a", 1, clv_12m=99.5))
+    assert writer.flush()
+    writer.add(topic, 0, 1, _score("b", 1))  # an older worker: no key, the column default applies
+    assert writer.flush()
+    got = ch.rows(f"SELECT customer_id, clv_12m FROM {ch.database}.customers FINAL ORDER BY customer_id")
+    assert got == [("a", 99.5), ("b", -1.0)]
+
+
+def test_raw_events_dead_letters_and_late_events(cfg: Config, ch: ClickHouse) -> None:
+    codec = Codec()
+    writer = Writer(cfg, ch)
+    tx = {"event_id": "e1", "customer_id": "c1", "event_time": NOW, "amount": 9.5, "channel": "app"}
+    pay = {
+        "event_id": "p1",
+        "customer_id": "c1",
+        "event_time": NOW,
+        "invoice_id": "i1",
+        "amount_due": 20.0,
+        "due_date": NOW - 5000,
+        "status": "late",
+    }
+    assert writer.add(cfg.topic("transactions"), 2, 100, codec.encode("transactions", tx))
+    assert writer.add(cfg.topic("transactions"), 2, 101, codec.encode("transactions", tx))  # upstream duplicate
+    assert writer.add(cfg.topic("payments"), 0, 7, codec.encode("payments", pay))
+    # Skipped, not failed: garbage, a contact on the transactions topic, an invalid event, a JSON array.
+    assert not writer.add(cfg.topic("transactions"), 2, 102, b"garbage")
+    contact = {"event_id": "k", "customer_id": "c1", "event_time": NOW, "channel": "phone", "reason": "sales"}
+    assert not writer.add(cfg.topic("transactions"), 2, 103, codec.encode("contacts", contact))
+    assert not writer.add(cfg.topic("transactions"), 2, 104, codec.encode("transactions", dict(tx, customer_id="")))
+    assert not writer.add(cfg.topic("late-events"), 0, 1, b"[1, 2]")
+    dead = {
+        "time": NOW,
+        "topic": cfg.topic("contacts"),
+        "partition": 3,
+        "offset": 9,
+        "key": "c9",
+        "raw_b64": "AAAA" * 50_000,
+        "error_class": "DecodeError",
+        "error": "bad magic",
+    }
+    assert writer.add(cfg.topic("dead-letters"), 0, 0, json.dumps(dead).encode())
+    late = {
+        "time": NOW,
+        "topic": cfg.topic("transactions"),
+        "partition": 1,
+        "offset": 5,
+        "customer_id": "c1",
+        "event_id": "old",
+        "event_time": NOW - 10 * 86_400_000,
+        "stream_time": NOW,
+        "lateness_ms": 864_000_000,
+    }
+    assert writer.add(cfg.topic("late-events"), 0, 2, json.dumps(late).encode())
+    assert writer.flush()
+
+    db = ch.database
+    # One row: the duplicate collapses on insert already (optimize_on_insert), and with FINAL in any case.
+    assert ch.rows(
+        f"SELECT event_id, amount, gross_margin, channel, currency, topic, partition, offset "
+        f"FROM {db}.transactions FINAL"
+    ) == [("e1", 9.5, None, "app", "EUR", cfg.topic("transactions"), 2, 101)]
+    assert ch.rows(f"SELECT status, paid_date, toUnixTimestamp64Milli(due_date) FROM {db}.payments") == [
+        ("late", None, NOW - 5000)
+    ]
+    assert ch.rows(f"SELECT partition, offset, length(raw), error_class FROM {db}.dead_letters") == [
+        (3, 9, 65_536, "DecodeError")
+    ]
+    assert ch.rows(f"SELECT event_id, lateness_ms FROM {db}.late_events") == [("old", 864_000_000)]
+    stats = writer.stats()
+    assert stats["records_skipped"] == 4 and stats["records_consumed"] == 9
+
+
+def test_batches_are_per_partition_and_flush_when_full(cfg: Config, ch: ClickHouse) -> None:
+    writer = Writer(cfg.replace(sink_batch_rows=3), ch)
+    topic = cfg.topic("customer-scores")
+    for offset in range(2):
+        writer.add(topic, 0, offset, _score(f"a{offset}", 1))
+        writer.add(topic, 1, offset, _score(f"b{offset}", 1))
+    assert not writer._full and writer.pending_rows == 8  # 4 records × 2 tables, 4 batches
+    writer.add(topic, 0, 2, _score("a2", 1))
+    assert writer._full
+    tokens = sorted(b.token for b in writer._pending)
+    assert tokens[0] == f"{topic}:0:0:2:customer_scores" and tokens[-1] == f"{topic}:1:0:1:customers"
+
+
+def test_failed_batch_is_retried_with_its_token_and_written_once(cfg: Config, ch: ClickHouse) -> None:
+    db = ch.database
+    writer = Writer(cfg, ch)
+    topic = cfg.topic("customer-scores")
+    writer.add(topic, 0, 0, _score("a", 1))
+    ch.command(f"RENAME TABLE {db}.customer_scores TO {db}.customer_scores_away")  # ClickHouse "fails"
+    try:
+        assert not writer.flush()
+        assert writer.stats()["last_error"] and writer.pending_rows == 1
+        token = writer._pending[0].token
+        writer.add(topic, 0, 1, _score("b", 1))  # arrives while failing: goes to a new batch
+        assert writer._pending[0].token == token
+    finally:
+        ch.command(f"RENAME TABLE {db}.customer_scores_away TO {db}.customer_scores")
+    assert writer.flush()
+    assert ch.rows(f"SELECT customer_id FROM {db}.customer_scores ORDER BY customer_id") == [("a",), ("b",)]
+    assert ch.rows(f"SELECT customer_id FROM {db}.customers FINAL ORDER BY customer_id") == [("a",), ("b",)]
+    assert writer.stats()["last_error"] is None
