@@ -9,9 +9,10 @@ Idempotence has two layers:
 * an upstream duplicate (same ``event_id``, new offset) is recognised by a bounded memory of recent event-id
   hashes. Only events inside the allowed lateness need remembering: anything older is late and never applied.
   When the memory is full (more than ``RECENT_IDS`` events inside the lateness window), the oldest entry is
-  forgotten and its time becomes a floor at or below which events are treated as late — so a duplicate is never
-  counted twice, even past the bound. The price: a burst of more than ``RECENT_IDS`` events inside the window,
-  delivered out of order, may see its oldest stragglers classified late (reported on ``late-events``).
+  forgotten and its time becomes a floor (per kind) at or below which events of that kind are treated as
+  late — so a duplicate is never counted twice, even past the bound. The price: a burst of more than
+  ``RECENT_IDS`` events of one kind inside the window, delivered out of order, may see its oldest stragglers
+  classified late (reported on ``late-events``).
 
 >>> s = CustomerState()
 >>> tx = {"event_id": "e1", "event_time": 1_000_000, "amount": 10.0, "gross_margin": None}
@@ -42,7 +43,7 @@ KIND_INDEX = {"transactions": 0, "contacts": 1, "payments": 2}
 #: How many recent event ids a customer remembers (see the module docstring).
 RECENT_IDS = 16
 
-_HEAD = struct.Struct("<QqqqIIIqqq3q3qB")
+_HEAD = struct.Struct("<QqqqIIIqq3q3q3qB")
 _RECENT = struct.Struct("<qQ")  # (event time, event hash)
 _FORMAT_VERSION = 2
 
@@ -73,7 +74,7 @@ class CustomerState:
         "n_payments",
         "first_time",
         "last_time",
-        "floor_time",
+        "floors",
         "offsets",
         "kind_times",
         "recent",
@@ -89,7 +90,7 @@ class CustomerState:
         self.n_payments = 0
         self.first_time = 0  # ms; 0 = no event yet
         self.last_time = 0  # the customer's stream time: latest event time applied
-        self.floor_time = 0  # events at or before this time may be forgotten duplicates: treated as late
+        self.floors = [0, 0, 0]  # per kind: events at or before it may be forgotten duplicates, treated as late
         self.offsets = [-1, -1, -1]  # last Kafka offset seen per kind
         self.kind_times = [0, 0, 0]  # stream time per kind: lateness is measured within a topic's order
         self.recent: list[tuple[int, int]] = []  # (event_time, event_hash), oldest first
@@ -117,28 +118,28 @@ class CustomerState:
         t = int(record["event_time"])
         # Kafka orders records within a partition only: a customer's three topics are consumed at different
         # paces, so an event is late only against the stream time of its own kind.
-        if self.kind_times[k] and t < self.kind_times[k] - lateness_ms or t <= self.floor_time:
+        if self.kind_times[k] and t < self.kind_times[k] - lateness_ms or t <= self.floors[k]:
             return "late"
-        h = event_hash(record["event_id"])
+        h = (event_hash(record["event_id"]) & ~3) | k  # the low bits say the kind, for pruning and floors
         for _, seen in self.recent:
             if seen == h:
                 return "duplicate"
         self._fold(kind, record, t, margin_rate, contact_costs)
         if t > self.kind_times[k]:
             self.kind_times[k] = t
-        # Memory older than every kind's horizon can never match again: an event that old is late.
-        self._remember(t, h, min(x for x in self.kind_times if x) - lateness_ms)
+        self._remember(t, h, lateness_ms)
         return "applied"
 
-    def _remember(self, t: int, h: int, horizon: int) -> None:
-        recent = self.recent
+    def _remember(self, t: int, h: int, lateness_ms: int) -> None:
+        # An entry older than its kind's lateness horizon can never match again: an event that old is late.
+        times = self.kind_times
+        recent = [(rt, rh) for rt, rh in self.recent if rt >= times[rh & 3] - lateness_ms]
         recent.append((t, h))
         recent.sort()
-        # Entries older than the lateness horizon can never be matched: an event that old is late anyway.
-        while recent and recent[0][0] < horizon:
-            recent.pop(0)
         while len(recent) > RECENT_IDS:
-            self.floor_time = max(self.floor_time, recent.pop(0)[0])
+            ot, oh = recent.pop(0)
+            self.floors[oh & 3] = max(self.floors[oh & 3], ot)
+        self.recent = recent
 
     def _fold(
         self, kind: str, r: Mapping[str, Any], t: int, margin_rate: float, contact_costs: Mapping[str, float]
@@ -193,7 +194,7 @@ class CustomerState:
             self.n_payments,
             self.first_time,
             self.last_time,
-            self.floor_time,
+            *self.floors,
             *self.offsets,
             *self.kind_times,
             len(self.recent),
@@ -216,12 +217,12 @@ class CustomerState:
             s.n_payments,
             s.first_time,
             s.last_time,
-            s.floor_time,
-        ) = fields[:10]
-        s.offsets = list(fields[10:13])
-        s.kind_times = list(fields[13:16])
+        ) = fields[:9]
+        s.floors = list(fields[9:12])
+        s.offsets = list(fields[12:15])
+        s.kind_times = list(fields[15:18])
         pos, size = 1 + _HEAD.size, _RECENT.size
-        s.recent = [_RECENT.unpack_from(data, pos + i * size) for i in range(fields[16])]
+        s.recent = [_RECENT.unpack_from(data, pos + i * size) for i in range(fields[18])]
         return s
 
     def __eq__(self, other: object) -> bool:

@@ -127,3 +127,10 @@ def test_lateness_is_measured_within_a_topic() -> None:
     s = fold([contact(1, T0 + 80 * DAY), tx(2, T0, 5.0), tx(3, T0 + DAY, 5.0)])
     assert s.revenue_cents == 1000 and s.n_contacts == 1
     assert s.apply(*tx(4, T0 - 5 * DAY, 1.0), -1, 0.3, COSTS, 3 * DAY) == "late"
+
+
+def test_a_burst_of_one_kind_does_not_make_another_kind_late() -> None:
+    """Contacts consumed far ahead fill the id memory; purchases behind them must still apply."""
+    contacts = [contact(100 + i, T0 + 80 * DAY + i) for i in range(RECENT_IDS * 2)]
+    s = fold(contacts + [tx(1, T0, 5.0), tx(2, T0 + DAY, 5.0)])
+    assert s.revenue_cents == 1000 and s.n_contacts == RECENT_IDS * 2
