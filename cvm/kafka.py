@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cvm.config import EVENT_TOPICS, Config
+from cvm.config import Config
 from cvm.exceptions import BrokerUnavailable
 
 __all__ = ["TOPICS", "TopicSpec", "check_broker", "create_topics", "make_consumer", "make_producer"]
@@ -109,11 +109,6 @@ def create_topics(cfg: Config, names: Iterable[str] | None = None, timeout: floa
             if "TOPIC_ALREADY_EXISTS" not in str(exc):  # a concurrent process created it: fine
                 raise BrokerUnavailable(f"could not create topic {topic}: {exc}") from None
     return created
-
-
-def event_topics(cfg: Config) -> list[str]:
-    """Full names of the three upstream topics."""
-    return [cfg.topic(name) for name in EVENT_TOPICS]
 
 
 def make_producer(cfg: Config, **extra: Any) -> Producer:

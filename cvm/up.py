@@ -78,7 +78,6 @@ class Status:
         self.cfg = cfg
         self.url = f"http://127.0.0.1:{port}/api/status"
         self._consumer: Any = None
-        self.first_row_s: float | None = None
 
     def sink(self) -> dict[str, Any]:
         try:
@@ -226,8 +225,6 @@ def _supervise(
 def _show(status: Status, elapsed: float, children: list[Child], tty: bool) -> None:
     s = status.sink()
     customers = s.get("customers")
-    if customers and status.first_row_s is None:
-        status.first_row_s = elapsed
     rows = s.get("tables") or {}
     writer = s.get("writer") or {}
     figures = [

@@ -146,5 +146,4 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
         # customer, so let the buffer hold a few batches.
         app.producer.buffer.max_messages = 4 * cfg.worker_batch
 
-    app.cvm_processor = processor  # type: ignore[attr-defined]
     return app

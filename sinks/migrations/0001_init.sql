@@ -89,22 +89,8 @@ ORDER BY customer_id
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Every score message ever emitted: the history behind `customers`.
-CREATE TABLE IF NOT EXISTS {db}.customer_scores
-(
-    customer_id String,
-    version UInt64,
-    as_of DateTime64(3, 'UTC'),
-    revenue Float64,
-    gross_margin Float64,
-    n_transactions UInt32,
-    n_contacts UInt32,
-    n_payments UInt32,
-    first_event_time DateTime64(3, 'UTC'),
-    last_event_time DateTime64(3, 'UTC'),
-    cost_to_serve Float64,
-    profitability Float64,
-    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)
-)
+-- Same columns as `customers`, by construction: a feature migration alters both.
+CREATE TABLE IF NOT EXISTS {db}.customer_scores AS {db}.customers
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(updated_at)
 ORDER BY (customer_id, version)
