@@ -363,6 +363,22 @@ def load_migrations() -> list[Migration]:
     return found
 
 
+#: Every score message is written to both (latest state, history); ``{score_table}`` in a migration stands for
+#: each of them, so the two keep the same columns.
+SCORE_TABLES = ("customers", "customer_scores")
+
+
+def _expand(statements: Sequence[str]) -> list[str]:
+    """Statements with ``{score_table}`` once per score table, the others as they are."""
+    out = []
+    for statement in statements:
+        if "{score_table}" in statement:
+            out.extend(statement.replace("{score_table}", table) for table in SCORE_TABLES)
+        else:
+            out.append(statement)
+    return out
+
+
 def migrate(ch: ClickHouse, migrations: Sequence[Migration] | None = None) -> list[int]:
     """Create the database and apply the migrations not yet recorded; return the versions applied now."""
     db = ch.database
@@ -380,7 +396,7 @@ def migrate(ch: ClickHouse, migrations: Sequence[Migration] | None = None) -> li
     for migration in migrations if migrations is not None else load_migrations():
         if migration.version in done:
             continue
-        for statement in migration.statements:
+        for statement in _expand(migration.statements):
             try:
                 ch.command(statement.replace("{db}", db))
             except ClickHouseError as exc:

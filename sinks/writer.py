@@ -34,14 +34,11 @@ from cvm.config import EVENT_TOPICS, Config
 from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
 from cvm.kafka import make_consumer
-from sinks.clickhouse import ClickHouse, InsertFailed, Table
+from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table
 
 __all__ = ["SCORE_TABLES", "Writer"]
 
 log = logging.getLogger("cvm.sink")
-
-#: Every score message is written to both: the latest state and the history.
-SCORE_TABLES = ("customers", "customer_scores")
 
 #: Longest base64 text kept of a dead letter's record (the worker bounds it too; this is the sink's guard).
 MAX_RAW_CHARS = 65_536

@@ -25,6 +25,7 @@ TABLES = {
     "model_metrics",
     "dead_letters",
     "late_events",
+    "clv_params",
     "schema_migrations",
 }
 
@@ -40,6 +41,17 @@ def test_migrations_create_every_table_once(ch: ClickHouse) -> None:
     assert migrate(ch) == []  # second run: nothing to do
     assert ch.rows(f"SELECT count() FROM {ch.database}.schema_migrations")[0][0] == len(versions)
     assert _tables(ch) == TABLES
+
+
+def test_score_tables_keep_the_same_columns(ch: ClickHouse) -> None:
+    def columns(table: str) -> list[tuple[str, str]]:
+        return ch.rows(
+            "SELECT name, type FROM system.columns WHERE database = {d:String} AND table = {t:String} ORDER BY name",
+            {"d": ch.database, "t": table},
+        )
+
+    assert columns("customers") == columns("customer_scores")
+    assert ("churn_reasons", "Array(String)") in columns("customers")
 
 
 def test_every_mergetree_table_can_dedup_inserts(ch: ClickHouse) -> None:
