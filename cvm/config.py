@@ -67,11 +67,20 @@ class Config:
     default_margin_rate: float = _f(
         0.30, "CVM_DEFAULT_MARGIN_RATE", "Gross margin rate applied to a transaction that carries no margin."
     )
+    clv_horizon_days: float = _f(
+        365.0, "CVM_CLV_HORIZON_DAYS", "Horizon of the CLV and of the expected purchases, in days."
+    )
+    clv_discount_rate: float = _f(0.10, "CVM_CLV_DISCOUNT_RATE", "Annual discount rate of the CLV (0.10: 10%).")
     contact_costs: dict[str, float] = _f(
         DEFAULT_CONTACT_COSTS,
         "CVM_CONTACT_COSTS",
         "Cost of a contact per channel when the event carries none (env: 'phone=6,email=2.5').",
     )
+    clv_period_days: int = _f(
+        1, "CVM_CLV_PERIOD_DAYS", "Length of a purchase occasion in days: purchases within one period count once."
+    )
+    tier_a_share: float = _f(0.2, "CVM_TIER_A_SHARE", "Share of customers in value tier A (the most profitable).")
+    tier_b_share: float = _f(0.3, "CVM_TIER_B_SHARE", "Share of customers in value tier B; the rest is tier C.")
     allowed_lateness_s: float = _f(
         3 * 86400.0, "CVM_ALLOWED_LATENESS_S", "How far behind a customer's stream time an event may arrive."
     )
@@ -87,12 +96,63 @@ class Config:
     kafka_sasl_password: str = _f("", "CVM_KAFKA_SASL_PASSWORD", "SASL password (never logged).")
     kafka_ssl_cafile: str = _f("", "CVM_KAFKA_SSL_CAFILE", "CA bundle for TLS to Kafka.")
     log_level: str = _f("WARNING", "CVM_LOG_LEVEL", "Log level of cvm processes.")
+    # Alerts (docs/alerts.md): scoring.alerts.AlertRules takes the alert_* settings by name.
+    alert_rules: str = _f(
+        "high_value_at_risk,p_alive_drop,cancellation_request",
+        "CVM_ALERT_RULES",
+        "Alert rules that are on, comma-separated (a TOML list works too); none turns alerts off.",
+    )
+    alert_churn_threshold: float = _f(
+        0.6, "CVM_ALERT_CHURN_THRESHOLD", "Churn probability at which a high-value customer is at risk."
+    )
+    alert_hysteresis: float = _f(
+        0.1, "CVM_ALERT_HYSTERESIS", "How far back past a threshold a customer must recover to end an episode."
+    )
+    alert_critical_probability: float = _f(
+        0.8, "CVM_ALERT_CRITICAL_PROBABILITY", "Churn probability (or 1 - P(alive)) that makes an alert critical."
+    )
+    alert_profit_percentile: float = _f(
+        0.0, "CVM_ALERT_PROFIT_PERCENTILE", "Also high value: profit_percentile at or above it (0.95: top 5%; 0: off)."
+    )
+    alert_p_alive_high: float = _f(0.8, "CVM_ALERT_P_ALIVE_HIGH", "P(alive) a sharp fall starts from.")
+    alert_p_alive_low: float = _f(0.4, "CVM_ALERT_P_ALIVE_LOW", "P(alive) a sharp fall ends at or below.")
+    alert_p_alive_window_days: float = _f(
+        30.0, "CVM_ALERT_P_ALIVE_WINDOW_DAYS", "Days within which a fall over several scorings still counts as sharp."
+    )
+    alert_cancellation_window_days: float = _f(
+        30.0, "CVM_ALERT_CANCELLATION_WINDOW_DAYS", "Days a cancellation request keeps its episode open."
+    )
+    alert_cooldown_days: float = _f(
+        7.0, "CVM_ALERT_COOLDOWN_DAYS", "Event-time days after an episode ends before the same rule alerts again."
+    )
+    alert_webhook_url: str = _f("", "CVM_ALERT_WEBHOOK_URL", "POST each alert as JSON to this URL; empty = off.")
+    alert_webhook_attempts: int = _f(5, "CVM_ALERT_WEBHOOK_ATTEMPTS", "Tries per alert, with exponential backoff.")
+    alert_webhook_queue: int = _f(
+        1000, "CVM_ALERT_WEBHOOK_QUEUE", "Alerts waiting for the webhook at most; when full the oldest is dropped."
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.allowed_lateness_s <= 49 * 86400:
             raise ConfigError(f"allowed_lateness_s={self.allowed_lateness_s}: must be between 0 and 49 days")
+        if not 1 <= self.clv_period_days <= 7:
+            raise ConfigError(f"clv_period_days={self.clv_period_days}: must be between 1 and 7")
+        if not (0 < self.tier_a_share and 0 <= self.tier_b_share and self.tier_a_share + self.tier_b_share < 1):
+            raise ConfigError("tier_a_share and tier_b_share must be positive shares that add up to less than 1")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions}: must be at least 1")
+        self._check_alerts()
+
+    def _check_alerts(self) -> None:
+        from scoring.alerts import AlertRules  # pure and dependency-free: the rules own their validation
+
+        try:
+            AlertRules.from_config(self)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.alert_webhook_url and not self.alert_webhook_url.startswith(("http://", "https://")):
+            raise ConfigError("alert_webhook_url must start with http:// or https://")
+        if self.alert_webhook_attempts < 1 or self.alert_webhook_queue < 1:
+            raise ConfigError("alert_webhook_attempts and alert_webhook_queue must be at least 1")
 
     # --- construction -------------------------------------------------------------------------------------------
 
@@ -191,6 +251,9 @@ class Config:
                 value = "***"
             shown[f.name] = str(value)
         shown["clickhouse_url"] = _mask_url(self.clickhouse_dsn)
+        if self.alert_webhook_url:  # webhook URLs often carry their secret in the path or query
+            scheme, _, rest = self.alert_webhook_url.partition("://")
+            shown["alert_webhook_url"] = f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}/***"
         return shown
 
 
@@ -232,6 +295,8 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
             return float(value)
         if typ.startswith("dict"):
             return {str(k): float(v) for k, v in dict(value).items()}
+        if isinstance(value, list):  # a TOML list for a comma-separated setting
+            return ",".join(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {name}={value!r} is not a valid {typ}") from None

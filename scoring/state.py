@@ -1,6 +1,18 @@
 """Per-customer state: what a customer's events add up to, updated one event at a time, idempotently.
 
-Money is kept in integer cents so totals are exact and independent of the order events arrive in.
+The state holds only sufficient statistics — sums, counts, a few times, two small bitmaps and decayed counters —
+from which :mod:`scoring.features` derives every feature. Each statistic is chosen so that folding the same set
+of events in any order (within the allowed lateness) gives the same state:
+
+* money is kept in integer cents, so totals are exact;
+* purchase occasions (periods with a purchase, one UTC day by default) are a set: a bitmap of the last 64 periods
+  plus the newest period that fell out of it, enough to insert a late occasion between its neighbours and keep the
+  sum of squared gaps (purchase regularity) and the active months exact;
+* contact days likewise (a 64-day bitmap) for repeat contacts: a contact is a repeat when the customer had already
+  contacted the company that day or in the 7 days before;
+* the 7/30/90-day views are exponentially decayed sums, kept as of the customer's stream time: adding an event of
+  time t to a sum kept at time T is the same operation whichever of the two is later, so the order of arrival only
+  changes float rounding (within 1e-9 relative; see the tests).
 
 Idempotence has two layers:
 
@@ -8,19 +20,21 @@ Idempotence has two layers:
   changes nothing;
 * an upstream duplicate (same ``event_id``, new offset) is recognised by a bounded memory of recent event-id
   hashes. Only events inside the allowed lateness need remembering: anything older is late and never applied.
-  When the memory is full (more than ``RECENT_IDS`` events inside the lateness window), the oldest entry is
-  forgotten and its time becomes a floor (per kind) at or below which events of that kind are treated as
-  late — so a duplicate is never counted twice, even past the bound. The price: a burst of more than
-  ``RECENT_IDS`` events of one kind inside the window, delivered out of order, may see its oldest stragglers
-  classified late (reported on ``late-events``).
+  When the memory is full (more than ``RECENT_IDS`` events inside the lateness window), the entry first in
+  (time, hash) order is forgotten and becomes its kind's floor: an event of that kind at or before the floor, in
+  the same order, may be a forgotten duplicate and is treated as late, so a duplicate is never counted twice,
+  even past the bound. The price, paid only by customers with more than ``RECENT_IDS`` events inside the
+  lateness window: a straggler delivered after newer events, or one of many events sharing one timestamp, may be
+  classified late (reported on ``late-events`` and kept in the raw tables, never applied).
 
+>>> rules = FoldRules(margin_rate=0.3, contact_costs={}, lateness_ms=0)
 >>> s = CustomerState()
 >>> tx = {"event_id": "e1", "event_time": 1_000_000, "amount": 10.0, "gross_margin": None}
->>> s.apply("transactions", tx, offset=5, margin_rate=0.3, contact_costs={}, lateness_ms=0)
+>>> s.apply("transactions", tx, 5, rules)
 'applied'
->>> s.apply("transactions", tx, offset=5, margin_rate=0.3, contact_costs={}, lateness_ms=0)
+>>> s.apply("transactions", tx, 5, rules)
 'redelivered'
->>> s.apply("transactions", tx, offset=6, margin_rate=0.3, contact_costs={}, lateness_ms=0)
+>>> s.apply("transactions", tx, 6, rules)
 'duplicate'
 >>> s.revenue_cents, s.margin_cents, s.n_transactions, s.version
 (1000, 300, 1, 1)
@@ -31,21 +45,120 @@ True
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
-__all__ = ["KIND_INDEX", "CustomerState", "event_hash"]
+__all__ = [
+    "CHANNELS",
+    "DAY_MS",
+    "DECAYED",
+    "KIND_INDEX",
+    "RECENT_IDS",
+    "TAU_MS",
+    "CustomerState",
+    "FoldRules",
+    "event_hash",
+    "month_of",
+]
 
-#: Position of each event kind in per-kind arrays (offsets).
+#: Position of each event kind in per-kind arrays (offsets, stream times, floors).
 KIND_INDEX = {"transactions": 0, "contacts": 1, "payments": 2}
 
-#: How many recent event ids a customer remembers (see the module docstring).
-RECENT_IDS = 16
+#: Contact channels counted one by one (the contact schema's channels).
+CHANNELS = ("phone", "email", "chat", "web", "store")
 
-_HEAD = struct.Struct("<QqqqIIIqq3q3q3qB")
-_RECENT = struct.Struct("<qQ")  # (event time, event hash)
-_FORMAT_VERSION = 2
+#: How many recent event ids a customer remembers (see the module docstring).
+RECENT_IDS = 8
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+_REPEAT_WINDOW_DAYS = 7
+_BITS = 64
+_MASK = (1 << _BITS) - 1
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+#: The decayed counters (the 7/30/90-day views) and their time constants: a counter with time constant τ days
+#: counts about what a τ-day window would, with no cliff when an event leaves the window.
+DECAYED = (
+    "spend_7d",
+    "spend_30d",
+    "spend_90d",
+    "purchases_7d",
+    "purchases_30d",
+    "purchases_90d",
+    "contacts_7d",
+    "contacts_30d",
+    "contacts_90d",
+    "complaints_30d",
+    "failed_payments_90d",
+)
+TAU_MS = tuple(int(name.rsplit("_", 1)[1][:-1]) * DAY_MS for name in DECAYED)
+
+_HEAD = struct.Struct(
+    "<I"  # version
+    "3q3q3q3Q"  # offsets, kind_times, floors (time, hash)
+    "qq"  # first_time, last_time
+    "5q"  # revenue, margin, cost, purchase (gross), first occasion's spend: cents
+    "20I"  # counts (see _COUNTS)
+    "iiiQQI"  # first/last/prior occasion, occasion bits, squared gaps, active months
+    "qqiQ"  # last purchase time, last cancellation time, last contact day, contact bits
+    "11d"  # decayed counters
+    "B"  # recent ids
+)
+_COUNTS = (
+    "n_transactions",
+    "n_purchases",
+    "n_refunds",
+    "n_occasions",
+    "n_contacts",
+    "n_complaints",
+    "n_cancellations",
+    "n_unresolved",
+    "n_fresh_contact_days",
+    "n_phone",
+    "n_email",
+    "n_chat",
+    "n_web",
+    "n_store",
+    "n_payments",
+    "n_on_time",
+    "n_late",
+    "n_failed",
+    "n_chargebacks",
+    "past_due_hours",
+)
+_RECENT = struct.Struct("<IQ")  # (kind stream time - event time, event hash)
+_FORMAT_VERSION = 3
+
+
+@dataclass(frozen=True)
+class FoldRules:
+    """The configuration that folding events depends on.
+
+    Parameters
+    ----------
+    margin_rate
+        Gross margin rate of a transaction that carries no margin.
+    contact_costs
+        Cost of a contact per channel when the event carries none.
+    lateness_ms
+        How far behind its topic's stream time (per customer) an event may arrive and still be applied.
+    period_days
+        Length of a purchase occasion: purchases in the same period count as one occasion (CLV, regularity).
+    """
+
+    margin_rate: float = 0.3
+    contact_costs: Mapping[str, float] = field(default_factory=dict)
+    lateness_ms: int = 3 * DAY_MS
+    period_days: int = 1
+
+    @property
+    def period_ms(self) -> int:
+        return self.period_days * DAY_MS
 
 
 def event_hash(event_id: str) -> int:
@@ -61,51 +174,94 @@ def _cents(amount: float) -> int:
     return int(round(amount * 100))
 
 
+def month_of(period: int, period_days: int) -> int:
+    """A running month number (year * 12 + month) of the first day of a period.
+
+    >>> month_of(0, 1), month_of(31, 1) - month_of(0, 1)
+    (23640, 1)
+    """
+    d = date.fromordinal(_EPOCH_ORDINAL + period * period_days)
+    return d.year * 12 + d.month - 1
+
+
 class CustomerState:
     """What one customer's events add up to; :meth:`apply` folds one event in."""
 
     __slots__ = (
         "version",
+        "offsets",
+        "kind_times",
+        "floors",
+        "floor_hashes",
+        "first_time",
+        "last_time",
         "revenue_cents",
         "margin_cents",
         "cost_cents",
-        "n_transactions",
-        "n_contacts",
-        "n_payments",
-        "first_time",
-        "last_time",
-        "floors",
-        "offsets",
-        "kind_times",
+        "purchase_cents",
+        "first_occasion_cents",
+        *_COUNTS,
+        "first_occasion",
+        "last_occasion",
+        "prior_occasion",
+        "occasion_bits",
+        "gap_sq_sum",
+        "active_months",
+        "last_purchase_time",
+        "last_cancellation_time",
+        "last_contact_day",
+        "contact_bits",
+        "decayed",
         "recent",
     )
 
     def __init__(self) -> None:
         self.version = 0  # events applied: the version of the customer's scores
-        self.revenue_cents = 0
-        self.margin_cents = 0
-        self.cost_cents = 0
-        self.n_transactions = 0
-        self.n_contacts = 0
-        self.n_payments = 0
-        self.first_time = 0  # ms; 0 = no event yet
-        self.last_time = 0  # the customer's stream time: latest event time applied
-        self.floors = [0, 0, 0]  # per kind: events at or before it may be forgotten duplicates, treated as late
         self.offsets = [-1, -1, -1]  # last Kafka offset seen per kind
         self.kind_times = [0, 0, 0]  # stream time per kind: lateness is measured within a topic's order
+        # Per kind, the (time, hash) of the last entry the id memory forgot: an event at or before it (in that
+        # order) may be a forgotten duplicate and is treated as late; one after it is remembered if ever seen.
+        self.floors = [0, 0, 0]
+        self.floor_hashes = [0, 0, 0]
+        self.first_time = 0  # ms; 0 = no event yet
+        self.last_time = 0  # the customer's stream time: latest event time applied
+        self.revenue_cents = 0  # net: refunds are negative
+        self.margin_cents = 0
+        self.cost_cents = 0
+        self.purchase_cents = 0  # gross: positive amounts only
+        self.first_occasion_cents = 0  # positive amounts on the first purchase occasion
+        self.n_transactions = 0
+        self.n_purchases = 0  # transactions with a positive amount
+        self.n_refunds = 0
+        self.n_occasions = 0  # periods with a purchase
+        self.n_contacts = 0
+        self.n_complaints = 0
+        self.n_cancellations = 0
+        self.n_unresolved = 0
+        self.n_fresh_contact_days = 0  # contact days with no contact in the 7 days before
+        self.n_phone = self.n_email = self.n_chat = self.n_web = self.n_store = 0
+        self.n_payments = 0
+        self.n_on_time = 0
+        self.n_late = 0
+        self.n_failed = 0
+        self.n_chargebacks = 0
+        self.past_due_hours = 0  # over late payments, started hours between due and paid dates
+        self.first_occasion = -1  # purchase occasion periods since the epoch; -1 = none yet
+        self.last_occasion = -1
+        self.prior_occasion = -1  # newest occasion older than the bitmap, -1 = none
+        self.occasion_bits = 0  # bit i: an occasion at period last_occasion - i
+        self.gap_sq_sum = 0  # sum over consecutive occasions of (gap in periods)²
+        self.active_months = 0  # calendar months with an occasion
+        self.last_purchase_time = 0
+        self.last_cancellation_time = 0
+        self.last_contact_day = -1
+        self.contact_bits = 0  # bit i: a contact on day last_contact_day - i
+        self.decayed = [0.0] * len(DECAYED)  # as of last_time
         self.recent: list[tuple[int, int]] = []  # (event_time, event_hash), oldest first
 
     # --- folding events in ---------------------------------------------------------------------------------------
 
-    def apply(
-        self,
-        kind: str,
-        record: Mapping[str, Any],
-        offset: int,
-        margin_rate: float,
-        contact_costs: Mapping[str, float],
-        lateness_ms: int,
-    ) -> str:
+    def apply(self, kind: str, record: Mapping[str, Any], offset: int, rules: FoldRules) -> str:
         """Fold one event in; return ``applied``, ``redelivered``, ``duplicate`` or ``late``.
 
         ``offset`` is the record's Kafka offset (``-1`` when it has none, e.g. in tests and replays of files).
@@ -118,16 +274,18 @@ class CustomerState:
         t = int(record["event_time"])
         # Kafka orders records within a partition only: a customer's three topics are consumed at different
         # paces, so an event is late only against the stream time of its own kind.
-        if self.kind_times[k] and t < self.kind_times[k] - lateness_ms or t <= self.floors[k]:
+        if self.kind_times[k] and t < self.kind_times[k] - rules.lateness_ms:
             return "late"
         h = (event_hash(record["event_id"]) & ~3) | k  # the low bits say the kind, for pruning and floors
+        if (t, h) <= (self.floors[k], self.floor_hashes[k]):
+            return "late"
         for _, seen in self.recent:
             if seen == h:
                 return "duplicate"
-        self._fold(kind, record, t, margin_rate, contact_costs)
+        self._fold(kind, record, t, rules)
         if t > self.kind_times[k]:
             self.kind_times[k] = t
-        self._remember(t, h, lateness_ms)
+        self._remember(t, h, rules.lateness_ms)
         return "applied"
 
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
@@ -138,91 +296,247 @@ class CustomerState:
         recent.sort()
         while len(recent) > RECENT_IDS:
             ot, oh = recent.pop(0)
-            self.floors[oh & 3] = max(self.floors[oh & 3], ot)
+            # Entries leave in (time, hash) order, so this pair only grows.
+            self.floors[oh & 3], self.floor_hashes[oh & 3] = ot, oh
         self.recent = recent
 
-    def _fold(
-        self, kind: str, r: Mapping[str, Any], t: int, margin_rate: float, contact_costs: Mapping[str, float]
-    ) -> None:
+    def _fold(self, kind: str, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
         self.version += 1
         if not self.first_time or t < self.first_time:
             self.first_time = t
         if t > self.last_time:
+            if self.last_time:
+                self._decay_to(t)
             self.last_time = t
         if kind == "transactions":
-            amount = float(r["amount"])
-            margin = r.get("gross_margin")
-            self.revenue_cents += _cents(amount)
-            self.margin_cents += _cents(amount * margin_rate if margin is None else float(margin))
-            self.n_transactions += 1
+            self._transaction(r, t, rules)
         elif kind == "contacts":
-            cost = r.get("cost")
-            self.cost_cents += _cents(contact_costs.get(r["channel"], 0.0) if cost is None else float(cost))
-            self.n_contacts += 1
+            self._contact(r, t, rules)
         else:
-            self.n_payments += 1
+            self._payment(r, t)
 
-    # --- outputs --------------------------------------------------------------------------------------------------
+    def _decay_to(self, t: int) -> None:
+        dt = t - self.last_time
+        self.decayed = [v * math.exp(-dt / tau) if v else 0.0 for v, tau in zip(self.decayed, TAU_MS, strict=True)]
 
-    def scores(self, customer_id: str) -> dict[str, Any]:
-        """The customer's figures as emitted on ``customer-scores`` (times in epoch ms)."""
-        return {
-            "customer_id": customer_id,
-            "version": self.version,
-            "as_of": self.last_time,
-            "revenue": self.revenue_cents / 100,
-            "gross_margin": self.margin_cents / 100,
-            "cost_to_serve": self.cost_cents / 100,
-            "profitability": (self.margin_cents - self.cost_cents) / 100,
-            "n_transactions": self.n_transactions,
-            "n_contacts": self.n_contacts,
-            "n_payments": self.n_payments,
-            "first_event_time": self.first_time,
-            "last_event_time": self.last_time,
-        }
+    def _add_decayed(self, first: int, count: int, value: float, t: int) -> None:
+        # Counters first..first+count-1 receive `value` at time t, seen from the state's time last_time.
+        dt = self.last_time - t
+        for i in range(first, first + count):
+            self.decayed[i] += value * math.exp(-dt / TAU_MS[i]) if dt else value
+
+    def _transaction(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
+        amount = float(r["amount"])
+        margin = r.get("gross_margin")
+        cents = _cents(amount)
+        self.revenue_cents += cents
+        self.margin_cents += _cents(amount * rules.margin_rate if margin is None else float(margin))
+        self.n_transactions += 1
+        if cents < 0:
+            self.n_refunds += 1
+        if cents <= 0:  # refunds and zero amounts are no purchase: no occasion, no basket, no recency
+            if cents:
+                self._add_decayed(0, 3, amount, t)
+            return
+        self.n_purchases += 1
+        self.purchase_cents += cents
+        if t > self.last_purchase_time:
+            self.last_purchase_time = t
+        self._add_decayed(0, 3, amount, t)
+        self._add_decayed(3, 3, 1.0, t)
+        self._add_occasion(t // rules.period_ms, cents, rules.period_days)
+
+    def _add_occasion(self, p: int, cents: int, period_days: int) -> None:
+        """Add a purchase of ``cents`` in period ``p``: a new occasion unless the period already has one."""
+        first, last = self.first_occasion, self.last_occasion
+        if first < 0:
+            self.first_occasion = self.last_occasion = p
+            self.occasion_bits, self.n_occasions, self.first_occasion_cents, self.active_months = 1, 1, cents, 1
+            return
+        if p == first:
+            self.first_occasion_cents += cents
+            return
+        if p > last:
+            shift = p - last
+            dropped = self.occasion_bits >> (_BITS - shift) if shift < _BITS else self.occasion_bits
+            if dropped:  # the newest occasion leaving the bitmap becomes the prior one
+                lowest = (dropped & -dropped).bit_length() - 1
+                self.prior_occasion = last - (lowest + (_BITS - shift if shift < _BITS else 0))
+            self.occasion_bits = (self.occasion_bits << shift) & _MASK | 1 if shift < _BITS else 1
+            self.last_occasion = p
+            self._new_occasion(p, last, -1, period_days)
+            return
+        pos = last - p
+        if pos >= _BITS:  # cannot happen: lateness is capped well below 64 periods (Config)
+            raise ValueError(f"purchase occasion {pos} periods before the newest one is beyond the bitmap")
+        bits = self.occasion_bits
+        if bits >> pos & 1:
+            return
+        self.occasion_bits = bits | 1 << pos
+        if p < first:
+            self.first_occasion, self.first_occasion_cents = p, cents  # the old first occasion is now a repeat
+            self._new_occasion(p, -1, first, period_days)
+            return
+        older = bits >> (pos + 1)
+        pred = last - (pos + 1 + (older & -older).bit_length() - 1) if older else self.prior_occasion
+        succ = last - ((bits & ((1 << pos) - 1)).bit_length() - 1)
+        self._new_occasion(p, pred, succ, period_days)
+
+    def _new_occasion(self, p: int, pred: int, succ: int, period_days: int) -> None:
+        """Count occasion ``p`` between its neighbours (``-1``: none): gaps and active months stay exact."""
+        self.n_occasions += 1
+        if pred >= 0 and succ >= 0:
+            self.gap_sq_sum -= (succ - pred) ** 2
+        month = month_of(p, period_days)
+        same_month = False
+        for q in (pred, succ):
+            if q >= 0:
+                self.gap_sq_sum += (q - p) ** 2
+                same_month = same_month or month_of(q, period_days) == month
+        if not same_month:
+            self.active_months += 1
+
+    def _contact(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
+        channel = r["channel"]
+        cost = r.get("cost")
+        self.cost_cents += _cents(rules.contact_costs.get(channel, 0.0) if cost is None else float(cost))
+        self.n_contacts += 1
+        if channel in CHANNELS:
+            name = "n_" + channel
+            setattr(self, name, getattr(self, name) + 1)
+        reason = r.get("reason")
+        complaint = reason == "complaint"
+        self._add_decayed(6, 3, 1.0, t)
+        if complaint:
+            self.n_complaints += 1
+            self._add_decayed(9, 1, 1.0, t)
+        elif reason == "cancellation_request":
+            self.n_cancellations += 1
+            if t > self.last_cancellation_time:
+                self.last_cancellation_time = t
+        if not r.get("resolved", True):
+            self.n_unresolved += 1
+        self._add_contact_day(t // DAY_MS)
+
+    def _add_contact_day(self, d: int) -> None:
+        """Set contact day ``d``; keep ``n_fresh_contact_days`` = days with no contact in the 7 days before."""
+        if self.last_contact_day < 0:
+            self.last_contact_day, self.contact_bits, self.n_fresh_contact_days = d, 1, 1
+            return
+        if d > self.last_contact_day:
+            shift = d - self.last_contact_day
+            self.contact_bits = (self.contact_bits << shift) & _MASK if shift < _BITS else 0
+            self.last_contact_day = d
+        pos = self.last_contact_day - d
+        bits = self.contact_bits
+        if bits >> pos & 1:
+            return  # another contact that day: a repeat, freshness unchanged
+
+        def fresh(day_pos: int, b: int) -> bool:  # no contact in the 7 days before the day at day_pos
+            window = (b >> (day_pos + 1)) & ((1 << _REPEAT_WINDOW_DAYS) - 1)
+            return window == 0
+
+        newly_stale = 0
+        for later in range(max(0, pos - _REPEAT_WINDOW_DAYS), pos):  # days after d, within 7 days
+            if bits >> later & 1 and fresh(later, bits):
+                newly_stale += 1
+        bits |= 1 << pos
+        self.contact_bits = bits
+        self.n_fresh_contact_days += (1 if fresh(pos, bits) else 0) - newly_stale
+
+    def _payment(self, r: Mapping[str, Any], t: int) -> None:
+        self.n_payments += 1
+        status = r.get("status")
+        paid, due = r.get("paid_date"), r.get("due_date")
+        if status == "failed":
+            self.n_failed += 1
+            self._add_decayed(10, 1, 1.0, t)
+        elif status == "chargeback":
+            self.n_chargebacks += 1
+        elif paid is not None and due is not None and paid > due:
+            self.n_late += 1
+            self.past_due_hours += -(-(int(paid) - int(due)) // HOUR_MS)  # started hours count
+        elif status == "late":
+            self.n_late += 1
+        else:
+            self.n_on_time += 1
 
     # --- serialisation (the table's value bytes) -------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
         head = _HEAD.pack(
             self.version,
+            *self.offsets,
+            *self.kind_times,
+            *self.floors,
+            *self.floor_hashes,
+            self.first_time,
+            self.last_time,
             self.revenue_cents,
             self.margin_cents,
             self.cost_cents,
-            self.n_transactions,
-            self.n_contacts,
-            self.n_payments,
-            self.first_time,
-            self.last_time,
-            *self.floors,
-            *self.offsets,
-            *self.kind_times,
+            self.purchase_cents,
+            self.first_occasion_cents,
+            *(getattr(self, name) for name in _COUNTS),
+            self.first_occasion,
+            self.last_occasion,
+            self.prior_occasion,
+            self.occasion_bits,
+            self.gap_sq_sum,
+            self.active_months,
+            self.last_purchase_time,
+            self.last_cancellation_time,
+            self.last_contact_day,
+            self.contact_bits,
+            *self.decayed,
             len(self.recent),
         )
-        return bytes([_FORMAT_VERSION]) + head + b"".join(_RECENT.pack(t, h) for t, h in self.recent)
+        times = self.kind_times
+        tail = b"".join(_RECENT.pack(times[h & 3] - t, h) for t, h in self.recent)
+        return bytes([_FORMAT_VERSION]) + head + tail
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
         if data[0] != _FORMAT_VERSION:
             raise ValueError(f"unknown customer state format {data[0]}")
-        s = cls()
-        fields = _HEAD.unpack_from(data, 1)
+        s = cls.__new__(cls)
+        f = _HEAD.unpack_from(data, 1)
+        s.version = f[0]
+        s.offsets, s.kind_times, s.floors = list(f[1:4]), list(f[4:7]), list(f[7:10])
+        s.floor_hashes = list(f[10:13])
         (
-            s.version,
+            s.first_time,
+            s.last_time,
             s.revenue_cents,
             s.margin_cents,
             s.cost_cents,
-            s.n_transactions,
-            s.n_contacts,
-            s.n_payments,
-            s.first_time,
-            s.last_time,
-        ) = fields[:9]
-        s.floors = list(fields[9:12])
-        s.offsets = list(fields[12:15])
-        s.kind_times = list(fields[15:18])
-        pos, size = 1 + _HEAD.size, _RECENT.size
-        s.recent = [_RECENT.unpack_from(data, pos + i * size) for i in range(fields[18])]
+            s.purchase_cents,
+            s.first_occasion_cents,
+        ) = f[13:20]
+        i = 20 + len(_COUNTS)
+        for name, value in zip(_COUNTS, f[20:i], strict=True):
+            setattr(s, name, value)
+        (
+            s.first_occasion,
+            s.last_occasion,
+            s.prior_occasion,
+            s.occasion_bits,
+            s.gap_sq_sum,
+            s.active_months,
+            s.last_purchase_time,
+            s.last_cancellation_time,
+            s.last_contact_day,
+            s.contact_bits,
+        ) = f[i : i + 10]
+        i += 10
+        s.decayed = list(f[i : i + len(DECAYED)])
+        n = f[-1]
+        pos, size, times = 1 + _HEAD.size, _RECENT.size, s.kind_times
+        recent = []
+        for j in range(n):
+            back, h = _RECENT.unpack_from(data, pos + j * size)
+            recent.append((times[h & 3] - back, h))
+        s.recent = recent
         return s
 
     def __eq__(self, other: object) -> bool:

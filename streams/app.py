@@ -99,6 +99,7 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
                 RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,)
             )
             touched: set[int] = set()
+            processor.start_batch()
             try:
                 for customer_id, items in processor.decode(records, out).items():
                     # The table's store and changelog pick the partition of the "current event": make it one of

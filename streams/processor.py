@@ -18,7 +18,9 @@ from cvm.codec import Codec
 from cvm.config import Config
 from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
-from scoring.state import CustomerState
+from scoring import features
+from scoring.population import Population
+from scoring.state import DAY_MS, CustomerState, FoldRules
 
 __all__ = ["BatchOutput", "BatchProcessor", "RawRecord"]
 
@@ -57,9 +59,17 @@ class BatchProcessor:
         self.cfg = cfg
         self.codec = codec
         self.topic_kinds = topic_kinds  # full topic name → event kind
-        self.margin_rate = cfg.default_margin_rate
-        self.contact_costs = dict(cfg.contact_costs)
-        self.lateness_ms = int(cfg.allowed_lateness_s * 1000)
+        self.rules = FoldRules(
+            margin_rate=cfg.default_margin_rate,
+            contact_costs=dict(cfg.contact_costs),
+            lateness_ms=int(cfg.allowed_lateness_s * 1000),
+            period_days=cfg.clv_period_days,
+        )
+        self.population = Population(cfg.tier_a_share, cfg.tier_b_share)
+
+    def start_batch(self) -> None:
+        """Take the population view the batch's percentiles are read from."""
+        self.population.freeze()
 
     def decode(
         self, records: Iterable[RawRecord], out: BatchOutput
@@ -93,21 +103,43 @@ class BatchProcessor:
         Within one customer, the records of a topic-partition arrive in offset order already.
         """
         state = CustomerState.from_bytes(stored) if stored else CustomerState()
+        previous = _ranked(state) if stored else {}
         before = state.version
         now_ms = int(time.time() * 1000)
         counts = out.counts
         for rec, kind, record in items:
-            outcome = state.apply(kind, record, rec.offset, self.margin_rate, self.contact_costs, self.lateness_ms)
+            outcome = state.apply(kind, record, rec.offset, self.rules)
             counts[outcome] += 1
             if outcome == "late":
                 out.late.append((customer_id, self._late(rec, record, state, now_ms)))
         if state.version != before:
-            scores = state.scores(customer_id)
-            scores["updated_at"] = now_ms
-            out.scores.append((customer_id, scores))
+            out.scores.append((customer_id, self.scores(customer_id, state, previous, now_ms)))
         data = state.to_bytes()
         out.states[customer_id] = data
         return data
+
+    def scores(
+        self, customer_id: str, state: CustomerState, previous: dict[str, float | None], now_ms: int
+    ) -> dict[str, Any]:
+        """The score message of a customer whose state changed; moves it in the population from ``previous``."""
+        ranked = _ranked(state)
+        pop = self.population
+        for metric, value in ranked.items():
+            pop.update(metric, previous.get(metric), value)
+        out = features.compute(state, state.last_time, self.rules.period_days)
+        out["customer_id"] = customer_id
+        out["updated_at"] = now_ms
+        percentile = pop.percentile("profitability", out["profitability"])
+        out["profit_percentile"] = round(percentile, 6)
+        out["value_tier"] = pop.tier(percentile)
+        if state.n_occasions:
+            r = pop.quintile(pop.percentile("last_purchase_day", ranked["last_purchase_day"] or 0))
+            f = pop.quintile(pop.percentile("frequency", out["frequency"]))
+            m = pop.quintile(pop.percentile("monetary", out["monetary"]))
+        else:
+            r = f = m = 0
+        out.update(rfm_r=r, rfm_f=f, rfm_m=m, rfm_score=100 * r + 10 * f + m, rfm_segment=features.rfm_segment(r, f, m))
+        return out
 
     def reject(self, items: list[tuple[RawRecord, str, dict[str, Any]]], exc: Exception, out: BatchOutput) -> None:
         """Send records that could not be scored to the dead letters, with the error."""
@@ -119,6 +151,7 @@ class BatchProcessor:
     def process(self, records: Iterable[RawRecord], load: Callable[[str], bytes | None]) -> BatchOutput:
         """Decode and fold a whole batch; ``load(customer_id)`` returns stored state bytes or ``None``."""
         out = BatchOutput()
+        self.start_batch()
         for customer_id, items in self.decode(records, out).items():
             self.fold(customer_id, items, load(customer_id), out)
         return out
@@ -149,6 +182,17 @@ class BatchProcessor:
             "stream_time": state.last_time,
             "lateness_ms": state.last_time - record["event_time"],
         }
+
+
+def _ranked(s: CustomerState) -> dict[str, float | None]:
+    """What a customer contributes to the population percentiles (``None``: not ranked on that metric)."""
+    bought = s.n_occasions > 0
+    return {
+        "profitability": (s.margin_cents - s.cost_cents) / 100,
+        "frequency": s.n_occasions if bought else None,
+        "monetary": s.purchase_cents / s.n_occasions / 100 if bought else None,
+        "last_purchase_day": s.last_purchase_time // DAY_MS if bought else None,
+    }
 
 
 def dumps(obj: dict[str, Any]) -> bytes:

@@ -1,0 +1,184 @@
+"""Features of one customer, derived from its state at an event time ``now``: what a customer-value manager reads.
+
+Every feature here is a pure function of :class:`scoring.state.CustomerState` and ``now`` (the customer's stream
+time in the worker), so a replay of history gives exactly the features live processing gave. ``docs/features.md``
+defines each output column, its unit and its business meaning.
+
+>>> from scoring.state import CustomerState, FoldRules
+>>> s, rules = CustomerState(), FoldRules(margin_rate=0.25, contact_costs={"phone": 5.0})
+>>> day = 86_400_000
+>>> for i, (t, amount) in enumerate([(0, 40.0), (10, 60.0), (20, 50.0), (30, -10.0)]):
+...     _ = s.apply("transactions", {"event_id": f"t{i}", "event_time": 1_700_000_000_000 + t * day,
+...                                  "amount": amount}, -1, rules)
+>>> _ = s.apply("contacts", {"event_id": "c1", "event_time": 1_700_000_000_000 + 31 * day, "channel": "phone",
+...                          "reason": "complaint", "resolved": False}, -1, rules)
+>>> f = compute(s, s.last_time)
+>>> f["revenue"], f["gross_margin"], f["cost_to_serve"], f["profitability"]
+(140.0, 35.0, 5.0, 30.0)
+>>> f["frequency"], f["avg_basket"], f["recency_days"], f["tenure_days"], f["regularity_cv"]
+(3, 50.0, 11.0, 31.0, 0.0)
+>>> f["n_complaints"], f["complaint_share"], f["n_unresolved"]
+(1, 1.0, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from scoring.state import CHANNELS, DAY_MS, DECAYED, TAU_MS, CustomerState
+
+__all__ = ["LOYALTY_WEIGHTS", "compute", "loyalty_score", "rfm_segment", "spend_trend"]
+
+#: Weights of the loyalty score's components (each in [0, 1]); they sum to 1. See docs/features.md.
+LOYALTY_WEIGHTS = {
+    "regularity": 0.25,
+    "payment_reliability": 0.20,
+    "tenure": 0.15,
+    "engagement": 0.15,
+    "trend": 0.15,
+    "satisfaction": 0.10,
+}
+
+
+def spend_trend(spend_30d: float, spend_90d: float) -> float:
+    """Recent against earlier spend, in [-1, 1]: the 30-day daily rate against the 90-day one.
+
+    0 is a steady customer, +1 one who only just started spending, negative a customer whose spending fades.
+
+    >>> spend_trend(30.0, 90.0), spend_trend(0.0, 90.0), spend_trend(0.0, 0.0)
+    (0.0, -1.0, 0.0)
+    >>> round(spend_trend(60.0, 90.0), 3)
+    0.333
+    """
+    fast, slow = spend_30d / 30.0, spend_90d / 90.0
+    if fast + slow <= 0:
+        return 0.0
+    return max(-1.0, min(1.0, (fast - slow) / (fast + slow)))
+
+
+def loyalty_score(
+    regularity: float,
+    on_time_rate: float | None,
+    tenure_days: float,
+    purchases_90d: float,
+    trend: float,
+    complaint_share: float,
+) -> float:
+    """Loyalty from behaviour, 0–100: the weighted components of :data:`LOYALTY_WEIGHTS`.
+
+    ``on_time_rate`` is ``None`` for a customer with no payment outcome yet (counted as neutral, 0.5).
+
+    >>> loyalty_score(1.0, 1.0, 365.0, 1e9, 1.0, 0.0)
+    100.0
+    >>> loyalty_score(0.0, 0.0, 0.0, 0.0, -1.0, 1.0)
+    0.0
+    """
+    parts = {
+        "regularity": regularity,
+        "payment_reliability": 0.5 if on_time_rate is None else on_time_rate,
+        "tenure": min(tenure_days / 365.0, 1.0),
+        "engagement": 1.0 - math.exp(-purchases_90d / 3.0),
+        "trend": (trend + 1.0) / 2.0,
+        "satisfaction": 1.0 - complaint_share,
+    }
+    return round(100.0 * sum(LOYALTY_WEIGHTS[k] * v for k, v in parts.items()), 4)
+
+
+def rfm_segment(r: int, f: int, m: int) -> str:
+    """The usual segment name of RFM scores (1–5 each; 0 = no purchase yet).
+
+    >>> rfm_segment(5, 5, 4), rfm_segment(1, 4, 2), rfm_segment(1, 5, 5), rfm_segment(5, 1, 2), rfm_segment(0, 0, 0)
+    ('champions', 'at_risk', 'cant_lose', 'new', 'prospect')
+    """
+    if not r:
+        return "prospect"
+    if r >= 4 and f >= 4:
+        return "champions"
+    if r <= 2 and f >= 4 and m >= 4:
+        return "cant_lose"
+    if r <= 2 and f >= 3:
+        return "at_risk"
+    if f >= 4:
+        return "loyal"
+    if r == 5 and f == 1:
+        return "new"
+    if r >= 4:
+        return "potential_loyalist"
+    if r == 3:
+        return "needs_attention" if f >= 2 else "about_to_sleep"
+    return "hibernating"
+
+
+def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
+    """The customer's features as of event time ``now`` (ms), as the columns of ``cvm.customers``.
+
+    Population-relative features (RFM scores, percentile, value tier) and model outputs are added by the caller.
+    """
+    days = DAY_MS
+    elapsed = max(0, now - s.last_time)
+    window = {
+        name: (v * math.exp(-elapsed / tau) if elapsed and v else v)
+        for name, v, tau in zip(DECAYED, s.decayed, TAU_MS, strict=True)
+    }
+    n_gaps = s.n_occasions - 1
+    if n_gaps >= 2:
+        mean_gap = (s.last_occasion - s.first_occasion) / n_gaps
+        variance = max(0.0, s.gap_sq_sum / n_gaps - mean_gap * mean_gap)
+        cv = math.sqrt(variance) / mean_gap if mean_gap else 0.0
+        regularity = 1.0 / (1.0 + cv)
+    else:
+        cv, regularity = 0.0, 0.0  # fewer than three occasions: no rhythm established yet
+    tenure = (now - s.first_time) / days if s.first_time else 0.0
+    recency = (now - s.last_purchase_time) / days if s.last_purchase_time else tenure
+    outcomes = s.n_on_time + s.n_late + s.n_failed + s.n_chargebacks
+    on_time = s.n_on_time / outcomes if outcomes else None
+    complaint_share = s.n_complaints / s.n_contacts if s.n_contacts else 0.0
+    trend = spend_trend(window["spend_30d"], window["spend_90d"])
+    revenue = s.revenue_cents / 100
+    out: dict[str, Any] = {
+        "version": s.version,
+        "as_of": now,
+        "first_event_time": s.first_time,
+        "last_event_time": s.last_time,
+        # value
+        "revenue": revenue,
+        "gross_margin": s.margin_cents / 100,
+        "cost_to_serve": s.cost_cents / 100,
+        "profitability": (s.margin_cents - s.cost_cents) / 100,
+        "n_transactions": s.n_transactions,
+        "n_purchases": s.n_purchases,
+        "n_refunds": s.n_refunds,
+        "frequency": s.n_occasions,
+        "avg_basket": round(s.purchase_cents / s.n_purchases / 100, 6) if s.n_purchases else 0.0,
+        "monetary": round(s.purchase_cents / s.n_occasions / 100, 6) if s.n_occasions else 0.0,
+        "first_purchase_time": s.first_occasion * period_days * days if s.n_occasions else 0,
+        "last_purchase_time": s.last_purchase_time,
+        "recency_days": recency,
+        "active_months": s.active_months,
+        "spend_per_active_month": round(revenue / s.active_months, 6) if s.active_months else 0.0,
+        **window,
+        # loyalty
+        "tenure_days": tenure,
+        "regularity_cv": cv,
+        "regularity": regularity,
+        "spend_trend": trend,
+        "on_time_rate": 1.0 if on_time is None else on_time,
+        "avg_days_past_due": s.past_due_hours / 24 / s.n_late if s.n_late else 0.0,
+        "n_late_payments": s.n_late,
+        "n_failed_payments": s.n_failed,
+        "n_chargebacks": s.n_chargebacks,
+        "n_payments": s.n_payments,
+        "complaint_share": complaint_share,
+        "loyalty_score": loyalty_score(regularity, on_time, tenure, window["purchases_90d"], trend, complaint_share),
+        # contacts
+        "n_contacts": s.n_contacts,
+        "n_complaints": s.n_complaints,
+        "n_cancellation_requests": s.n_cancellations,
+        "last_cancellation_time": s.last_cancellation_time,
+        "n_repeat_contacts": s.n_contacts - s.n_fresh_contact_days,
+        "repeat_contact_share": (s.n_contacts - s.n_fresh_contact_days) / s.n_contacts if s.n_contacts else 0.0,
+        "n_unresolved": s.n_unresolved,
+        **{f"contacts_{c}": getattr(s, "n_" + c) for c in CHANNELS},
+    }
+    return out

@@ -1,0 +1,130 @@
+"""Where a customer stands in its population: streaming percentiles for RFM scores and value tiers.
+
+Each customer contributes its *current* value once: when a customer's state changes, its old value leaves the
+histogram and its new value enters it, so frequent buyers do not weigh more than others (as they would in a
+sketch fed one value per event). Values are bucketed on a signed log scale (5% wide buckets), days for times, so
+the histogram stays small (hundreds of buckets) whatever the number of customers; a percentile is exact up to the
+width of its bucket.
+
+Percentiles are read from a frozen view, refreshed once per batch: they describe the population as it was at the
+start of the batch. Unlike the per-customer features, they move with the population, so they are not part of the
+exact replay guarantee (a replay scores each customer against the population at that point of the replay).
+
+>>> pop = Population()
+>>> for v in range(100):
+...     pop.update("profitability", None, float(v))
+>>> pop.freeze()
+>>> round(pop.percentile("profitability", 89.0), 2)  # 89..92 share a bucket: mid-rank of 89..92
+0.91
+>>> pop.tier(pop.percentile("profitability", 89.0))
+'A'
+>>> pop.tier(pop.percentile("profitability", 60.0)), pop.tier(pop.percentile("profitability", 10.0))
+('B', 'C')
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable
+
+__all__ = ["METRICS", "Population"]
+
+#: What the population is ranked on: value metrics on a log scale, the last purchase on a day scale.
+METRICS = ("profitability", "frequency", "monetary", "last_purchase_day", "clv")
+
+_LOG_STEP = math.log(1.05)
+
+
+def _bucket(metric: str, value: float) -> int:
+    if metric == "last_purchase_day":
+        return int(value)
+    if value == 0:
+        return 0
+    b = 1 + int(math.log1p(abs(value)) / _LOG_STEP)
+    return b if value > 0 else -b
+
+
+class Population:
+    """Histograms of the customers' current values, one per metric.
+
+    Parameters
+    ----------
+    tier_a_share
+        Share of customers in value tier A (the top of the ranking).
+    tier_b_share
+        Share in tier B, the next ones; the rest is tier C.
+    """
+
+    def __init__(self, tier_a_share: float = 0.2, tier_b_share: float = 0.3) -> None:
+        self.tier_a_share = tier_a_share
+        self.tier_b_share = tier_b_share
+        self.counts: dict[str, Counter[int]] = {m: Counter() for m in METRICS}
+        self._frozen: dict[str, tuple[list[int], list[int], list[int], int]] = {}
+
+    def update(self, metric: str, old: float | None, new: float | None) -> None:
+        """Move one customer's value from ``old`` to ``new`` (``None``: not counted)."""
+        counts = self.counts[metric]
+        if old is not None:
+            b = _bucket(metric, old)
+            counts[b] -= 1
+            if counts[b] <= 0:
+                del counts[b]
+        if new is not None:
+            counts[_bucket(metric, new)] += 1
+
+    def rebuild(self, values: Iterable[dict[str, float | None]]) -> None:
+        """Start again from every customer's values (e.g. the table after a rebalance)."""
+        self.counts = {m: Counter() for m in METRICS}
+        for row in values:
+            for metric, value in row.items():
+                if value is not None:
+                    self.counts[metric][_bucket(metric, value)] += 1
+        self.freeze()
+
+    def freeze(self) -> None:
+        """Take the view :meth:`percentile` reads (once per batch)."""
+        frozen = {}
+        for metric, counts in self.counts.items():
+            keys = sorted(counts)
+            below, total = [], 0
+            for k in keys:
+                below.append(total)
+                total += counts[k]
+            frozen[metric] = (keys, below, [counts[k] for k in keys], total)
+        self._frozen = frozen
+
+    def size(self, metric: str) -> int:
+        """Customers counted in ``metric`` in the frozen view."""
+        view = self._frozen.get(metric)
+        return view[3] if view else 0
+
+    def percentile(self, metric: str, value: float) -> float:
+        """Share of the population below ``value`` (mid-rank within its bucket), in [0, 1]; 0.5 when empty."""
+        view = self._frozen.get(metric)
+        if not view or not view[3]:
+            return 0.5
+        keys, below, counts, total = view
+        b = _bucket(metric, value)
+        i = bisect_left(keys, b)
+        if i < len(keys) and keys[i] == b:
+            return (below[i] + counts[i] / 2) / total
+        return (below[i] if i < len(keys) else total) / total
+
+    def tier(self, percentile: float) -> str:
+        """Value tier of a percentile: A for the top ``tier_a_share``, then B, then C."""
+        if percentile >= 1.0 - self.tier_a_share:
+            return "A"
+        if percentile >= 1.0 - self.tier_a_share - self.tier_b_share:
+            return "B"
+        return "C"
+
+    @staticmethod
+    def quintile(percentile: float) -> int:
+        """1–5 score of a percentile (5 = top fifth).
+
+        >>> Population.quintile(0.0), Population.quintile(0.5), Population.quintile(0.99)
+        (1, 3, 5)
+        """
+        return min(5, 1 + int(percentile * 5))
