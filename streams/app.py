@@ -91,9 +91,23 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
         {cfg.topic(name): name for name in EVENT_TOPICS},
     )
 
+    rebalanced = [True]
+
+    @app.on_rebalance_complete.connect
+    def _on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        rebalanced[0] = True
+
+    def _rebuild_population() -> None:
+        # The percentiles rank a customer among the customers of this worker's partitions: after a rebalance,
+        # those are the table's (recovered) entries.
+        processor.rebuild_population(value for key, value in customers.items() if key != MARKER)
+
     @app.agent(events)
     async def score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.worker_batch, within=cfg.worker_batch_s):
+            if rebalanced[0]:
+                rebalanced[0] = False
+                _rebuild_population()
             out = BatchOutput()
             records = (
                 RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,)

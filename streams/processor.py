@@ -67,6 +67,10 @@ class BatchProcessor:
         )
         self.population = Population(cfg.tier_a_share, cfg.tier_b_share)
 
+    def rebuild_population(self, states: Iterable[bytes]) -> None:
+        """Rank against these customers' states from now on (the table's entries after a rebalance)."""
+        self.population.rebuild(_ranked(CustomerState.from_bytes(data)) for data in states if data)
+
     def start_batch(self) -> None:
         """Take the population view the batch's percentiles are read from."""
         self.population.freeze()
