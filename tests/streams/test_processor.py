@@ -69,3 +69,22 @@ def test_late_events_are_reported_not_applied() -> None:
     assert out.counts == {"applied": 1, "redelivered": 0, "duplicate": 0, "late": 1, "dead": 0}
     ((cid, late),) = out.late
     assert late["lateness_ms"] == 10 * DAY and late["event_id"] == "e2"
+
+
+def test_tiers_rank_each_customer_once_and_survive_a_rebuild() -> None:
+    store: dict[str, bytes] = {}
+    p = processor()
+    # 10 customers with profits 1..10 (x2: the second batch moves each customer, it must not count twice)
+    for _ in range(2):
+        batch = [raw(100 * c + len(store), customer_id=f"c{c}", amount=10.0 * c) for c in range(1, 11)]
+        store.update(p.process(batch, store.get).states)
+    assert p.population.size("profitability") == 10
+    rebuilt = processor()
+    rebuilt.rebuild_population(store.values())
+    assert rebuilt.population.size("profitability") == 10
+    out = rebuilt.process(
+        [raw(5000, customer_id="c10", amount=1.0), raw(5001, customer_id="c1", amount=1.0)], store.get
+    )
+    tiers = {cid: s["value_tier"] for cid, s in out.scores}
+    assert tiers == {"c10": "A", "c1": "C"}
+    assert {cid: s["rfm_f"] for cid, s in out.scores} == {"c10": 3, "c1": 3}  # same frequency: mid-rank
