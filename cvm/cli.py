@@ -22,13 +22,18 @@ COMMANDS = {
     "broker": "cvm.broker_cmd",
     "topics": "cvm.broker_cmd",
     "worker": "streams.worker",
+    "learner": "streams.learner",
     "sink": "sinks.service",
     "simulate": "cvm.simulate",
     "replay": "cvm.replay",
     "up": "cvm.up",
     "sql": "sinks.query",
+    "verify": "cvm.verify",
+    "alerts": "sinks.alerts_cmd",
     "schemas": "cvm.broker_cmd",
     "config": "cvm.broker_cmd",
+    "bench": "cvm.bench",
+    "clv": "cvm.clv_cmd",
 }
 
 
@@ -60,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Faust scoring worker (several may run at once)")
     p.add_argument("--id", default="", help="name of this worker, used for its state directory")
+
+    sub.add_parser("learner", help="fit the CLV models and train the churn model from the stream (run one)")
 
     p = sub.add_parser("sink", help="write events and scores to ClickHouse and serve the HTTP API")
     p.add_argument("--port", type=int, help="HTTP port (default CVM_HTTP_PORT, 8080)")
@@ -95,14 +102,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, help="number of scoring workers (default 1)")
     p.add_argument("--port", type=int, help="HTTP port of the sink (default 8080)")
 
+    p = sub.add_parser("verify", help="check ClickHouse against what a history file must add up to, exactly")
+    p.add_argument("file", help="the file given to cvm replay (same reading options)")
+    p.add_argument("--type", choices=["transactions", "contacts", "payments"], help="event type of every row")
+    p.add_argument("--format", choices=["jsonl", "csv", "avro"], help="file format (default: from the extension)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="take FIELD from COLUMN")
+    p.add_argument("--time-format", help="strptime format of time columns (default ISO-8601 or epoch)")
+    p.add_argument("--replays", type=_positive_int, default=1, help="times the file was replayed, one after another")
+    p.add_argument("--dead-letters", type=int, default=0, help="poison records published besides the file")
+    p.add_argument("--wait", type=float, default=0.0, help="keep reading until it matches, at most this many seconds")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+
     p = sub.add_parser("sql", help="run a read-only query against ClickHouse")
     p.add_argument("query", help='the SQL text, e.g. "SELECT count() FROM cvm.customers FINAL"')
     p.add_argument("--format", choices=["tsv", "json"], default="tsv", help="output format (default tsv)")
+
+    p = sub.add_parser("alerts", help="list recent alerts on at-risk high-value customers, newest first")
+    p.add_argument("--since", help="alerts at or after this time: ISO-8601 (2026-03-01T08:00Z) or an age (24h, 7d)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
+    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many alerts (default 50)")
 
     p = sub.add_parser("schemas", help="show or update the local schema registry file")
     p.add_argument("action", choices=["list", "sync"], help="list ids, or register changed .avsc files")
 
     sub.add_parser("config", help="print the effective configuration (secrets masked)")
+
+    p = sub.add_parser("clv", help="fit the CLV models (BG/NBD, Gamma-Gamma) on the transactions in ClickHouse")
+    p.add_argument("action", choices=["fit"], help="fit: print the parameters fitted as of --as-of")
+    p.add_argument("--as-of", help="event time to fit as of (ISO-8601 or epoch; default: the latest transaction)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+
+    p = sub.add_parser("bench", help="measure throughput, latency and footprint against Faust and Quix Streams")
+    p.add_argument("--events", type=_positive_int, default=200_000, help="events in the load (default 200000)")
+    p.add_argument("--customers", type=_positive_int, default=10_000, help="simulated customers (default 10000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--skip",
+        action="append",
+        choices=["raw", "faust", "quix", "pipeline", "pipeline_2w", "latency"],
+        help="leave out a measurement (repeatable)",
+    )
+    p.add_argument("--profile", metavar="FILE", help="py-spy the single worker into FILE (.svg, .txt raw, .json)")
     return parser
 
 

@@ -79,6 +79,13 @@ class Config:
     clv_period_days: int = _f(
         1, "CVM_CLV_PERIOD_DAYS", "Length of a purchase occasion in days: purchases within one period count once."
     )
+    clv_refit_s: float = _f(30.0, "CVM_CLV_REFIT_S", "How often the learner checks whether to refit the CLV models.")
+    clv_refit_min_customers: int = _f(50, "CVM_CLV_REFIT_MIN_CUSTOMERS", "Customers needed before the first CLV fit.")
+    clv_refit_change: float = _f(
+        0.05,
+        "CVM_CLV_REFIT_CHANGE",
+        "Share of customers whose purchases changed since the last fit that triggers a refit.",
+    )
     tier_a_share: float = _f(0.2, "CVM_TIER_A_SHARE", "Share of customers in value tier A (the most profitable).")
     tier_b_share: float = _f(0.3, "CVM_TIER_B_SHARE", "Share of customers in value tier B; the rest is tier C.")
     allowed_lateness_s: float = _f(
@@ -96,6 +103,18 @@ class Config:
     kafka_sasl_password: str = _f("", "CVM_KAFKA_SASL_PASSWORD", "SASL password (never logged).")
     kafka_ssl_cafile: str = _f("", "CVM_KAFKA_SSL_CAFILE", "CA bundle for TLS to Kafka.")
     log_level: str = _f("WARNING", "CVM_LOG_LEVEL", "Log level of cvm processes.")
+    # Churn learning (docs/churn.md): scoring.churn.LabelRule.from_days and PendingLabels take these.
+    churn_silence_days: float = _f(
+        90.0, "CVM_CHURN_SILENCE_DAYS", "Event-time days without a purchase after a snapshot that mean churned."
+    )
+    churn_cancel_grace_days: float = _f(
+        30.0, "CVM_CHURN_CANCEL_GRACE_DAYS", "Days after a cancellation request without a purchase that mean churned."
+    )
+    churn_snapshot_every_days: float = _f(
+        30.0, "CVM_CHURN_SNAPSHOT_EVERY_DAYS", "Event-time days between a customer's churn snapshots."
+    )
+    churn_max_pending: int = _f(2, "CVM_CHURN_MAX_PENDING", "Snapshots a customer keeps waiting for their label.")
+    churn_model: str = _f("logreg", "CVM_CHURN_MODEL", "Churn model: logreg, hat (Hoeffding tree) or arf (forest).")
     # Alerts (docs/alerts.md): scoring.alerts.AlertRules takes the alert_* settings by name.
     alert_rules: str = _f(
         "high_value_at_risk,p_alive_drop,cancellation_request",
@@ -140,6 +159,10 @@ class Config:
             raise ConfigError("tier_a_share and tier_b_share must be positive shares that add up to less than 1")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions}: must be at least 1")
+        if self.churn_model not in ("logreg", "hat", "arf"):  # scoring.churn.MODELS, without importing river
+            raise ConfigError(f"churn_model={self.churn_model!r}: must be logreg, hat or arf")
+        if self.churn_silence_days <= 0 or self.churn_cancel_grace_days < 0 or self.churn_max_pending < 1:
+            raise ConfigError("churn_silence_days must be > 0, churn_cancel_grace_days >= 0, churn_max_pending >= 1")
         self._check_alerts()
 
     def _check_alerts(self) -> None:

@@ -7,6 +7,7 @@ partition number whichever client wrote them — the co-partitioning Faust table
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +19,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cvm.config import Config
 from cvm.exceptions import BrokerUnavailable
 
-__all__ = ["TOPICS", "TopicSpec", "check_broker", "create_topics", "make_consumer", "make_producer"]
+__all__ = [
+    "TOPICS",
+    "TopicSpec",
+    "check_broker",
+    "create_topics",
+    "decode_model",
+    "encode_model",
+    "make_consumer",
+    "make_producer",
+]
 
 _quiet = logging.getLogger("cvm.librdkafka")
 _quiet.addHandler(logging.NullHandler())
@@ -56,6 +66,11 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("customer-scores", doc="Each customer's latest scores, emitted by workers (JSON)."),
         TopicSpec("late-events", doc="Events later than the allowed lateness: kept, not applied to state (JSON)."),
         TopicSpec("dead-letters", doc="Records that could not be decoded or validated, with the reason (JSON)."),
+        TopicSpec("alerts", doc="Alerts on at-risk high-value customers, keyed by customer_id (JSON)."),
+        TopicSpec("clv-summaries", 1, compact=True, doc="Each customer's purchase-occasion facts, for the CLV fit."),
+        TopicSpec("churn-labels", 1, doc="Matured (features, label) pairs the churn model learns from, once each."),
+        TopicSpec("models", 1, compact=True, doc="Versioned CLV parameters and churn models, keyed by kind."),
+        TopicSpec("model-metrics", 1, doc="Progressive-validation metrics and fits, for cvm.model_metrics."),
     )
 }
 
@@ -143,3 +158,18 @@ def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:
     )
     conf.update(extra)
     return Consumer(conf)
+
+
+def encode_model(meta: dict[str, Any], blob: bytes = b"") -> bytes:
+    """A ``models`` message: one JSON line of metadata (``kind``, ``version``, ...), then an optional blob.
+
+    >>> decode_model(encode_model({"kind": "clv", "version": 3}, b"\\x00\\n"))
+    ({'kind': 'clv', 'version': 3}, b'\\x00\\n')
+    """
+    return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + blob
+
+
+def decode_model(value: bytes) -> tuple[dict[str, Any], bytes]:
+    """The metadata and blob of a ``models`` message."""
+    head, _, blob = value.partition(b"\n")
+    return json.loads(head), blob

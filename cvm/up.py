@@ -1,6 +1,6 @@
-"""``cvm up``: the whole system on one machine — broker, sink, workers and simulator as supervised children.
+"""``cvm up``: the whole system on one machine — broker, sink, learner, workers and simulator, supervised.
 
-Children are started in dependency order and stopped in reverse order (simulator, workers, sink, broker) so that
+Children start in dependency order and stop in reverse order (simulator, workers, learner, sink, broker), so that
 everything published is scored and everything scored is written before the broker goes away. A worker or the
 sink that dies is restarted (at most 3 times); the broker dying ends the run, because its topics live in memory.
 Child output goes to ``$CVM_DATA_DIR/logs/<name>.log``.
@@ -137,6 +137,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.embedded_broker:
         children.append(Child("broker", ["broker"], restartable=False))
     children.append(Child("sink", ["sink", "--port", str(port)]))
+    children.append(Child("learner", ["learner"]))
     children += [Child(f"worker-{i + 1}", ["worker", "--id", f"w{i + 1}"]) for i in range(args.workers)]
     if not args.no_simulate:
         sim = ["simulate", "--customers", str(args.customers), "--days", str(args.days), "--seed", str(args.seed)]

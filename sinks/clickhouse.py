@@ -370,7 +370,7 @@ SCORE_TABLES = ("customers", "customer_scores")
 
 def _expand(statements: Sequence[str]) -> list[str]:
     """Statements with ``{score_table}`` once per score table, the others as they are."""
-    out = []
+    out: list[str] = []
     for statement in statements:
         if "{score_table}" in statement:
             out.extend(statement.replace("{score_table}", table) for table in SCORE_TABLES)

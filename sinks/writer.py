@@ -11,7 +11,10 @@ At-least-once, never lossy:
   their new owner reads them again.
 
 Raw events are decoded with the Avro codec; records that fail to decode or validate are skipped here — the worker
-sends them to ``dead-letters``, which this writer stores. Score, dead-letter and late-event messages are JSON.
+sends them to ``dead-letters``, which this writer stores. Score, alert, dead-letter and late-event messages are
+JSON. Alerts go to ``alerts`` (a ReplacingMergeTree on the episode, so a re-emitted alert collapses); once a batch
+of them is written, the ones whose episode ClickHouse did not hold before go to :attr:`Writer.alert_listener` (the
+webhook), so a replay does not notify anyone twice.
 Score keys are mapped onto the columns ``customers`` and ``customer_scores`` have (read from ``system.columns``
 at start), so a new feature needs a migration and the worker emitting the key, and no change here.
 """
@@ -27,14 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
 from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
-from cvm.kafka import make_consumer
-from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table
+from cvm.kafka import decode_model, make_consumer
+from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table, condense_error
 
 __all__ = ["SCORE_TABLES", "Writer"]
 
@@ -60,6 +64,7 @@ class _Batch:
     last: int
     records: list[Row] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
+    fresh: list[Row] | None = None  # alerts only: those new to ClickHouse, found before the first insert attempt
 
     @property
     def token(self) -> str:
@@ -77,12 +82,16 @@ class Writer:
         self.ch = ch
         self.consumer = consumer
         self.codec = Codec(make_registry(cfg.schema_registry_url))
-        names = (*EVENT_TOPICS, *SCORE_TABLES, "dead_letters", "late_events")
+        names = (*EVENT_TOPICS, *SCORE_TABLES, "alerts", "dead_letters", "late_events", "clv_params", "model_metrics")
         self.tables = {name: Table.load(ch, name) for name in names}
         self._routes: dict[str, Route] = {cfg.topic(kind): self._raw for kind in EVENT_TOPICS}
         self._routes[cfg.topic("customer-scores")] = self._scores
         self._routes[cfg.topic("dead-letters")] = self._dead_letter
         self._routes[cfg.topic("late-events")] = self._late_event
+        self._routes[cfg.topic("alerts")] = self._alert
+        self._routes[cfg.topic("model-metrics")] = self._model_metrics
+        #: Called with the new alerts of each written batch (converted rows), from the writer's thread.
+        self.alert_listener: Callable[[list[Row]], None] | None = None
         self._kind = {cfg.topic(kind): kind for kind in EVENT_TOPICS}
 
         self._open: dict[tuple[str, str, int], _Batch] = {}  # batches still taking records
@@ -190,6 +199,56 @@ class Writer:
         obj.setdefault("time", int(time.time() * 1000))
         return [("late_events", self.tables["late_events"].convert(obj))]
 
+    def _model_metrics(
+        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
+    ) -> list[tuple[str, Row]]:
+        """A CLV fit becomes a row of ``clv_params``; churn metrics one row per metric of ``model_metrics``."""
+        meta, _ = decode_model(value)
+        if meta.get("kind") == "clv":
+            bg, gg = meta.get("bgnbd") or {}, meta.get("gamma_gamma") or {}
+            record = {**meta, **bg, **{k: v for k, v in gg.items() if k in ("p", "q", "gamma")}}
+            record.update(gg_customers=gg.get("customers", 0), gg_log_likelihood=gg.get("log_likelihood", 0.0))
+            record["log_likelihood"] = bg.get("log_likelihood", 0.0)
+            return [("clv_params", self.tables["clv_params"].convert(record))]
+        if meta.get("kind") == "metrics":
+            table = self.tables["model_metrics"]
+            base = {"time": meta["time"], "model_version": meta.get("model_version", 0)}
+            return [
+                ("model_metrics", table.convert({**base, "metric": name, "value": v}))
+                for name, v in sorted((meta.get("metrics") or {}).items())
+            ]
+        raise ValueError(f"unknown model-metrics message kind {meta.get('kind')!r}")
+
+    def _alert(self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None) -> list[tuple[str, Row]]:
+        obj = _json_object(value)
+        if not obj.get("customer_id") and key:
+            obj["customer_id"] = key.decode()
+        for name in ("customer_id", "rule", "episode", "alert_time"):
+            if not obj.get(name):
+                raise ValueError(f"alert message without {name}")
+        return [("alerts", self.tables["alerts"].convert(obj))]
+
+    def _fresh_alerts(self, records: list[Row]) -> list[Row]:
+        """The alerts whose episode ClickHouse does not hold yet, once each (a replay's repeats are not new)."""
+        try:
+            known = {
+                e
+                for (e,) in self.ch.rows(
+                    f"SELECT episode FROM {self.ch.database}.alerts "
+                    "WHERE customer_id IN {c:Array(String)} AND episode IN {e:Array(String)}",
+                    {"c": sorted({r["customer_id"] for r in records}), "e": sorted({r["episode"] for r in records})},
+                )
+            }
+        except ClickHouseError as exc:  # the insert will meet the same trouble; if it passes, better twice than never
+            log.warning("could not look up known alert episodes: %s", condense_error(exc))
+            known = set()
+        fresh = []
+        for record in records:
+            if record["episode"] not in known:
+                known.add(record["episode"])
+                fresh.append(record)
+        return fresh
+
     # --- records out -----------------------------------------------------------------------------------------------
 
     @property
@@ -208,6 +267,8 @@ class Writer:
             batch = self._pending[0]
             table = self.tables[batch.table]
             columns = [c for c in table.columns if c in batch.keys]
+            if batch.table == "alerts" and self.alert_listener is not None and batch.fresh is None:
+                batch.fresh = self._fresh_alerts(batch.records)  # before inserting: afterwards every episode is known
             try:
                 self.ch.insert(batch.table, columns, table.rows(batch.records, columns), batch.token)
             except InsertFailed as exc:
@@ -216,6 +277,11 @@ class Writer:
                 log.warning("%s", exc)
                 return False
             self._pending.pop(0)
+            if batch.fresh and self.alert_listener is not None:
+                try:
+                    self.alert_listener(batch.fresh)
+                except Exception:  # a notification must never stop the writing
+                    log.warning("the alert listener failed", exc_info=True)
             with self._stats_lock:
                 self._written[batch.table] += len(batch.records)
         with self._stats_lock:

@@ -20,6 +20,7 @@ from faust.streams import _current_event
 
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
+from streams.models import ModelFeed
 from streams.processor import BatchOutput, BatchProcessor, RawRecord, dumps
 
 __all__ = ["MARKER", "create_app"]
@@ -79,6 +80,8 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     scores_topic = app.topic(cfg.topic("customer-scores"), key_type=bytes, value_type=bytes)
     dead_topic = app.topic(cfg.topic("dead-letters"), key_type=bytes, value_type=bytes)
     late_topic = app.topic(cfg.topic("late-events"), key_type=bytes, value_type=bytes)
+    summaries_topic = app.topic(cfg.topic("clv-summaries"), partitions=1, key_type=bytes, value_type=bytes)
+    models = ModelFeed(cfg)
     customers = app.Table(
         "customers",
         partitions=cfg.partitions,
@@ -89,6 +92,7 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
         cfg,
         Codec(make_registry(cfg.schema_registry_url)),
         {cfg.topic(name): name for name in EVENT_TOPICS},
+        models,
     )
 
     rebalanced = [True]
@@ -135,6 +139,8 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
                 dead_topic.send_soon(key=raw_key, value=dumps(letter))
             for customer_id, late in out.late:
                 late_topic.send_soon(key=customer_id.encode(), value=dumps(late))
+            for customer_id, facts in out.summaries:
+                summaries_topic.send_soon(key=customer_id.encode(), value=dumps(facts))
             if out.dead_letters:
                 log.warning("%d records sent to dead-letters", len(out.dead_letters))
             if touched and cfg.embedded_broker:
@@ -154,6 +160,10 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
         for partition in partitions:
             await changelog.send(key=MARKER, value=b"\x00", partition=partition)
         await app.producer.flush()
+
+    @app.task
+    async def _start_model_feed() -> None:
+        models.start()
 
     @app.task
     async def _tune_producer() -> None:

@@ -19,8 +19,10 @@ from cvm.config import Config
 from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
 from scoring import features
+from scoring.clv import BGNBD, ClvModel, GammaGamma, summary
 from scoring.population import Population
 from scoring.state import DAY_MS, CustomerState, FoldRules
+from streams.models import ModelFeed
 
 __all__ = ["BatchOutput", "BatchProcessor", "RawRecord"]
 
@@ -47,6 +49,7 @@ class BatchOutput:
     scores: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
     late: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    summaries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # for the learner's CLV fit
     counts: dict[str, int] = field(
         default_factory=lambda: {"applied": 0, "redelivered": 0, "duplicate": 0, "late": 0, "dead": 0}
     )
@@ -55,8 +58,11 @@ class BatchOutput:
 class BatchProcessor:
     """Decode, validate and fold a batch of records into customer states."""
 
-    def __init__(self, cfg: Config, codec: Codec, topic_kinds: dict[str, str]) -> None:
+    def __init__(self, cfg: Config, codec: Codec, topic_kinds: dict[str, str], models: ModelFeed | None = None) -> None:
         self.cfg = cfg
+        self.models = models
+        self.clv: ClvModel | None = None
+        self.clv_version = 0
         self.codec = codec
         self.topic_kinds = topic_kinds  # full topic name → event kind
         self.rules = FoldRules(
@@ -72,8 +78,22 @@ class BatchProcessor:
         self.population.rebuild(_ranked(CustomerState.from_bytes(data)) for data in states if data)
 
     def start_batch(self) -> None:
-        """Take the population view the batch's percentiles are read from."""
+        """Take the population view the batch's percentiles are read from, and the newest model versions."""
         self.population.freeze()
+        found = self.models.get("clv") if self.models else None
+        if found and int(found[0]["version"]) != self.clv_version:
+            self.use_clv(found[0])
+
+    def use_clv(self, meta: dict[str, Any]) -> None:
+        """Score CLV with the parameters of a ``models`` message from now on."""
+        gg = meta.get("gamma_gamma") or {}
+        self.clv = ClvModel(
+            BGNBD.from_dict(meta["bgnbd"]),
+            GammaGamma.from_dict(gg) if "p" in gg else None,
+            horizon_days=self.cfg.clv_horizon_days,
+            discount_rate=self.cfg.clv_discount_rate,
+        )
+        self.clv_version = int(meta["version"])
 
     def decode(
         self, records: Iterable[RawRecord], out: BatchOutput
@@ -108,6 +128,7 @@ class BatchProcessor:
         """
         state = CustomerState.from_bytes(stored) if stored else CustomerState()
         previous = _ranked(state) if stored else {}
+        facts = _occasion_facts(state)
         before = state.version
         now_ms = int(time.time() * 1000)
         counts = out.counts
@@ -118,6 +139,10 @@ class BatchProcessor:
                 out.late.append((customer_id, self._late(rec, record, state, now_ms)))
         if state.version != before:
             out.scores.append((customer_id, self.scores(customer_id, state, previous, now_ms)))
+            new_facts = _occasion_facts(state)
+            if new_facts != facts:
+                first, last, n, repeat = new_facts
+                out.summaries.append((customer_id, {"f": first, "l": last, "n": n, "r": repeat, "t": state.last_time}))
         data = state.to_bytes()
         out.states[customer_id] = data
         return data
@@ -142,7 +167,35 @@ class BatchProcessor:
             m = pop.quintile(pop.percentile("monetary", out["monetary"]))
         else:
             r = f = m = 0
+        out.update(self.clv_scores(state))
         out.update(rfm_r=r, rfm_f=f, rfm_m=m, rfm_score=100 * r + 10 * f + m, rfm_segment=features.rfm_segment(r, f, m))
+        return out
+
+    def clv_scores(self, s: CustomerState) -> dict[str, Any]:
+        """The customer's CLV statistics (weeks) and, once the learner has fitted the models, its CLV outputs."""
+        if not s.n_occasions:
+            return {}
+        period_days = self.rules.period_days
+        as_of_period = max(s.last_time // (period_days * DAY_MS), s.last_occasion)
+        x, t_x, age, m = summary(
+            s.first_occasion,
+            s.last_occasion,
+            s.n_occasions,
+            (s.purchase_cents - s.first_occasion_cents) / 100,
+            as_of_period,
+            period_days,
+        )
+        out: dict[str, Any] = {"clv_x": x, "clv_t_x": t_x, "clv_T": age, "clv_mean_repeat_value": round(m, 6)}
+        if self.clv is not None:
+            margin_rate = s.margin_cents / s.revenue_cents if s.revenue_cents > 0 else self.rules.margin_rate
+            score = self.clv.score(x, t_x, age, m, min(max(margin_rate, 0.0), 1.0))
+            out.update(
+                p_alive=score.p_alive,
+                expected_purchases=score.expected_purchases,
+                expected_spend=score.expected_spend,
+                clv=score.clv,
+                clv_params_version=self.clv_version,
+            )
         return out
 
     def reject(self, items: list[tuple[RawRecord, str, dict[str, Any]]], exc: Exception, out: BatchOutput) -> None:
@@ -186,6 +239,11 @@ class BatchProcessor:
             "stream_time": state.last_time,
             "lateness_ms": state.last_time - record["event_time"],
         }
+
+
+def _occasion_facts(s: CustomerState) -> tuple[int, int, int, int]:
+    """What the CLV models need of a customer: first and last occasion, occasions, repeat spend in cents."""
+    return s.first_occasion, s.last_occasion, s.n_occasions, s.purchase_cents - s.first_occasion_cents
 
 
 def _ranked(s: CustomerState) -> dict[str, float | None]:
