@@ -16,6 +16,7 @@ from cvm.config import Config
 from cvm.kafka import check_broker, create_topics
 from sinks.clickhouse import connect, migrate
 from sinks.http import ApiServer, check_exposure
+from sinks.webhook import WebhookDeliverer
 from sinks.writer import Writer
 
 __all__ = ["main"]
@@ -32,11 +33,21 @@ def main(cfg: Config, args: Any) -> int:
     ch = connect(cfg)
     reader = None
     server = None
+    webhook = None
     try:
         migrate(ch)
         reader = connect(cfg, readonly=True)
         writer = Writer(cfg, ch)
-        server = ApiServer(cfg, reader, status=writer.stats).start()  # port taken: fail before touching Kafka
+        status = writer.stats
+        if cfg.alert_webhook_url:
+            webhook = WebhookDeliverer.from_config(cfg).start()
+            writer.alert_listener = webhook.submit
+            hook = webhook
+
+            def status() -> dict[str, Any]:
+                return {**writer.stats(), "webhook": hook.stats()}
+
+        server = ApiServer(cfg, reader, status=status).start()  # port taken: fail before touching Kafka
         check_broker(cfg)
         create_topics(cfg)
 
@@ -57,6 +68,8 @@ def main(cfg: Config, args: Any) -> int:
         )
         writer.run(stop)
     finally:
+        if webhook is not None:
+            webhook.stop()
         if server is not None:
             server.stop()
         if reader is not None:

@@ -1,0 +1,444 @@
+"""Alerts on at-risk high-value customers: pure rules, raised once per episode, in event time only.
+
+Three rules (``docs/alerts.md`` has the full definitions and the settings that tune them):
+
+* ``high_value_at_risk`` — a high-value customer (value tier A, or ``profit_percentile`` at or above a setting)
+  whose churn probability reached the threshold θ (default 0.6);
+* ``p_alive_drop`` — P(alive) of a tier A or B customer fell sharply: from at least 0.8 to at most 0.4, either
+  between two consecutive scorings or within a window (default 30 days) of the last time it was that high;
+* ``cancellation_request`` — a tier-A customer asked to cancel (a contact with that reason in the last 30 days).
+
+**Once, not a flood.** Each rule has, per customer, an *episode*: it opens when the rule's condition starts and
+the alert is raised then, never again while the episode stays open. It closes when the customer recovers, with
+hysteresis so that a score hovering at a threshold does not flap: churn probability below θ − 0.1, P(alive) back
+above 0.4 + 0.1, or the cancellation window passed without a new request. After an episode closes, a new one can
+open only once a cooldown (default 7 days) has passed. The episode id ``"{customer_id}:{rule}:{start_ms}"`` is
+made of event times only, so replaying the same history gives the same ids and the sink collapses the repeats.
+
+The episodes live in an :class:`AlertState` of 20 bytes the worker keeps inside the customer's state.
+
+>>> rules = AlertRules()
+>>> state = AlertState()
+>>> t0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC, the event time of the customer's latest event
+>>> scores = {"value_tier": "A", "clv": 5400.0, "profitability": 812.5, "churn_probability": 0.72,
+...           "churn_reasons": ["recency_days +1.8", "complaints_30d +0.9"], "complaints_30d": 2.7,
+...           "recency_days": 74.2}
+>>> [alert] = rules.evaluate("c42", scores, state, None, t0)
+>>> alert["rule"], alert["severity"], alert["episode"]
+('high_value_at_risk', 'high', 'c42:high_value_at_risk:1772409600000')
+>>> alert["reasons"]
+['recency_days +1.8', 'complaints_30d +0.9', '≈3 complaints in 30 days', 'no purchase for 74 days']
+>>> rules.evaluate("c42", dict(scores, churn_probability=0.9), state, None, t0 + 3_600_000)  # same episode
+[]
+>>> state.open_rules
+('high_value_at_risk',)
+>>> AlertState.from_bytes(state.to_bytes()) == state, len(state.to_bytes())
+(True, 20)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["RULES", "AlertRules", "AlertState", "parse_rule_names", "severity"]
+
+HIGH_VALUE_AT_RISK = "high_value_at_risk"
+P_ALIVE_DROP = "p_alive_drop"
+CANCELLATION_REQUEST = "cancellation_request"
+
+#: Every rule, in the order of their bits in :attr:`AlertState.open` and of the alerts one evaluation returns.
+RULES = (HIGH_VALUE_AT_RISK, P_ALIVE_DROP, CANCELLATION_REQUEST)
+
+#: The score keys an alert records (those present), so that it explains itself without a join.
+RECORDED = (
+    "value_tier",
+    "profit_percentile",
+    "clv",
+    "profitability",
+    "revenue",
+    "churn_probability",
+    "p_alive",
+    "recency_days",
+    "complaints_30d",
+    "failed_payments_90d",
+    "n_failed_payments",
+    "n_cancellation_requests",
+    "last_cancellation_time",
+    "churn_model_version",
+)
+
+#: A gap without purchases at least this long is stated as a reason ("no purchase for 74 days").
+RECENCY_FACT_DAYS = 30.0
+
+_DAY_S = 86_400
+_MAX_U32 = 0xFFFF_FFFF
+_UNKNOWN_P = 0xFFFF
+_STATE = struct.Struct("<BB3IIH")  # format, open bits, per-rule time, time P(alive) was last high, last P(alive)
+_FORMAT_VERSION = 1
+
+
+def _seconds(ms: int, up: bool = False) -> int:
+    """Epoch seconds as a uint32 (1970–2106), rounded down, or up (``up``) for the end of an episode."""
+    s = -(-ms // 1000) if up else ms // 1000
+    return min(max(s, 0), _MAX_U32)
+
+
+def _num(scores: Mapping[str, Any], key: str) -> float | None:
+    value = scores.get(key)
+    if value is None or isinstance(value, bool | str):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+class AlertState:
+    """One customer's alert episodes: which are open, and since/until when (20 bytes as :meth:`to_bytes`).
+
+    ``open`` has bit ``i`` set while the episode of ``RULES[i]`` is open. ``times[i]`` is in epoch seconds: while
+    open, the episode's start (for ``cancellation_request``: the latest request it covers); once closed, its end,
+    from which the cooldown counts; 0 means never. ``high_time`` is the last time P(alive) was at or above the
+    "high" mark (0: not since the last drop alert), and ``last_p_alive`` the P(alive) of the previous scoring.
+
+    >>> AlertState.from_bytes(b"") == AlertState()  # a customer that never had any: no bytes needed yet
+    True
+    """
+
+    __slots__ = ("open", "times", "high_time", "last_p_alive")
+
+    #: Bytes of :meth:`to_bytes`, for a caller packing the state inside its own.
+    SIZE = _STATE.size
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.times = [0, 0, 0]
+        self.high_time = 0
+        self.last_p_alive: float | None = None
+
+    @property
+    def open_rules(self) -> tuple[str, ...]:
+        """The rules whose episode is open."""
+        return tuple(rule for i, rule in enumerate(RULES) if self.open >> i & 1)
+
+    def to_bytes(self) -> bytes:
+        p = _UNKNOWN_P if self.last_p_alive is None else round(min(max(self.last_p_alive, 0.0), 1.0) * 10_000)
+        return _STATE.pack(_FORMAT_VERSION, self.open, *self.times, self.high_time, p)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AlertState:
+        """The state :meth:`to_bytes` wrote; empty bytes give a fresh state."""
+        state = cls()
+        if not data:
+            return state
+        if data[0] != _FORMAT_VERSION:
+            raise ValueError(f"unknown alert state format {data[0]}")
+        _, state.open, t0, t1, t2, state.high_time, p = _STATE.unpack_from(data)
+        state.times = [t0, t1, t2]
+        state.last_p_alive = None if p == _UNKNOWN_P else p / 10_000
+        return state
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AlertState):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    def __repr__(self) -> str:
+        return f"AlertState(open={self.open_rules}, times={self.times}, high_time={self.high_time})"
+
+    def open_episode(self, i: int, start_s: int) -> None:
+        """Open the episode of ``RULES[i]``, started at ``start_s`` (epoch seconds)."""
+        self.open |= 1 << i
+        self.times[i] = start_s
+
+    def close_episode(self, i: int, end_s: int) -> None:
+        """Close the episode of ``RULES[i]``, ended at ``end_s``: the cooldown counts from there."""
+        self.open &= ~(1 << i)
+        self.times[i] = min(max(end_s, 0), _MAX_U32)
+
+    def cooled(self, i: int, now_s: int, cooldown_s: int) -> bool:
+        """True when ``RULES[i]`` never had an episode, or its last one ended at least ``cooldown_s`` ago.
+
+        At least one second in any case: an episode that closes and opens again within the same event time (a
+        batch of older events moves the scores, not the stream time) would otherwise repeat its episode id.
+        """
+        return self.times[i] == 0 or now_s >= self.times[i] + max(cooldown_s, 1)
+
+
+def severity(top: bool, strong: bool) -> str:
+    """``critical`` when the customer is of top value *and* the risk signal is strong, ``high`` for one of the
+    two, ``medium`` for neither. What "top" and "strong" mean per rule is in :meth:`AlertRules.evaluate`.
+
+    >>> severity(True, True), severity(True, False), severity(False, True), severity(False, False)
+    ('critical', 'high', 'high', 'medium')
+    """
+    if top and strong:
+        return "critical"
+    return "high" if top or strong else "medium"
+
+
+def _count(value: float, one: str, many: str, window: str = "") -> str:
+    """A count in plain words, "≈" when the feature is a decayed (fractional) count.
+
+    >>> _count(3.0, "complaint", "complaints", " in 30 days"), _count(0.8, "complaint", "complaints")
+    ('3 complaints in 30 days', '≈1 complaint')
+    """
+    n = max(1, round(value))
+    approx = "≈" if abs(value - round(value)) > 1e-6 else ""
+    return f"{approx}{n} {one if n == 1 else many}{window}"
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    """The alert rules and their settings; :meth:`evaluate` applies them to one customer's new scores.
+
+    Parameters mirror the ``alert_*`` settings of :class:`cvm.config.Config` (:meth:`from_config`).
+
+    >>> AlertRules(p_alive_low=0.9)
+    Traceback (most recent call last):
+    ValueError: alert_p_alive_low=0.9 must be below alert_p_alive_high=0.8
+    """
+
+    rules: tuple[str, ...] = RULES
+    churn_threshold: float = 0.6
+    hysteresis: float = 0.1
+    critical_probability: float = 0.8
+    profit_percentile: float = 0.0
+    p_alive_high: float = 0.8
+    p_alive_low: float = 0.4
+    p_alive_window_days: float = 30.0
+    cancellation_window_days: float = 30.0
+    cooldown_days: float = 7.0
+    max_model_reasons: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.rules if r not in RULES]
+        if unknown:
+            raise ValueError(f"alert_rules: unknown rule {unknown[0]!r} (known: {', '.join(RULES)})")
+        for name in ("churn_threshold", "hysteresis", "critical_probability", "p_alive_high", "p_alive_low"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"alert_{name}={value}: must be between 0 and 1")
+        if self.p_alive_low >= self.p_alive_high:
+            raise ValueError(
+                f"alert_p_alive_low={self.p_alive_low} must be below alert_p_alive_high={self.p_alive_high}"
+            )
+        if not 0.0 <= self.profit_percentile <= 1.0:
+            raise ValueError(f"alert_profit_percentile={self.profit_percentile}: must be between 0 (off) and 1")
+        for name in ("p_alive_window_days", "cancellation_window_days", "cooldown_days"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 3650.0:
+                raise ValueError(f"alert_{name}={value}: must be between 0 and 3650 days")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> AlertRules:
+        """The rules as configured: ``cfg.alert_rules`` (comma-separated names) and ``cfg.alert_<parameter>``."""
+        params: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"alert_{f.name}"
+            if hasattr(cfg, name):
+                params[f.name] = getattr(cfg, name)
+        if isinstance(params.get("rules"), str):
+            params["rules"] = parse_rule_names(params["rules"])
+        return cls(**params)
+
+    # --- the rules -------------------------------------------------------------------------------------------------
+
+    def high_value(self, scores: Mapping[str, Any]) -> bool:
+        """Tier A, or at or above the configured ``profit_percentile`` (0 = tier A only)."""
+        if scores.get("value_tier") == "A":
+            return True
+        pct = _num(scores, "profit_percentile")
+        return self.profit_percentile > 0 and pct is not None and pct >= self.profit_percentile
+
+    def evaluate(
+        self,
+        customer_id: str,
+        scores: Mapping[str, Any],
+        state: AlertState,
+        prev_p_alive: float | None,
+        now_ms: int,
+    ) -> list[dict[str, Any]]:
+        """Update ``state`` with the customer's new scores; return the alerts raised (usually none).
+
+        ``scores`` are the customer's current scores and features (a missing key leaves its rule's episode as it
+        is: unknown is not recovered). ``prev_p_alive`` is P(alive) at the previous scoring; ``None`` uses the
+        value ``state`` remembers. ``now_ms`` is the event time of this scoring — the customer's stream time,
+        never the wall clock. Each alert is the JSON message of the ``alerts`` topic: ``alert_time`` (=
+        ``now_ms``), ``customer_id``, ``rule``, ``severity``, ``reasons``, ``scores`` and ``episode``.
+
+        Severity (:func:`severity`): "top" is tier A for every rule; "strong" is churn probability ≥
+        ``critical_probability`` (high_value_at_risk), P(alive) ≤ 1 − ``critical_probability`` (p_alive_drop),
+        churn probability ≥ ``churn_threshold``, the model agreeing with the request (cancellation_request).
+        """
+        now_ms = int(now_ms)
+        now_s = _seconds(now_ms)
+        cooldown_s = round(self.cooldown_days * _DAY_S)
+        tier = scores.get("value_tier")
+        churn = _num(scores, "churn_probability")
+        p_alive = _num(scores, "p_alive")
+        prev = prev_p_alive if prev_p_alive is not None else state.last_p_alive
+        alerts: list[dict[str, Any]] = []
+
+        # high_value_at_risk: opens on value and risk; only the risk recovering closes it.
+        i = 0
+        if HIGH_VALUE_AT_RISK in self.rules and churn is not None:
+            if state.open >> i & 1:
+                if churn < self.churn_threshold - self.hysteresis:
+                    state.close_episode(i, _seconds(now_ms, up=True))
+            elif churn >= self.churn_threshold and self.high_value(scores) and state.cooled(i, now_s, cooldown_s):
+                state.open_episode(i, now_s)
+                sev = severity(tier == "A", churn >= self.critical_probability)
+                alerts.append(self._alert(customer_id, HIGH_VALUE_AT_RISK, sev, now_ms, now_ms, scores, [], prev))
+
+        # p_alive_drop: armed while P(alive) was high at the previous scoring or recently; a drop alert disarms.
+        i = 1
+        if p_alive is not None:
+            window_s = round(self.p_alive_window_days * _DAY_S)
+            recent = state.high_time > 0 and now_s - state.high_time <= window_s
+            armed = (prev is not None and prev >= self.p_alive_high) or recent
+            if P_ALIVE_DROP in self.rules:
+                if state.open >> i & 1:
+                    if p_alive >= self.p_alive_low + self.hysteresis:
+                        state.close_episode(i, _seconds(now_ms, up=True))
+                elif (
+                    armed and p_alive <= self.p_alive_low and tier in ("A", "B") and state.cooled(i, now_s, cooldown_s)
+                ):
+                    state.open_episode(i, now_s)
+                    if prev is not None and prev >= self.p_alive_high:
+                        fact = f"P(alive) fell from {prev:.2f} to {p_alive:.2f}"
+                    else:
+                        days = max(1, round((now_s - state.high_time) / _DAY_S))
+                        fact = f"P(alive) fell from over {self.p_alive_high:.2f} to {p_alive:.2f} in {days} days"
+                    state.high_time = 0
+                    sev = severity(tier == "A", p_alive <= 1.0 - self.critical_probability)
+                    alerts.append(self._alert(customer_id, P_ALIVE_DROP, sev, now_ms, now_ms, scores, [fact], prev))
+            if p_alive >= self.p_alive_high:
+                state.high_time = now_s
+            state.last_p_alive = p_alive
+
+        # cancellation_request: an episode covers requests less than the window apart; it ends a window after the
+        # last one. Anchored at the request's own time, so its id does not depend on when it was evaluated.
+        i = 2
+        requested = _num(scores, "last_cancellation_time")
+        if CANCELLATION_REQUEST in self.rules:
+            window_s = round(self.cancellation_window_days * _DAY_S)
+            req_ms = int(requested) if requested else 0
+            req_s = _seconds(req_ms)
+            if state.open >> i & 1:
+                if req_ms and req_s > state.times[i] and req_s - state.times[i] <= window_s:
+                    state.times[i] = req_s  # a repeat request extends the episode, it does not alert again
+                if now_s > state.times[i] + window_s:
+                    state.close_episode(i, state.times[i] + window_s)
+            if (
+                not state.open >> i & 1
+                and req_ms
+                and tier == "A"
+                and now_ms - req_ms <= window_s * 1000
+                and state.cooled(i, now_s, cooldown_s)
+            ):
+                state.open_episode(i, req_s)
+                fact = f"asked to cancel on {_day(req_ms)}"
+                sev = severity(True, churn is not None and churn >= self.churn_threshold)
+                alerts.append(self._alert(customer_id, CANCELLATION_REQUEST, sev, now_ms, req_ms, scores, [fact], prev))
+        return alerts
+
+    # --- the message -----------------------------------------------------------------------------------------------
+
+    def _alert(
+        self,
+        customer_id: str,
+        rule: str,
+        sev: str,
+        now_ms: int,
+        start_ms: int,
+        scores: Mapping[str, Any],
+        lead: list[str],
+        prev: float | None,
+    ) -> dict[str, Any]:
+        recorded: dict[str, Any] = {}
+        for key in RECORDED:
+            value = scores.get(key)
+            if isinstance(value, float):
+                if not math.isfinite(value):
+                    continue
+                value = round(value, 4)
+            if value is not None:
+                recorded[key] = value
+        if rule == P_ALIVE_DROP and prev is not None:
+            recorded["p_alive_before"] = round(prev, 4)
+        return {
+            "alert_time": now_ms,
+            "customer_id": customer_id,
+            "rule": rule,
+            "severity": sev,
+            "reasons": _dedupe([*lead, *self.model_reasons(scores), *self.facts(scores, now_ms)]),
+            "scores": recorded,
+            "episode": f"{customer_id}:{rule}:{start_ms}",
+        }
+
+    def model_reasons(self, scores: Mapping[str, Any]) -> list[str]:
+        """The churn model's top reason codes (``churn_reasons``), as it ranked them."""
+        found = scores.get("churn_reasons")
+        if isinstance(found, str):
+            found = [found]
+        if not isinstance(found, Sequence):
+            return []
+        return [str(r) for r in found if r][: self.max_model_reasons]
+
+    def facts(self, scores: Mapping[str, Any], now_ms: int) -> list[str]:
+        """What the customer's features say in plain words.
+
+        >>> AlertRules().facts({"complaints_30d": 1.0, "failed_payments_90d": 2.0, "recency_days": 12,
+        ...                     "last_cancellation_time": 1_772_409_600_000}, 1_772_500_000_000)
+        ['1 complaint in 30 days', '2 failed payments in 90 days', 'asked to cancel on 2026-03-02']
+        >>> AlertRules().facts({"n_failed_payments": 2, "recency_days": 74.9}, 0)
+        ['2 failed payments', 'no purchase for 74 days']
+        """
+        out = []
+        complaints = _num(scores, "complaints_30d")
+        if complaints is not None and complaints >= 0.5:
+            out.append(_count(complaints, "complaint", "complaints", " in 30 days"))
+        failed = _num(scores, "failed_payments_90d")
+        if failed is not None:
+            if failed >= 0.5:
+                out.append(_count(failed, "failed payment", "failed payments", " in 90 days"))
+        else:
+            total = _num(scores, "n_failed_payments")
+            if total is not None and total >= 1:
+                out.append(_count(total, "failed payment", "failed payments"))
+        recency = _num(scores, "recency_days")
+        if recency is not None and recency >= RECENCY_FACT_DAYS:
+            out.append(f"no purchase for {int(recency)} days")
+        requested = _num(scores, "last_cancellation_time")
+        if requested and 0 <= now_ms - requested <= self.cancellation_window_days * _DAY_S * 1000:
+            out.append(f"asked to cancel on {_day(int(requested))}")
+        return out
+
+
+def parse_rule_names(text: str) -> tuple[str, ...]:
+    """Rule names from a comma-separated setting; ``none`` (or empty) turns every rule off.
+
+    >>> parse_rule_names(" high_value_at_risk, p_alive_drop ,"), parse_rule_names("none")
+    (('high_value_at_risk', 'p_alive_drop'), ())
+    """
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    return () if names == ("none",) else names
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out

@@ -1,0 +1,262 @@
+"""Optional delivery of alerts to a webhook (``CVM_ALERT_WEBHOOK_URL``): one JSON POST per alert.
+
+The sink never waits for the webhook. :meth:`WebhookDeliverer.submit` puts alerts in a bounded queue and returns;
+one background thread posts them. When the queue is full the oldest waiting alert is dropped (and counted): the
+newest alerts matter most, and every alert is in ClickHouse anyway.
+
+Each POST carries the alert as JSON (``alert_time`` in ISO-8601 UTC, ``customer_id``, ``rule``, ``severity``,
+``reasons``, ``scores`` as an object, ``episode``) plus a one-line ``text`` summary (chat tools show it), and the
+header ``Idempotency-Key: <episode>``. A 2xx answer is success. Connection errors, time-outs, 408, 429 and 5xx are
+retried with exponential backoff (0.5 s, 1 s, 2 s, … at most 30 s, or the server's ``Retry-After`` within that),
+up to ``attempts`` tries; any other answer is final. A failure is counted and logged with the URL's origin only
+(webhook URLs often carry their secret in the path). Delivery is best effort (the queue is in memory) and a post
+may arrive twice (an answer that came too late is retried): receivers de-duplicate on the episode.
+
+>>> payload({"alert_time": 1_772_409_600_000, "customer_id": "c42", "rule": "high_value_at_risk",
+...          "severity": "high", "reasons": ["≈3 complaints in 30 days"], "scores": '{"clv": 5400.0}',
+...          "episode": "c42:high_value_at_risk:1772409600000"})["text"]
+'[high] c42 high_value_at_risk: ≈3 complaints in 30 days'
+>>> origin("https://user:pw@hooks.example.com:8443/services/T0/B0/secret?token=x")
+'https://hooks.example.com:8443'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from cvm.config import Config
+
+__all__ = ["WebhookDeliverer", "origin", "payload"]
+
+log = logging.getLogger("cvm.sink.webhook")
+
+_RETRIED = {408, 425, 429, 500, 502, 503, 504}
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: what may be shown or logged of it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+def _iso(ms: Any) -> Any:
+    if isinstance(ms, int | float) and not isinstance(ms, bool):
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return ms
+
+
+def payload(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object posted for an alert: an ``alerts`` topic message or a row of the ``alerts`` table."""
+    scores = alert.get("scores") or {}
+    if isinstance(scores, str):
+        try:
+            scores = json.loads(scores)
+        except ValueError:
+            scores = {"raw": scores}
+    reasons = [str(r) for r in alert.get("reasons") or []]
+    text = f"[{alert.get('severity')}] {alert.get('customer_id')} {alert.get('rule')}"
+    if reasons:
+        text += ": " + "; ".join(reasons)
+    return {
+        "alert_time": _iso(alert.get("alert_time")),
+        "customer_id": alert.get("customer_id"),
+        "rule": alert.get("rule"),
+        "severity": alert.get("severity"),
+        "reasons": reasons,
+        "scores": scores,
+        "episode": alert.get("episode"),
+        "text": text,
+    }
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class WebhookDeliverer:
+    """Posts alerts to ``url`` from a background thread; :meth:`submit` never blocks.
+
+    Parameters
+    ----------
+    url
+        Where to POST (http or https).
+    attempts
+        Tries per alert, the first included.
+    queue_size
+        Alerts waiting at most; beyond it the oldest is dropped.
+    timeout_s
+        Time-out of one request.
+    backoff_s, max_backoff_s
+        First wait between tries, doubled after each, never above the maximum.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        attempts: int = 5,
+        queue_size: int = 1000,
+        timeout_s: float = 5.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.origin = origin(url)
+        self.attempts = attempts
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._queue: deque[Mapping[str, Any]] = deque(maxlen=queue_size)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._abort = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._counts = {"submitted": 0, "delivered": 0, "failed": 0, "dropped": 0, "retries": 0}
+        self._last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> WebhookDeliverer:
+        return cls(cfg.alert_webhook_url, attempts=cfg.alert_webhook_attempts, queue_size=cfg.alert_webhook_queue)
+
+    def start(self) -> WebhookDeliverer:
+        self._thread = threading.Thread(target=self._run, name="cvm-webhook", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, alerts: Iterable[Mapping[str, Any]]) -> None:
+        """Queue alerts for delivery; when the queue is full, the oldest waiting ones are dropped."""
+        with self._cond:
+            for alert in alerts:
+                if len(self._queue) == self._queue.maxlen:
+                    self._counts["dropped"] += 1
+                self._queue.append(alert)  # a full deque drops its oldest item itself
+                self._counts["submitted"] += 1
+            self._cond.notify_all()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is queued for up to ``timeout_s``, then give up on the rest (counted as dropped)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                self._abort.set()  # cut short a backoff wait; a request in flight ends within its time-out
+                self._thread.join(self.timeout_s + 1.0)
+            self._thread = None
+        with self._cond:
+            left = len(self._queue)
+            self._queue.clear()
+            self._counts["dropped"] += left
+        if left:
+            log.warning("stopping with %d alerts not delivered to the webhook at %s", left, self.origin)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/api/status`` (safe from any thread)."""
+        with self._cond:
+            return {
+                "url": self.origin,
+                **self._counts,
+                "queued": len(self._queue) + (1 if self._busy else 0),
+                "last_error": self._last_error,
+            }
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or in flight; False when ``timeout_s`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout_s)
+
+    # --- the delivery thread ---------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue or self._abort.is_set():
+                    return
+                alert = self._queue.popleft()
+                self._busy = True
+            try:
+                self._deliver(alert)
+            except Exception:  # the thread must outlive any one alert (e.g. a value JSON cannot carry)
+                log.warning("could not deliver an alert to the webhook at %s", self.origin, exc_info=True)
+                with self._cond:
+                    self._counts["failed"] += 1
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _deliver(self, alert: Mapping[str, Any]) -> None:
+        body = json.dumps(payload(alert), ensure_ascii=False, default=str).encode()
+        episode = str(alert.get("episode") or "")
+        delay = self.backoff_s
+        error = ""
+        attempt = 0
+        for attempt in range(1, self.attempts + 1):
+            ok, retry, error, wait = self._post(body, episode)
+            if ok:
+                with self._cond:
+                    self._counts["delivered"] += 1
+                return
+            if not retry or attempt == self.attempts:
+                break
+            with self._cond:
+                self._counts["retries"] += 1
+            if self._abort.wait(min(self.max_backoff_s, max(delay, wait or 0.0))):
+                break
+            delay *= 2
+        with self._cond:
+            self._counts["failed"] += 1
+            self._last_error = error
+        log.warning(
+            "alert %s not delivered to the webhook at %s after %d attempt(s): %s", episode, self.origin, attempt, error
+        )
+
+    def _post(self, body: bytes, episode: str) -> tuple[bool, bool, str, float | None]:
+        """One POST: (delivered, worth retrying, error text, seconds the server asked to wait)."""
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "cvm-sink",
+                "Idempotency-Key": episode,
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310 - http(s) only
+                answer.read()
+                return True, False, "", None
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return False, exc.code in _RETRIED, f"HTTP {exc.code}", _retry_after(exc.headers.get("Retry-After"))
+        except urllib.error.URLError as exc:  # refused, unresolvable, TLS: the reason names no part of the URL
+            return False, True, f"{type(exc.reason).__name__}: {exc.reason}", None
+        except (TimeoutError, OSError) as exc:
+            return False, True, f"{type(exc).__name__}: {exc}", None
