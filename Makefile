@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: up test install install-dev lint typecheck pytest clean
+.PHONY: up test install install-dev lint typecheck pytest chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,29 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy cvm streams scoring sinks
 
-pytest: install-dev
+pytest: install-dev chromium
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The dashboard's page test drives Debian's headless Chromium (tests/sinks/test_dashboard_page.py). Installed when
+# missing, with apt-get as root or through passwordless sudo; when neither can, the test skips and says why.
+CHROMIUM_PACKAGES := chromium chromium-driver fonts-liberation
+chromium:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		exit 0; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium: no apt-get here, install $(CHROMIUM_PACKAGES) yourself; the dashboard page test will skip"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing $(CHROMIUM_PACKAGES) (apt-get)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(CHROMIUM_PACKAGES) >/dev/null) || echo "chromium: apt-get failed; the dashboard page test will skip"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "installing $(CHROMIUM_PACKAGES) (sudo apt-get)"; \
+		(sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(CHROMIUM_PACKAGES) >/dev/null) \
+			|| echo "chromium: apt-get failed; the dashboard page test will skip"; \
+	else \
+		echo "chromium: not installed and this user cannot apt-get install it; the dashboard page test will skip"; \
+	fi
 
 test: lint typecheck pytest
 

@@ -2,7 +2,9 @@
 
 Endpoints:
 
-* ``GET /`` — the dashboard (``sinks/static/index.html``);
+* ``GET /`` — the dashboard (``sinks/static/index.html``), its files under ``/static/``;
+* ``GET /api/kpis``, ``/api/whale``, ``/api/matrix``, ``/api/alerts``, ``/api/customer/<id>``, ``/api/migration``,
+  ``/api/model`` — the dashboard's data as JSON (``sinks.dashboard``);
 * ``GET /health`` — ``{"status": "ok", "clickhouse": true, ...}``;
 * ``GET /api/status`` — rows per table, customers, the writer's counters and lag;
 * ``GET|POST /api/sql`` — a read-only query: ``?query=...`` or the POST body (plain text, or JSON
@@ -10,8 +12,8 @@ Endpoints:
   (header line, then rows). Column names and types also come as JSON in the ``X-Cvm-Columns`` and
   ``X-Cvm-Types`` headers. Errors are HTTP 400 with ``{"error": "<one line>"}``.
 
-Bound beyond loopback, ``/api/sql`` requires ``Authorization: Bearer <CVM_HTTP_TOKEN>``, and the server refuses
-to start without a token.
+Bound beyond loopback, ``/api/sql`` and the dashboard's data endpoints require
+``Authorization: Bearer <CVM_HTTP_TOKEN>``, and the server refuses to start without a token.
 
 >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0")
 (True, True, True, False)
@@ -38,6 +40,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from cvm.config import Config
 from cvm.exceptions import ConfigError, CvmError, PortInUse
+from sinks import dashboard
 from sinks.clickhouse import ClickHouse, condense_error
 from sinks.query import Result, run_query, to_tsv
 
@@ -234,6 +237,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, api.health())
             elif url.path == "/api/status":
                 self._json(HTTPStatus.OK, api.api_status())
+            elif url.path.startswith("/api/"):
+                self._dashboard(api, url.path, url.query)
+            elif url.path.startswith("/static/"):
+                found = dashboard.static_file(url.path)
+                if found is None:
+                    self._error(HTTPStatus.NOT_FOUND, f"no such file: {url.path}")
+                else:
+                    self._send(HTTPStatus.OK, found[0], found[1])
             else:
                 self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}")
         except (BrokenPipeError, ConnectionResetError):
@@ -244,6 +255,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
             except OSError:
                 pass
+
+    def _dashboard(self, api: ApiServer, path: str, query_string: str) -> None:
+        if not api.authorized(self.headers.get("Authorization")):
+            self._error(HTTPStatus.UNAUTHORIZED, "send 'Authorization: Bearer <token>' (the sink's CVM_HTTP_TOKEN)")
+            return
+        try:
+            answer = dashboard.handle(api.reader, path, query_string, api.cfg.default_margin_rate, api.status)
+        except dashboard.ApiError as exc:
+            self._error(exc.status, exc.message)
+            return
+        self._json(HTTPStatus.OK, answer)
 
     def _sql(self, api: ApiServer, query_string: str) -> None:
         if not api.authorized(self.headers.get("Authorization")):
