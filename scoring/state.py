@@ -132,7 +132,8 @@ _COUNTS = (
     "past_due_hours",
 )
 _RECENT = struct.Struct("<IQ")  # (kind stream time - event time, event hash)
-_FORMAT_VERSION = 3
+_SECTIONS = struct.Struct("<BH")  # lengths of the alert and churn sections
+_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,8 @@ class CustomerState:
         "contact_bits",
         "decayed",
         "recent",
+        "alert_bytes",
+        "churn_bytes",
     )
 
     def __init__(self) -> None:
@@ -258,6 +261,10 @@ class CustomerState:
         self.contact_bits = 0  # bit i: a contact on day last_contact_day - i
         self.decayed = [0.0] * len(DECAYED)  # as of last_time
         self.recent: list[tuple[int, int]] = []  # (event_time, event_hash), oldest first
+        # Opaque sections owned by other scoring modules, kept with the state so they change atomically with it:
+        # the alert episodes (scoring.alerts.AlertState) and the churn snapshots awaiting labels (scoring.churn).
+        self.alert_bytes = b""
+        self.churn_bytes = b""
 
     # --- folding events in ---------------------------------------------------------------------------------------
 
@@ -493,7 +500,8 @@ class CustomerState:
         )
         times = self.kind_times
         tail = b"".join(_RECENT.pack(times[h & 3] - t, h) for t, h in self.recent)
-        return bytes([_FORMAT_VERSION]) + head + tail
+        sections = _SECTIONS.pack(len(self.alert_bytes), len(self.churn_bytes)) + self.alert_bytes + self.churn_bytes
+        return bytes([_FORMAT_VERSION]) + head + tail + sections
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -537,6 +545,11 @@ class CustomerState:
             back, h = _RECENT.unpack_from(data, pos + j * size)
             recent.append((times[h & 3] - back, h))
         s.recent = recent
+        pos += n * size
+        n_alert, n_churn = _SECTIONS.unpack_from(data, pos)
+        pos += _SECTIONS.size
+        s.alert_bytes = bytes(data[pos : pos + n_alert])
+        s.churn_bytes = bytes(data[pos + n_alert : pos + n_alert + n_churn])
         return s
 
     def __eq__(self, other: object) -> bool:

@@ -80,6 +80,7 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     scores_topic = app.topic(cfg.topic("customer-scores"), key_type=bytes, value_type=bytes)
     dead_topic = app.topic(cfg.topic("dead-letters"), key_type=bytes, value_type=bytes)
     late_topic = app.topic(cfg.topic("late-events"), key_type=bytes, value_type=bytes)
+    alerts_topic = app.topic(cfg.topic("alerts"), key_type=bytes, value_type=bytes)
     summaries_topic = app.topic(cfg.topic("clv-summaries"), partitions=1, key_type=bytes, value_type=bytes)
     models = ModelFeed(cfg)
     customers = app.Table(
@@ -139,6 +140,8 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
                 dead_topic.send_soon(key=raw_key, value=dumps(letter))
             for customer_id, late in out.late:
                 late_topic.send_soon(key=customer_id.encode(), value=dumps(late))
+            for customer_id, alert in out.alerts:
+                alerts_topic.send_soon(key=customer_id.encode(), value=dumps(alert))
             for customer_id, facts in out.summaries:
                 summaries_topic.send_soon(key=customer_id.encode(), value=dumps(facts))
             if out.dead_letters:

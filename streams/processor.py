@@ -19,6 +19,7 @@ from cvm.config import Config
 from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
 from scoring import features
+from scoring.alerts import AlertRules, AlertState
 from scoring.clv import BGNBD, ClvModel, GammaGamma, summary
 from scoring.population import Population
 from scoring.state import DAY_MS, CustomerState, FoldRules
@@ -50,6 +51,7 @@ class BatchOutput:
     dead_letters: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
     late: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     summaries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # for the learner's CLV fit
+    alerts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     counts: dict[str, int] = field(
         default_factory=lambda: {"applied": 0, "redelivered": 0, "duplicate": 0, "late": 0, "dead": 0}
     )
@@ -72,6 +74,7 @@ class BatchProcessor:
             period_days=cfg.clv_period_days,
         )
         self.population = Population(cfg.tier_a_share, cfg.tier_b_share)
+        self.alert_rules = AlertRules.from_config(cfg)
 
     def rebuild_population(self, states: Iterable[bytes]) -> None:
         """Rank against these customers' states from now on (the table's entries after a rebalance)."""
@@ -138,7 +141,13 @@ class BatchProcessor:
             if outcome == "late":
                 out.late.append((customer_id, self._late(rec, record, state, now_ms)))
         if state.version != before:
-            out.scores.append((customer_id, self.scores(customer_id, state, previous, now_ms)))
+            scores = self.scores(customer_id, state, previous, now_ms)
+            out.scores.append((customer_id, scores))
+            if self.alert_rules.rules:
+                alert_state = AlertState.from_bytes(state.alert_bytes)
+                for alert in self.alert_rules.evaluate(customer_id, scores, alert_state, None, state.last_time):
+                    out.alerts.append((customer_id, alert))
+                state.alert_bytes = alert_state.to_bytes()
             new_facts = _occasion_facts(state)
             if new_facts != facts:
                 first, last, n, repeat = new_facts

@@ -88,3 +88,17 @@ def test_tiers_rank_each_customer_once_and_survive_a_rebuild() -> None:
     tiers = {cid: s["value_tier"] for cid, s in out.scores}
     assert tiers == {"c10": "A", "c1": "C"}
     assert {cid: s["rfm_f"] for cid, s in out.scores} == {"c10": 3, "c1": 3}  # same frequency: mid-rank
+
+
+def test_a_cancellation_request_from_a_tier_a_customer_raises_one_alert_per_episode() -> None:
+    store: dict[str, bytes] = {}
+    p = processor()
+    store.update(p.process([raw(c, customer_id=f"c{c}", amount=10.0 * c) for c in range(1, 11)], store.get).states)
+    cancel = raw(50, kind="contacts", customer_id="c10", reason="cancellation_request")
+    out = p.process([cancel], store.get)
+    assert [(cid, a["rule"]) for cid, a in out.alerts] == [("c10", "cancellation_request")]
+    alert = out.alerts[0][1]
+    assert alert["episode"].startswith("c10:cancellation_request:") and alert["reasons"]
+    store.update(out.states)
+    again = p.process([raw(51, kind="contacts", customer_id="c10", reason="complaint")], store.get)
+    assert again.alerts == []  # the episode is open: no second alert
