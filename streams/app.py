@@ -21,7 +21,7 @@ from faust.streams import _current_event
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
 from streams.models import ModelFeed
-from streams.processor import BatchOutput, BatchProcessor, RawRecord, dumps
+from streams.processor import BatchOutput, BatchProcessor, Folded, RawRecord, dumps
 
 __all__ = ["MARKER", "create_app"]
 
@@ -119,19 +119,26 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
             )
             touched: set[int] = set()
             processor.start_batch()
+            folded: list[tuple[Folded, Any]] = []
             try:
                 for customer_id, items in processor.decode(records, out).items():
                     # The table's store and changelog pick the partition of the "current event": make it one of
-                    # this customer's events, so a batch mixing partitions writes each customer where it belongs.
+                    # this customer's events, so a batch mixing partitions reads and writes each customer where
+                    # it belongs.
                     origin = items[-1][0].origin
                     _current_event.set(weakref.ref(origin))
-                    touched.add(origin.message.partition)
-                    key = customer_id.encode()
                     try:
-                        customers[key] = processor.fold(customer_id, items, customers.get(key), out)
+                        folded.append(
+                            (processor.fold(customer_id, items, customers.get(customer_id.encode()), out), origin)
+                        )
                     except Exception as exc:  # a bug must not stop scoring: the records go to dead letters
                         log.exception("scoring customer %s failed; its records go to dead-letters", customer_id)
                         processor.reject(items, exc, out)
+                processor.finish([f for f, _ in folded], out)
+                for f, origin in folded:
+                    _current_event.set(weakref.ref(origin))
+                    touched.add(origin.message.partition)
+                    customers[f.customer_id.encode()] = out.states[f.customer_id]
             finally:
                 _current_event.set(None)
             for customer_id, scores in out.scores:

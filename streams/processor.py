@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from cvm.codec import Codec
 from cvm.config import Config
@@ -25,7 +28,9 @@ from scoring.population import Population
 from scoring.state import DAY_MS, CustomerState, FoldRules
 from streams.models import ModelFeed
 
-__all__ = ["BatchOutput", "BatchProcessor", "RawRecord"]
+__all__ = ["BatchOutput", "BatchProcessor", "Folded", "RawRecord"]
+
+log = logging.getLogger("cvm.worker")
 
 _RAW_LIMIT = 4096  # bytes of a poison record kept in its dead letter
 
@@ -40,6 +45,15 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     origin: Any = None  # the framework's event, so table writes land in the record's partition
+
+
+@dataclass(slots=True)
+class Folded:
+    """A customer after folding its batch: the new state, and its features when something changed."""
+
+    customer_id: str
+    state: CustomerState
+    scores: dict[str, Any] | None
 
 
 @dataclass
@@ -124,8 +138,8 @@ class BatchProcessor:
         items: list[tuple[RawRecord, str, dict[str, Any]]],
         stored: bytes | None,
         out: BatchOutput,
-    ) -> bytes:
-        """Fold one customer's decoded events into its stored state; return the new state bytes.
+    ) -> Folded:
+        """Fold one customer's decoded events into its stored state; :meth:`finish` completes the batch.
 
         Within one customer, the records of a topic-partition arrive in offset order already.
         """
@@ -140,26 +154,41 @@ class BatchProcessor:
             counts[outcome] += 1
             if outcome == "late":
                 out.late.append((customer_id, self._late(rec, record, state, now_ms)))
-        if state.version != before:
-            scores = self.scores(customer_id, state, previous, now_ms)
-            out.scores.append((customer_id, scores))
+        if state.version == before:
+            return Folded(customer_id, state, None)
+        new_facts = _occasion_facts(state)
+        if new_facts != facts:
+            first, last, n, repeat = new_facts
+            out.summaries.append((customer_id, {"f": first, "l": last, "n": n, "r": repeat, "t": state.last_time}))
+        return Folded(customer_id, state, self.scores(customer_id, state, previous, now_ms))
+
+    def finish(self, folded: list[Folded], out: BatchOutput) -> None:
+        """Score the batch's changed customers with the models, all at once, raise alerts, serialise the states."""
+        scored = [f for f in folded if f.scores is not None]
+        if self.clv is not None:
+            try:
+                self._score_clv(self.clv, scored)
+            except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
+                log.exception("CLV scoring failed for a batch of %d customers", len(scored))
+        for f in scored:
+            scores = f.scores
+            assert scores is not None
+            out.scores.append((f.customer_id, scores))
             if self.alert_rules.rules:
-                alert_state = AlertState.from_bytes(state.alert_bytes)
-                for alert in self.alert_rules.evaluate(customer_id, scores, alert_state, None, state.last_time):
-                    out.alerts.append((customer_id, alert))
-                state.alert_bytes = alert_state.to_bytes()
-            new_facts = _occasion_facts(state)
-            if new_facts != facts:
-                first, last, n, repeat = new_facts
-                out.summaries.append((customer_id, {"f": first, "l": last, "n": n, "r": repeat, "t": state.last_time}))
-        data = state.to_bytes()
-        out.states[customer_id] = data
-        return data
+                try:
+                    alert_state = AlertState.from_bytes(f.state.alert_bytes)
+                    for alert in self.alert_rules.evaluate(f.customer_id, scores, alert_state, None, f.state.last_time):
+                        out.alerts.append((f.customer_id, alert))
+                    f.state.alert_bytes = alert_state.to_bytes()
+                except Exception:
+                    log.exception("alert rules failed for customer %s", f.customer_id)
+        for f in folded:
+            out.states[f.customer_id] = f.state.to_bytes()
 
     def scores(
         self, customer_id: str, state: CustomerState, previous: dict[str, float | None], now_ms: int
     ) -> dict[str, Any]:
-        """The score message of a customer whose state changed; moves it in the population from ``previous``."""
+        """The features of a customer whose state changed; moves it in the population from ``previous``."""
         ranked = _ranked(state)
         pop = self.population
         for metric, value in ranked.items():
@@ -176,12 +205,12 @@ class BatchProcessor:
             m = pop.quintile(pop.percentile("monetary", out["monetary"]))
         else:
             r = f = m = 0
-        out.update(self.clv_scores(state))
+        out.update(self.clv_statistics(state))
         out.update(rfm_r=r, rfm_f=f, rfm_m=m, rfm_score=100 * r + 10 * f + m, rfm_segment=features.rfm_segment(r, f, m))
         return out
 
-    def clv_scores(self, s: CustomerState) -> dict[str, Any]:
-        """The customer's CLV statistics (weeks) and, once the learner has fitted the models, its CLV outputs."""
+    def clv_statistics(self, s: CustomerState) -> dict[str, Any]:
+        """The customer's CLV model inputs: repeat occasions, recency and age in weeks, mean repeat spend."""
         if not s.n_occasions:
             return {}
         period_days = self.rules.period_days
@@ -194,18 +223,37 @@ class BatchProcessor:
             as_of_period,
             period_days,
         )
-        out: dict[str, Any] = {"clv_x": x, "clv_t_x": t_x, "clv_T": age, "clv_mean_repeat_value": round(m, 6)}
-        if self.clv is not None:
-            margin_rate = s.margin_cents / s.revenue_cents if s.revenue_cents > 0 else self.rules.margin_rate
-            score = self.clv.score(x, t_x, age, m, min(max(margin_rate, 0.0), 1.0))
-            out.update(
-                p_alive=score.p_alive,
-                expected_purchases=score.expected_purchases,
-                expected_spend=score.expected_spend,
-                clv=score.clv,
+        return {"clv_x": x, "clv_t_x": t_x, "clv_T": age, "clv_mean_repeat_value": round(m, 6)}
+
+    def _score_clv(self, model: ClvModel, scored: list[Folded]) -> None:
+        """P(alive), expected purchases and spend, CLV for the batch's purchasers, vectorised (one numpy pass)."""
+        rows = [f for f in scored if f.state.n_occasions]
+        if not rows:
+            return
+        default = self.rules.margin_rate
+        stats = np.array(
+            [
+                (
+                    sc["clv_x"],
+                    sc["clv_t_x"],
+                    sc["clv_T"],
+                    sc["clv_mean_repeat_value"],
+                    f.state.margin_cents / f.state.revenue_cents if f.state.revenue_cents > 0 else default,
+                )
+                for f in rows
+                for sc in (f.scores or {},)
+            ]
+        )
+        result = model.score_many(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], np.clip(stats[:, 4], 0.0, 1.0))
+        for i, f in enumerate(rows):
+            assert f.scores is not None
+            f.scores.update(
+                p_alive=float(result.p_alive[i]),
+                expected_purchases=float(result.expected_purchases[i]),
+                expected_spend=float(result.expected_spend[i]),
+                clv=float(result.clv[i]),
                 clv_params_version=self.clv_version,
             )
-        return out
 
     def reject(self, items: list[tuple[RawRecord, str, dict[str, Any]]], exc: Exception, out: BatchOutput) -> None:
         """Send records that could not be scored to the dead letters, with the error."""
@@ -218,8 +266,11 @@ class BatchProcessor:
         """Decode and fold a whole batch; ``load(customer_id)`` returns stored state bytes or ``None``."""
         out = BatchOutput()
         self.start_batch()
-        for customer_id, items in self.decode(records, out).items():
+        folded = [
             self.fold(customer_id, items, load(customer_id), out)
+            for customer_id, items in self.decode(records, out).items()
+        ]
+        self.finish(folded, out)
         return out
 
     @staticmethod
