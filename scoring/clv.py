@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
-from scipy.special import digamma, expit, gammaln
+from scipy.special import digamma, expit, gammaln, hyp2f1
 
 __all__ = [
     "BGNBD",
@@ -574,9 +574,28 @@ def p_alive(params: BGNBD, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Array:
     return np.where(x > 0, expit(-np.where(x > 0, d, 0.0)), 1.0)
 
 
+def _alive_purchases_closed(r: float, alpha: float, a: float, b: float, x: Any, T: Any, t: Any) -> Any:  # noqa: N803
+    """The paper's closed form (a+b+x-1)/(a-1) [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)].
+
+    Used when a is well above 1: there it is exact (scipy's 2F1) and takes no loop, while the series needs about
+    a z / (1 - z) terms — millions when a fit ends with a and b at their bounds (no heterogeneity in dropout,
+    which short histories produce).
+    """
+    s0 = alpha + T
+    z = t / (s0 + t)
+    c = a + b + x - 1.0
+    return c / (a - 1.0) * (1.0 - (s0 / (s0 + t)) ** (r + x) * hyp2f1(r + x, b + x, c, z))
+
+
+#: Above this a, the closed form replaces the series (both agree to 1e-12 where both work, see the tests).
+_CLOSED_FORM_MIN_A = 1.5
+
+
 def _alive_purchases_series(r: float, alpha: float, a: float, b: float, x: Array, T: Array, t: Array) -> Array:  # noqa: N803
     """Vectorised :func:`_alive_purchases`: the same series, run until every element has converged."""
     x, age, t = _arrays(x, T, t)
+    if a > _CLOSED_FORM_MIN_A:
+        return np.where(t > 0, _alive_purchases_closed(r, alpha, a, b, x, age, np.maximum(t, 0.0)), 0.0)
     out = np.zeros(x.shape)
     pos = t > 0
     if not np.any(pos):
@@ -654,6 +673,8 @@ def _alive_purchases(r: float, alpha: float, a: float, b: float, x: float, T: fl
     """
     if t <= 0:
         return 0.0
+    if a > _CLOSED_FORM_MIN_A:
+        return float(_alive_purchases_closed(r, alpha, a, b, x, T, t))
     s0 = alpha + T
     log1mz = -math.log1p(t / s0)
     z = t / (s0 + t)

@@ -394,3 +394,22 @@ def test_properties_of_the_predictions(
     # a customer who has been quiet longer is less likely alive
     if x > 0:
         assert model.score(x, t_x, age + 10, m, 0.3).p_alive <= s.p_alive
+
+
+def test_expected_purchases_stay_finite_and_fast_when_a_fit_ends_at_the_bounds() -> None:
+    """Short histories can fit a and b at ~1e8 (dropout without heterogeneity): the series would need ~a terms.
+
+    The answer then tends to the large-parameter limit of 2F1: (c/(a-1)) [1 - ((1-z)/(1-qz))^(r+x)], q = (b+x)/c.
+    """
+    from scoring.clv import ClvModel
+
+    r, alpha, a, b = 0.5, 0.85, 1.9e8, 4.8e8
+    x, T = np.array([0.0, 1.0, 3.0, 10.0]), np.array([0.5, 5.0, 20.0, 52.0])
+    got = ClvModel(BGNBD(r, alpha, a, b), discount_rate=0.0).score_many(x, x / 2, T, x, np.ones(4))
+    t = 365.0 / 7
+    z = t / (alpha + T + t)
+    c = a + b + x - 1
+    limit = c / (a - 1) * (1 - ((1 - z) / (1 - (b + x) / c * z)) ** (r + x))
+    pa = np.asarray(got.p_alive)
+    assert np.all(np.isfinite(got.expected_purchases))
+    assert np.asarray(got.expected_purchases) == pytest.approx(pa * limit, rel=1e-5)
