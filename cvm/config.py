@@ -115,6 +115,12 @@ class Config:
     )
     churn_max_pending: int = _f(2, "CVM_CHURN_MAX_PENDING", "Snapshots a customer keeps waiting for their label.")
     churn_model: str = _f("logreg", "CVM_CHURN_MODEL", "Churn model: logreg, hat (Hoeffding tree) or arf (forest).")
+    churn_publish_s: float = _f(
+        5.0, "CVM_CHURN_PUBLISH_S", "How often the learner publishes a new churn model version."
+    )
+    label_tick_s: float = _f(
+        1.0, "CVM_LABEL_TICK_S", "How often a worker matures the labels of silent customers whose deadline passed."
+    )
     # Alerts (docs/alerts.md): scoring.alerts.AlertRules takes the alert_* settings by name.
     alert_rules: str = _f(
         "high_value_at_risk,p_alive_drop,cancellation_request",

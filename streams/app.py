@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from faust.streams import _current_event
+from faust.types import EventT
 
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
@@ -43,6 +45,28 @@ def _store_url(cfg: Config) -> str:
             return "memory://"
         return "rocksdb://"
     raise ValueError(f"CVM_STORE={cfg.store!r}: expected rocksdb, memory or auto")
+
+
+class _Message:
+    __slots__ = ("partition",)
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+
+class _Route:
+    """Stands for an event of a partition when no event is at hand (timers): Faust's table store and changelog
+    read only ``current_event().message.partition`` to route a write."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, partition: int) -> None:
+        self.message = _Message(partition)
+
+
+def murmur2(key: bytes) -> int:
+    """The Java client's key hash (what cvm's producers and Faust partition by), as a non-negative int."""
+    return aiokafka_murmur2(key) & 0x7FFFFFFF
 
 
 def create_app(cfg: Config, worker_id: str = "") -> faust.App:
@@ -81,6 +105,7 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     dead_topic = app.topic(cfg.topic("dead-letters"), key_type=bytes, value_type=bytes)
     late_topic = app.topic(cfg.topic("late-events"), key_type=bytes, value_type=bytes)
     alerts_topic = app.topic(cfg.topic("alerts"), key_type=bytes, value_type=bytes)
+    labels_topic = app.topic(cfg.topic("churn-labels"), partitions=1, key_type=bytes, value_type=bytes)
     summaries_topic = app.topic(cfg.topic("clv-summaries"), partitions=1, key_type=bytes, value_type=bytes)
     models = ModelFeed(cfg)
     customers = app.Table(
@@ -102,17 +127,19 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     def _on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         rebalanced[0] = True
 
-    def _rebuild_population() -> None:
-        # The percentiles rank a customer among the customers of this worker's partitions: after a rebalance,
-        # those are the table's (recovered) entries.
-        processor.rebuild_population(value for key, value in customers.items() if key != MARKER)
+    def _rebuild() -> None:
+        # The percentiles rank a customer among the customers of this worker's partitions, and the label timers
+        # cover them: after a rebalance, those are the table's (recovered) entries.
+        entries = [(key.decode(), value) for key, value in customers.items() if key != MARKER and value]
+        processor.rebuild_population(value for _, value in entries)
+        processor.rebuild_deadlines(entries)
 
     @app.agent(events)
     async def score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.worker_batch, within=cfg.worker_batch_s):
             if rebalanced[0]:
                 rebalanced[0] = False
-                _rebuild_population()
+                _rebuild()
             out = BatchOutput()
             records = (
                 RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,)
@@ -151,10 +178,44 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
                 alerts_topic.send_soon(key=customer_id.encode(), value=dumps(alert))
             for customer_id, facts in out.summaries:
                 summaries_topic.send_soon(key=customer_id.encode(), value=dumps(facts))
+            _send_labels(out)
             if out.dead_letters:
                 log.warning("%d records sent to dead-letters", len(out.dead_letters))
             if touched and cfg.embedded_broker:
                 await _seal(touched)
+
+    def _send_labels(out: BatchOutput) -> None:
+        for customer_id, pair in out.labels:
+            labels_topic.send_soon(key=customer_id.encode(), value=dumps(pair))
+
+    @app.timer(interval=cfg.label_tick_s)
+    async def _mature_labels() -> None:
+        """Silence produces labels: customers whose deadline the stream time passed, with or without new events.
+
+        The stream time is the latest event time this worker applied on any of its partitions, so an idle
+        partition does not hold its customers' labels back. Runs between batches (no await until the writes are
+        done), so it never interleaves with the agent's writes.
+        """
+        due = processor.due()
+        if not due:
+            return
+        out = BatchOutput()
+        touched: set[int] = set()
+        try:
+            for customer_id in due:
+                key = customer_id.encode()
+                partition = murmur2(key) % cfg.partitions
+                route = cast(EventT, _Route(partition))
+                _current_event.set(weakref.ref(route))
+                data = processor.mature(customer_id, customers.get(key), out)
+                if data is not None:
+                    customers[key] = data
+                    touched.add(partition)
+        finally:
+            _current_event.set(None)
+        _send_labels(out)
+        if touched and cfg.embedded_broker:
+            await _seal(touched)
 
     async def _seal(partitions: set[int]) -> None:
         """End the batch's changelog writes with a marker record in a batch of its own, per partition.

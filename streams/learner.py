@@ -11,6 +11,12 @@ Workers score every customer with the models in force; the learner makes those m
   worker picks it up, see :mod:`streams.models`) and to ``model-metrics``, which the sink writes to
   ``cvm.clv_params``.
 
+* **Churn training.** Workers publish each matured (features, label) pair on the single-partition
+  ``churn-labels`` topic. The learner predicts each pair before learning it (progressive validation,
+  ``scoring.metrics``), learns it, and every ``CVM_CHURN_PUBLISH_S`` seconds publishes the model (with its
+  metrics, the ``churn-labels`` offset it covers and the last pair learned per customer) as a new version on
+  ``models``, and its metrics on ``model-metrics`` (``cvm.model_metrics``).
+
 Run exactly one learner (``cvm learner``; ``cvm up`` starts it). Versions continue from the newest one on the
 ``models`` topic, so a restarted learner never reuses a version number.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -31,9 +38,12 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from cvm.config import Config
 from cvm.kafka import check_broker, create_topics, encode_model, make_consumer, make_producer
 from scoring import clv
+from scoring.churn import ChurnModel
+from scoring.metrics import ProgressiveMetrics
 from streams.models import ModelFeed
+from streams.processor import pack_churn_blob, unpack_churn_blob
 
-__all__ = ["ClvFitter", "Learner", "main"]
+__all__ = ["ChurnTrainer", "ClvFitter", "Learner", "main"]
 
 log = logging.getLogger("cvm.learner")
 
@@ -89,6 +99,58 @@ class ClvFitter:
         }
 
 
+class ChurnTrainer:
+    """Learns each matured (features, label) pair once, predicting it first (progressive validation).
+
+    Its whole state — model, metrics, the last pair learned per customer and the ``churn-labels`` offset — is what
+    it publishes, so a restarted trainer resumes from the latest version: pairs after that offset are learned
+    (again, if a crash lost them from an unpublished model), pairs a worker emitted twice are recognised by
+    (customer, snapshot time) and learned once.
+    """
+
+    def __init__(self, cfg: Config, latest: tuple[dict[str, Any], bytes] | None) -> None:
+        if latest is None:
+            self.model = ChurnModel(kind=cfg.churn_model)
+            self.metrics = ProgressiveMetrics()
+            self.learned: dict[str, int] = {}
+            self.offset = -1
+            self.time = 0
+        else:
+            meta, blob = latest
+            parts = unpack_churn_blob(blob)
+            self.model = ChurnModel.from_bytes(parts["model"])
+            self.metrics = ProgressiveMetrics.from_bytes(parts["metrics"])
+            self.learned = {str(k): int(v) for k, v in parts["learned"].items()}
+            self.offset = int(meta["offset"])
+            self.time = int(meta.get("time", 0))
+        self.fresh = 0  # pairs learned since the last publication
+
+    def offer(self, pair: dict[str, Any], offset: int) -> bool:
+        """Learn one pair from ``churn-labels`` at ``offset``; False when it was learned before."""
+        self.offset = max(self.offset, offset)
+        customer_id, snapshot = str(pair["customer_id"]), int(pair["snapshot_ms"])
+        if snapshot <= self.learned.get(customer_id, -1):
+            return False
+        features, label = pair["features"], int(pair["label"])
+        self.metrics.update(self.model.churn_probability(features), label, int(pair["label_ms"]))
+        self.model.learn_one(features, label)
+        self.learned[customer_id] = snapshot
+        self.time = max(self.time, int(pair["label_ms"]))
+        self.fresh += 1
+        return True
+
+    def publication(self, version: int) -> tuple[bytes, bytes]:
+        """The ``models`` message of this state as ``version``, and its ``model-metrics`` message."""
+        self.model.version = version
+        meta = {"kind": "churn", "version": version, "model": self.model.kind, "n_learned": self.model.n_learned}
+        meta.update(offset=self.offset, time=self.time)
+        blob = pack_churn_blob(self.model.to_bytes(), self.metrics.to_bytes(), self.learned)
+        metrics = {k: v for k, v in self.metrics.snapshot().items() if math.isfinite(v)}
+        metrics_meta = {"kind": "metrics", "time": self.time, "model_version": version, "metrics": metrics}
+        self.fresh = 0
+        return encode_model(meta, blob), encode_model(metrics_meta)
+
+
 class Learner:
     """Reads the learning topics, fits and publishes model versions; one instance per deployment."""
 
@@ -100,6 +162,17 @@ class Learner:
         self.consumer = make_consumer(cfg, f"{cfg.app_id}-learner-{uuid.uuid4().hex[:8]}")
         self.consumer.assign([TopicPartition(cfg.topic("clv-summaries"), 0, OFFSET_BEGINNING)])
         self._next_check = time.monotonic() + cfg.clv_refit_s
+        self.trainer: ChurnTrainer | None = None
+        self.labels = make_consumer(cfg, f"{cfg.app_id}-trainer-{uuid.uuid4().hex[:8]}")
+        self._next_publish = time.monotonic() + cfg.churn_publish_s
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Read the latest model versions, then resume training after the offset the churn model covers."""
+        self.feed.start()
+        self.feed.ready.wait(timeout)
+        self.trainer = ChurnTrainer(self.cfg, self.feed.get("churn"))
+        start = self.trainer.offset + 1 if self.trainer.offset >= 0 else OFFSET_BEGINNING
+        self.labels.assign([TopicPartition(self.cfg.topic("churn-labels"), 0, start)])
 
     def next_version(self, kind: str) -> int:
         current = self.feed.get(kind)
@@ -115,6 +188,16 @@ class Learner:
                 self.clv.offer(msg.key().decode(), json.loads(msg.value()))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed clv-summaries message at offset %s", msg.offset())
+        if self.trainer is not None:
+            for msg in self.labels.consume(2000, timeout=0.05):
+                if msg.error() or not msg.value():
+                    continue
+                try:
+                    self.trainer.offer(json.loads(msg.value()), msg.offset())
+                except (ValueError, KeyError, TypeError):
+                    log.warning("ignoring a malformed churn-labels message at offset %s", msg.offset())
+            if self.trainer.fresh and time.monotonic() >= self._next_publish:
+                self.publish_churn()
         if time.monotonic() >= self._next_check:
             self._next_check = time.monotonic() + self.cfg.clv_refit_s
             if self.clv.due(self.cfg.clv_refit_min_customers, self.cfg.clv_refit_change):
@@ -137,14 +220,29 @@ class Learner:
         log.info("CLV version %s on %s customers (%.2fs)", meta["version"], meta["customers"], meta["fit_seconds"])
         return meta
 
+    def publish_churn(self) -> None:
+        """Publish the churn model as it stands, and its metrics."""
+        assert self.trainer is not None
+        version = self.next_version("churn")
+        model, metrics = self.trainer.publication(version)
+        self.producer.produce(self.cfg.topic("models"), key=b"churn", value=model)
+        self.producer.produce(self.cfg.topic("model-metrics"), key=b"churn", value=metrics)
+        self.producer.flush(10)
+        self.feed.offer(model)
+        self._next_publish = time.monotonic() + self.cfg.churn_publish_s
+        log.info("churn version %s after %s pairs", version, self.trainer.model.n_learned)
+
     def run(self, stop: threading.Event) -> None:
-        self.feed.start()
+        self.start()
         try:
             while not stop.is_set():
                 self.poll()
         finally:
+            if self.trainer is not None and self.trainer.fresh:
+                self.publish_churn()
             self.feed.stop()
             self.consumer.close()
+            self.labels.close()
             self.producer.flush(10)
 
 

@@ -28,6 +28,8 @@ class ModelFeed:
         self.latest: dict[str, tuple[dict[str, Any], bytes]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        #: Set once the feed has read what the topic held when it started (its first empty poll).
+        self.ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cvm-model-feed", daemon=True)
 
     def start(self) -> ModelFeed:
@@ -56,7 +58,10 @@ class ModelFeed:
         consumer.assign([TopicPartition(self.cfg.topic("models"), 0, OFFSET_BEGINNING)])
         try:
             while not self._stop.is_set():
-                for msg in consumer.consume(100, timeout=0.5):
+                msgs = consumer.consume(100, timeout=0.5)
+                if not msgs:
+                    self.ready.set()
+                for msg in msgs:
                     if msg.error():
                         continue
                     value = msg.value()

@@ -8,6 +8,7 @@ customer, not one per event.
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import logging
 import time
@@ -23,12 +24,21 @@ from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
 from scoring import features
 from scoring.alerts import AlertRules, AlertState
+from scoring.churn import FEATURES, ChurnModel, LabelRule, Matured, PendingLabels
 from scoring.clv import BGNBD, ClvModel, GammaGamma, summary
 from scoring.population import Population
 from scoring.state import DAY_MS, CustomerState, FoldRules
 from streams.models import ModelFeed
 
-__all__ = ["BatchOutput", "BatchProcessor", "Folded", "RawRecord"]
+__all__ = [
+    "BatchOutput",
+    "BatchProcessor",
+    "Folded",
+    "RawRecord",
+    "churn_inputs",
+    "pack_churn_blob",
+    "unpack_churn_blob",
+]
 
 log = logging.getLogger("cvm.worker")
 
@@ -54,6 +64,7 @@ class Folded:
     customer_id: str
     state: CustomerState
     scores: dict[str, Any] | None
+    pending: PendingLabels
 
 
 @dataclass
@@ -66,6 +77,7 @@ class BatchOutput:
     late: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     summaries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # for the learner's CLV fit
     alerts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    labels: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # matured churn pairs, for the learner
     counts: dict[str, int] = field(
         default_factory=lambda: {"applied": 0, "redelivered": 0, "duplicate": 0, "late": 0, "dead": 0}
     )
@@ -89,6 +101,13 @@ class BatchProcessor:
         )
         self.population = Population(cfg.tier_a_share, cfg.tier_b_share)
         self.alert_rules = AlertRules.from_config(cfg)
+        self.churn: ChurnModel | None = None
+        self.churn_version = 0
+        self.label_rule = LabelRule.from_days(cfg.churn_silence_days, cfg.churn_cancel_grace_days)
+        self.snapshot_every_ms = int(cfg.churn_snapshot_every_days * DAY_MS)
+        self.stream_time = 0  # the latest event time this worker applied, on any of its partitions
+        self._deadlines: list[tuple[int, str]] = []  # heap of (label deadline, customer); stale entries skipped
+        self._deadline_of: dict[str, int] = {}
 
     def rebuild_population(self, states: Iterable[bytes]) -> None:
         """Rank against these customers' states from now on (the table's entries after a rebalance)."""
@@ -100,6 +119,14 @@ class BatchProcessor:
         found = self.models.get("clv") if self.models else None
         if found and int(found[0]["version"]) != self.clv_version:
             self.use_clv(found[0])
+        found = self.models.get("churn") if self.models else None
+        if found and int(found[0]["version"]) != self.churn_version:
+            self.use_churn(found[0], found[1])
+
+    def use_churn(self, meta: dict[str, Any], blob: bytes) -> None:
+        """Score churn with the model of a ``models`` message from now on."""
+        self.churn = ChurnModel.from_bytes(unpack_churn_blob(blob)["model"])
+        self.churn_version = int(meta["version"])
 
     def use_clv(self, meta: dict[str, Any]) -> None:
         """Score CLV with the parameters of a ``models`` message from now on."""
@@ -149,18 +176,33 @@ class BatchProcessor:
         before = state.version
         now_ms = int(time.time() * 1000)
         counts = out.counts
+        moments: list[tuple[int, bool]] = []  # (time, is a purchase) of applied purchases and cancellations
         for rec, kind, record in items:
             outcome = state.apply(kind, record, rec.offset, self.rules)
             counts[outcome] += 1
             if outcome == "late":
                 out.late.append((customer_id, self._late(rec, record, state, now_ms)))
+            elif outcome == "applied":
+                if kind == "transactions" and record["amount"] >= 0.005:
+                    moments.append((int(record["event_time"]), True))
+                elif kind == "contacts" and record.get("reason") == "cancellation_request":
+                    moments.append((int(record["event_time"]), False))
+        pending = PendingLabels.from_bytes(state.churn_bytes) if state.churn_bytes else PendingLabels()
         if state.version == before:
-            return Folded(customer_id, state, None)
+            return Folded(customer_id, state, None, pending)
+        self.stream_time = max(self.stream_time, state.last_time)
+        rule = self.label_rule
+        for t, purchase in sorted(moments):
+            if purchase:
+                self._emit_labels(customer_id, pending.purchase(t, rule), out)
+            else:
+                pending.cancellation(t)
+        self._emit_labels(customer_id, pending.advance(self._label_time(), rule), out)
         new_facts = _occasion_facts(state)
         if new_facts != facts:
             first, last, n, repeat = new_facts
             out.summaries.append((customer_id, {"f": first, "l": last, "n": n, "r": repeat, "t": state.last_time}))
-        return Folded(customer_id, state, self.scores(customer_id, state, previous, now_ms))
+        return Folded(customer_id, state, self.scores(customer_id, state, previous, now_ms), pending)
 
     def finish(self, folded: list[Folded], out: BatchOutput) -> None:
         """Score the batch's changed customers with the models, all at once, raise alerts, serialise the states."""
@@ -173,6 +215,7 @@ class BatchProcessor:
         for f in scored:
             scores = f.scores
             assert scores is not None
+            self._score_churn(f)
             out.scores.append((f.customer_id, scores))
             if self.alert_rules.rules:
                 try:
@@ -183,7 +226,79 @@ class BatchProcessor:
                 except Exception:
                     log.exception("alert rules failed for customer %s", f.customer_id)
         for f in folded:
+            if f.scores is not None:
+                f.pending.offer(
+                    f.state.last_time, churn_inputs(f.scores), self.snapshot_every_ms, self.cfg.churn_max_pending
+                )
+            self._keep(f.customer_id, f.state, f.pending)
             out.states[f.customer_id] = f.state.to_bytes()
+
+    def _score_churn(self, f: Folded) -> None:
+        if self.churn is None or f.scores is None:
+            return
+        try:
+            p, reasons = self.churn.predict_with_reasons(churn_inputs(f.scores), 3)
+        except Exception:  # a model failure must not stop scoring
+            log.exception("churn scoring failed for customer %s", f.customer_id)
+            return
+        f.scores.update(churn_probability=p, churn_reasons=reasons, churn_model_version=self.churn_version)
+
+    # --- churn labels: maturity driven by stream time -----------------------------------------------------------
+
+    def _label_time(self) -> int:
+        """The stream time labels mature at: a late purchase (within the allowed lateness) can still arrive."""
+        return self.stream_time - self.rules.lateness_ms
+
+    def _emit_labels(self, customer_id: str, matured: list[Matured], out: BatchOutput) -> None:
+        for m in matured:
+            pair = {"customer_id": customer_id, "snapshot_ms": m.snapshot_ms, "label_ms": m.label_ms}
+            pair.update(label=m.label, features=m.features)
+            out.labels.append((customer_id, pair))
+
+    def _keep(self, customer_id: str, state: CustomerState, pending: PendingLabels) -> None:
+        """Store the pending labels in the state and index the customer's next deadline."""
+        state.churn_bytes = pending.to_bytes() if len(pending) or state.churn_bytes else b""
+        deadline = pending.next_deadline(self.label_rule)
+        if deadline is None:
+            self._deadline_of.pop(customer_id, None)
+        elif self._deadline_of.get(customer_id) != deadline:
+            self._deadline_of[customer_id] = deadline
+            heapq.heappush(self._deadlines, (deadline, customer_id))
+
+    def due(self) -> list[str]:
+        """Customers whose next label deadline the stream time has passed (silent customers included)."""
+        now = self._label_time()
+        found = []
+        while self._deadlines and self._deadlines[0][0] < now:
+            deadline, customer_id = heapq.heappop(self._deadlines)
+            if self._deadline_of.get(customer_id) == deadline:
+                del self._deadline_of[customer_id]
+                found.append(customer_id)
+        return found
+
+    def mature(self, customer_id: str, stored: bytes | None, out: BatchOutput) -> bytes | None:
+        """Mature a silent customer's labels at the current stream time; the new state bytes, or None if unchanged."""
+        if not stored:
+            return None
+        state = CustomerState.from_bytes(stored)
+        if not state.churn_bytes:
+            return None
+        pending = PendingLabels.from_bytes(state.churn_bytes)
+        matured = pending.advance(self._label_time(), self.label_rule)
+        self._keep(customer_id, state, pending)
+        if not matured:
+            return None
+        self._emit_labels(customer_id, matured, out)
+        return state.to_bytes()
+
+    def rebuild_deadlines(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """Index the label deadlines of these customers (the table's entries after a rebalance)."""
+        self._deadlines, self._deadline_of = [], {}
+        for customer_id, data in items:
+            state = CustomerState.from_bytes(data)
+            self.stream_time = max(self.stream_time, state.last_time)
+            if state.churn_bytes:
+                self._keep(customer_id, state, PendingLabels.from_bytes(state.churn_bytes))
 
     def scores(
         self, customer_id: str, state: CustomerState, previous: dict[str, float | None], now_ms: int
@@ -299,6 +414,31 @@ class BatchProcessor:
             "stream_time": state.last_time,
             "lateness_ms": state.last_time - record["event_time"],
         }
+
+
+def churn_inputs(scores: dict[str, Any]) -> dict[str, float]:
+    """The churn model's inputs from a customer's scores (the features it is snapshotted and scored on)."""
+    return {name: float(scores.get(name) or 0.0) for name in FEATURES}
+
+
+def pack_churn_blob(model: bytes, metrics: bytes, learned: dict[str, int]) -> bytes:
+    """The blob of a churn ``models`` message: the model, its progressive metrics, the last pair learned per
+    customer (so a restarted learner learns no pair twice).
+
+    >>> unpack_churn_blob(pack_churn_blob(b"m", b"x", {"c1": 5}))["learned"]
+    {'c1': 5}
+    """
+    return json.dumps({"learned": learned}, separators=(",", ":")).encode() + b"\n" + _blob_part(model) + metrics
+
+
+def _blob_part(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "little") + data
+
+
+def unpack_churn_blob(blob: bytes) -> dict[str, Any]:
+    head, _, rest = blob.partition(b"\n")
+    n = int.from_bytes(rest[:8], "little")
+    return {"learned": json.loads(head)["learned"], "model": rest[8 : 8 + n], "metrics": rest[8 + n :]}
 
 
 def _occasion_facts(s: CustomerState) -> tuple[int, int, int, int]:

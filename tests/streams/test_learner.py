@@ -91,3 +91,71 @@ def test_versions_reach_every_worker_feed_and_survive_a_learner_restart(cfg: Con
     finally:
         restarted.feed.stop()
         worker_feed.stop()
+
+
+def pairs(n: int, seed: int = 3) -> list[dict]:
+    """Labelled pairs with a signal: long recency churns."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        recency = float(rng.uniform(0, 120))
+        label = int(rng.uniform() < (0.9 if recency > 60 else 0.1))
+        features = {"recency_days": recency, "frequency": float(rng.integers(1, 20))}
+        out.append({"customer_id": f"c{i % 300}", "snapshot_ms": (i // 300 + 1) * 30 * DAY, "label_ms": i * 1000,
+                    "label": label, "features": features})  # fmt: skip
+    return out
+
+
+def test_the_trainer_learns_each_pair_once_and_resumes_from_its_publication(cfg: Config) -> None:
+    from streams.learner import ChurnTrainer
+    from streams.models import ModelFeed as Feed
+
+    trainer = ChurnTrainer(cfg, None)
+    data = pairs(1200)
+    for offset, pair in enumerate(data[:800]):
+        assert trainer.offer(pair, offset)
+    assert not trainer.offer(data[10], 900)  # a worker emitted it twice: learned once
+    model_msg, metrics_msg = trainer.publication(version=4)
+    feed = Feed(cfg)
+    feed.offer(model_msg)
+    restored = ChurnTrainer(cfg, feed.get("churn"))
+    assert restored.model.n_learned == 800 and restored.offset == 900 and restored.model.version == 4
+    assert [restored.offer(p, 901 + i) for i, p in enumerate(data[795:805])] == [False] * 5 + [True] * 5
+    metrics = json.loads(metrics_msg.split(b"\n", 1)[0])
+    assert metrics["model_version"] == 4 and metrics["metrics"]["roc_auc"] > 0.8
+
+
+@pytest.mark.integration
+def test_a_restarted_learner_continues_the_churn_model_and_learns_no_pair_twice(cfg: Config) -> None:
+    cfg = cfg.replace(churn_publish_s=0.0)
+    create_topics(cfg)
+    producer = make_producer(cfg)
+    data = pairs(900)
+
+    def publish(rows: list[dict]) -> None:
+        for pair in rows:
+            producer.produce(
+                cfg.topic("churn-labels"), key=pair["customer_id"].encode(), value=json.dumps(pair).encode()
+            )
+        producer.flush(10)
+
+    def run_until(learner: Learner, n: int) -> None:
+        deadline = time.monotonic() + 30
+        while (learner.trainer is None or learner.trainer.model.n_learned < n) and time.monotonic() < deadline:
+            learner.poll(0.1)
+        assert learner.trainer is not None and learner.trainer.model.n_learned == n
+
+    publish(data[:600])
+    first = Learner(cfg)
+    first.start()
+    run_until(first, 600)
+    first.publish_churn()
+    first.feed.stop()  # killed: nothing more from it
+    publish(data[500:900])  # 100 pairs again (a worker re-emitted them), then 300 new ones
+    second = Learner(cfg)
+    second.start()
+    run_until(second, 900)
+    time.sleep(0.5)
+    second.poll(0.2)
+    assert second.trainer is not None and second.trainer.model.n_learned == 900
+    second.feed.stop()

@@ -7,7 +7,7 @@ import time
 from cvm.codec import Codec
 from cvm.config import Config
 from scoring.state import CustomerState
-from streams.processor import BatchProcessor, RawRecord
+from streams.processor import BatchOutput, BatchProcessor, RawRecord
 
 DAY = 86_400_000
 NOW = int(time.time() * 1000)
@@ -102,3 +102,41 @@ def test_a_cancellation_request_from_a_tier_a_customer_raises_one_alert_per_epis
     store.update(out.states)
     again = p.process([raw(51, kind="contacts", customer_id="c10", reason="complaint")], store.get)
     assert again.alerts == []  # the episode is open: no second alert
+
+
+def churn_cfg() -> Config:
+    return CFG.replace(churn_snapshot_every_days=30.0, churn_silence_days=90.0, allowed_lateness_s=86400.0)
+
+
+def test_purchases_and_silence_mature_churn_labels_once() -> None:
+    store: dict[str, bytes] = {}
+    p = BatchProcessor(churn_cfg(), CODEC, {k: k for k in ("transactions", "contacts", "payments")})
+    t0 = NOW - 400 * DAY
+    buy = lambda off, cid, day: raw(off, customer_id=cid, event_time=t0 + day * DAY)  # noqa: E731
+    store.update(p.process([buy(1, "loyal", 0), buy(2, "silent", 0)], store.get).states)
+    # 'loyal' buys again 20 days later: its day-0 snapshot is a 0 at once
+    out = p.process([buy(3, "loyal", 20)], store.get)
+    store.update(out.states)
+    assert [(c, pair["label"], pair["snapshot_ms"]) for c, pair in out.labels] == [("loyal", 0, t0)]
+    assert set(out.labels[0][1]["features"]) >= {"recency_days", "frequency", "purchases_90d"}
+    # stream time moves on through 'loyal' alone: the silent customer's deadline passes without any event of its
+    assert p.due() == []
+    store.update(p.process([buy(4, "loyal", 95)], store.get).states)
+    assert p.due() == ["silent"]
+    matured = BatchOutput()
+    store["silent"] = p.mature("silent", store["silent"], matured) or store["silent"]
+    assert [(c, pair["label"], pair["label_ms"]) for c, pair in matured.labels] == [("silent", 1, t0 + 90 * DAY)]
+    again = BatchOutput()
+    assert p.mature("silent", store["silent"], again) is None and again.labels == []  # once
+
+
+def test_a_rebuilt_worker_finds_the_deadlines_in_the_table() -> None:
+    store: dict[str, bytes] = {}
+    cfg = churn_cfg()
+    p = BatchProcessor(cfg, CODEC, {k: k for k in ("transactions", "contacts", "payments")})
+    t0 = NOW - 400 * DAY
+    store.update(p.process([raw(1, customer_id="quiet", event_time=t0)], store.get).states)
+    fresh = BatchProcessor(cfg, CODEC, {k: k for k in ("transactions", "contacts", "payments")})
+    fresh.rebuild_deadlines(store.items())
+    fresh.stream_time = t0 + 200 * DAY
+    assert fresh.due() == ["quiet"]
