@@ -48,20 +48,21 @@ def _store_url(cfg: Config) -> str:
 
 
 class _Message:
-    __slots__ = ("partition",)
+    __slots__ = ("topic", "partition")
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
         self.partition = partition
 
 
 class _Route:
-    """Stands for an event of a partition when no event is at hand (timers): Faust's table store and changelog
-    read only ``current_event().message.partition`` to route a write."""
+    """Stands for an event of a source partition when no event is at hand (timers): Faust's table store and
+    changelog read only ``current_event().message`` topic and partition to route a write."""
 
     __slots__ = ("message", "__weakref__")
 
-    def __init__(self, partition: int) -> None:
-        self.message = _Message(partition)
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Message(topic, partition)
 
 
 def murmur2(key: bytes) -> int:
@@ -201,16 +202,20 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
             return
         out = BatchOutput()
         touched: set[int] = set()
+        source = cfg.topic("transactions")
         try:
             for customer_id in due:
                 key = customer_id.encode()
                 partition = murmur2(key) % cfg.partitions
-                route = cast(EventT, _Route(partition))
+                route = cast(EventT, _Route(source, partition))
                 _current_event.set(weakref.ref(route))
-                data = processor.mature(customer_id, customers.get(key), out)
-                if data is not None:
-                    customers[key] = data
-                    touched.add(partition)
+                try:
+                    data = processor.mature(customer_id, customers.get(key), out)
+                    if data is not None:
+                        customers[key] = data
+                        touched.add(partition)
+                except Exception:  # a bug must not stop the worker: the customer's labels wait for its next event
+                    log.exception("maturing the labels of customer %s failed", customer_id)
         finally:
             _current_event.set(None)
         _send_labels(out)

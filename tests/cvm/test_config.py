@@ -56,3 +56,15 @@ def test_bad_file(tmp_path) -> None:
     unknown.write_text("colour = 3")
     with pytest.raises(ConfigError, match="unknown setting"):
         Config.load(unknown, env={})
+
+
+def test_the_readme_documents_every_setting_and_command() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from cvm.cli import COMMANDS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [f.metadata["env"] for f in dataclasses.fields(Config) if f"`{f.metadata['env']}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
+    assert not [c for c in COMMANDS if f"`cvm {c}" not in readme], "README's CLI table lacks a command"

@@ -102,3 +102,38 @@ def test_restarted_worker_recovers_its_table_and_counts_nothing_twice(cfg: Confi
         consumer.close()
     assert sum(d["n_transactions"] for d in latest.values()) == 3600
     assert round(sum(d["revenue"] for d in latest.values()), 2) == round(total, 2)
+
+
+def test_silence_produces_churn_labels_through_the_worker_timer(cfg: Config, tmp_path: Path) -> None:
+    """Customers who never send another event are labelled 1 once the worker's stream time passes their deadline;
+    labels reach churn-labels once each (the 0 of a purchase is in tests/streams/test_processor.py)."""
+    cfg = cfg.replace(churn_silence_days=30.0, churn_snapshot_every_days=10.0, label_tick_s=0.2)
+    create_topics(cfg)
+    codec, producer = Codec(), make_producer(cfg)
+    t0 = int(time.time() * 1000) - 200 * DAY
+
+    def buy(i: int, cid: str, day: float) -> None:
+        rec = {"event_id": f"b{i}", "customer_id": cid, "event_time": t0 + int(day * DAY), "amount": 10.0}
+        producer.produce(cfg.topic("transactions"), key=cid.encode(), value=codec.encode("transactions", rec))
+
+    for k in range(12):
+        buy(k, f"silent{k}", 0)  # spread over the partitions; never heard of again
+    buy(100, "busy", 0)
+    for day in range(5, 60, 5):  # 'busy' moves the stream time on, 5 days at a time
+        buy(100 + day, "busy", day)
+    producer.flush(10)
+    worker = spawn(cfg, "worker", "--id", "w1", log=tmp_path / "worker.log")
+    consumer = make_consumer(cfg, "labels-reader")
+    consumer.subscribe([cfg.topic("churn-labels")])
+    labels: list[dict] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len({p["customer_id"] for p in labels}) < 12:
+            labels += [json.loads(m.value()) for m in consumer.consume(500, 0.5) if m.error() is None]
+    finally:
+        consumer.close()
+        assert stop(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    silent = sorted((p["customer_id"], p["label"]) for p in labels if p["customer_id"].startswith("silent"))
+    assert silent == [(f"silent{k}", 1) for k in sorted(range(12), key=str)]
+    assert not [p for p in labels if p["customer_id"] == "busy"]  # its snapshot (day 55) is not due yet
+    assert len({(p["customer_id"], p["snapshot_ms"]) for p in labels}) == len(labels)  # each pair once
