@@ -118,6 +118,9 @@ class Config:
     churn_publish_s: float = _f(
         5.0, "CVM_CHURN_PUBLISH_S", "How often the learner publishes a new churn model version."
     )
+    idle_partition_s: float = _f(
+        10.0, "CVM_IDLE_PARTITION_S", "Seconds without events after which a partition no longer holds labels back."
+    )
     label_tick_s: float = _f(
         1.0, "CVM_LABEL_TICK_S", "How often a worker matures the labels of silent customers whose deadline passed."
     )

@@ -105,7 +105,9 @@ class BatchProcessor:
         self.churn_version = 0
         self.label_rule = LabelRule.from_days(cfg.churn_silence_days, cfg.churn_cancel_grace_days)
         self.snapshot_every_ms = int(cfg.churn_snapshot_every_days * DAY_MS)
-        self.stream_time = 0  # the latest event time this worker applied, on any of its partitions
+        # Event time per source partition: (latest event time, wall-clock second it was last seen).
+        self.partition_times: dict[tuple[str, int], tuple[int, float]] = {}
+        self.idle_s = cfg.idle_partition_s
         self._deadlines: list[tuple[int, str]] = []  # heap of (label deadline, customer); stale entries skipped
         self._deadline_of: dict[str, int] = {}
 
@@ -145,6 +147,7 @@ class BatchProcessor:
         """Decode and validate ``records``, grouped by customer; invalid ones become dead letters in ``out``."""
         by_customer: dict[str, list[tuple[RawRecord, str, dict[str, Any]]]] = {}
         now_ms = int(time.time() * 1000)
+        seen = time.monotonic()
         for rec in records:
             try:
                 kind, record = self.codec.decode(rec.value)
@@ -157,6 +160,7 @@ class BatchProcessor:
                 out.counts["dead"] += 1
                 continue
             by_customer.setdefault(record["customer_id"], []).append((rec, kind, record))
+            self._saw(rec, record["event_time"], seen)
         return by_customer
 
     def fold(
@@ -190,7 +194,6 @@ class BatchProcessor:
         pending = PendingLabels.from_bytes(state.churn_bytes) if state.churn_bytes else PendingLabels()
         if state.version == before:
             return Folded(customer_id, state, None, pending)
-        self.stream_time = max(self.stream_time, state.last_time)
         rule = self.label_rule
         for t, purchase in sorted(moments):
             if purchase:
@@ -247,7 +250,27 @@ class BatchProcessor:
 
     def _label_time(self) -> int:
         """The stream time labels mature at: a late purchase (within the allowed lateness) can still arrive."""
-        return self.stream_time - self.rules.lateness_ms
+        return self.watermark() - self.rules.lateness_ms
+
+    def watermark(self, now: float | None = None) -> int:
+        """The worker's stream time for labels: the slowest of its active source partitions.
+
+        Taking the slowest partition means no label is decided while a lagging partition may still hold the
+        purchase that would contradict it (during a replay partitions run at different paces). A partition that
+        has sent nothing for ``CVM_IDLE_PARTITION_S`` seconds of wall-clock time is idle and left out, so an idle
+        partition does not freeze label maturity for the others; when every partition is idle, event time does
+        not move and labels wait for the next event.
+        """
+        if not self.partition_times:
+            return 0
+        now = time.monotonic() if now is None else now
+        active = [t for t, seen in self.partition_times.values() if now - seen < self.idle_s]
+        return min(active) if active else max(t for t, _ in self.partition_times.values())
+
+    def _saw(self, rec: RawRecord, event_time: int, now: float) -> None:
+        key = (rec.topic, rec.partition)
+        latest = self.partition_times.get(key)
+        self.partition_times[key] = (event_time if latest is None or event_time > latest[0] else latest[0], now)
 
     def _emit_labels(self, customer_id: str, matured: list[Matured], out: BatchOutput) -> None:
         for m in matured:
@@ -296,7 +319,6 @@ class BatchProcessor:
         self._deadlines, self._deadline_of = [], {}
         for customer_id, data in items:
             state = CustomerState.from_bytes(data)
-            self.stream_time = max(self.stream_time, state.last_time)
             if state.churn_bytes:
                 self._keep(customer_id, state, PendingLabels.from_bytes(state.churn_bytes))
 

@@ -138,5 +138,14 @@ def test_a_rebuilt_worker_finds_the_deadlines_in_the_table() -> None:
     store.update(p.process([raw(1, customer_id="quiet", event_time=t0)], store.get).states)
     fresh = BatchProcessor(cfg, CODEC, {k: k for k in ("transactions", "contacts", "payments")})
     fresh.rebuild_deadlines(store.items())
-    fresh.stream_time = t0 + 200 * DAY
+    fresh.partition_times[("transactions", 0)] = (t0 + 200 * DAY, time.monotonic())
     assert fresh.due() == ["quiet"]
+
+
+def test_labels_wait_for_the_slowest_active_partition_not_for_an_idle_one() -> None:
+    p = processor()
+    p.partition_times = {("transactions", 0): (100 * DAY, 1000.0), ("transactions", 1): (40 * DAY, 1000.0)}
+    assert p.watermark(now=1001.0) == 40 * DAY  # partition 1 lags: it may still hold a purchase
+    assert p.watermark(now=1000.0 + CFG.idle_partition_s + 1) == 100 * DAY  # all idle: the latest
+    p.partition_times[("transactions", 0)] = (100 * DAY, 1020.0)
+    assert p.watermark(now=1021.0) == 100 * DAY  # partition 1 idle for 21 s: left out

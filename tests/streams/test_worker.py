@@ -107,7 +107,7 @@ def test_restarted_worker_recovers_its_table_and_counts_nothing_twice(cfg: Confi
 def test_silence_produces_churn_labels_through_the_worker_timer(cfg: Config, tmp_path: Path) -> None:
     """Customers who never send another event are labelled 1 once the worker's stream time passes their deadline;
     labels reach churn-labels once each (the 0 of a purchase is in tests/streams/test_processor.py)."""
-    cfg = cfg.replace(churn_silence_days=30.0, churn_snapshot_every_days=10.0, label_tick_s=0.2)
+    cfg = cfg.replace(churn_silence_days=30.0, churn_snapshot_every_days=10.0, label_tick_s=0.2, idle_partition_s=1.0)
     create_topics(cfg)
     codec, producer = Codec(), make_producer(cfg)
     t0 = int(time.time() * 1000) - 200 * DAY
