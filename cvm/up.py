@@ -9,6 +9,7 @@ Child output goes to ``$CVM_DATA_DIR/logs/<name>.log``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -51,6 +52,7 @@ class Child:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C reaches cvm up only: children are stopped in order
+            preexec_fn=_die_with_parent,
         )
         out.close()
 
@@ -170,6 +172,15 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             child.stop(timeout=30 if child.name == "sink" else 15)
         print(f"cvm up: stopped after {time.monotonic() - started:.0f}s", file=sys.stderr)
     return code
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when cvm up dies, however it dies (no orphans)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _wait_http(port: int, child: Child, timeout: float) -> bool:
