@@ -98,6 +98,41 @@ def replay(cfg: Config, path: Path, log: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def check_clv_fit(cfg: Config, history: Path) -> None:
+    """Issue 4: `cvm clv fit --as-of T --json` on the replayed events gives the fit of summaries computed directly
+    from the file (Python, no ClickHouse: scoring.clv.occasion_facts), within 0.5%."""
+    from scoring import clv
+
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    tx = {r["event_id"]: r for r in rows if r["type"] == "transactions"}
+    as_of = max(parse_time(r["event_time"]) for r in tx.values()) - 10 * DAY
+    per_customer: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in tx.values():
+        per_customer[r["customer_id"]].append((parse_time(r["event_time"]), r["amount"]))
+    facts = [f for f in (clv.occasion_facts(v, as_of_ms=as_of) for v in per_customer.values()) if f is not None]
+    x, t_x, age, _ = clv.summaries(
+        [f.first_period for f in facts],
+        [f.last_period for f in facts],
+        [f.n_occasions for f in facts],
+        [f.repeat_value_sum for f in facts],
+        as_of // DAY,
+    )
+    reference = clv.fit_bgnbd(x, t_x, age)
+    out = subprocess.run(
+        [sys.executable, "-m", "cvm.cli", "clv", "fit", "--as-of", str(as_of), "--json"],
+        env={**os.environ, **cfg.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    fit = json.loads(out.stdout)
+    assert fit["customers"] == len(facts) and fit["bgnbd"]["time_unit"] == "week"
+    assert fit["bgnbd"]["log_likelihood"] == pytest.approx(reference.log_likelihood, rel=1e-6)
+    for name, value in reference.params.to_dict().items():
+        assert fit["bgnbd"][name] == pytest.approx(value, rel=0.005), name
+
+
 def test_a_replayed_history_gives_the_features_of_the_file_and_replaying_again_changes_nothing(
     cfg: Config, tmp_path: Path
 ) -> None:
@@ -147,6 +182,7 @@ def test_a_replayed_history_gives_the_features_of_the_file_and_replaying_again_c
                 first = rows
             else:
                 assert rows == first  # the second replay changed nothing
+        check_clv_fit(cfg, history)
         tiers = sql(
             cfg,
             f"SELECT value_tier, count() AS n FROM {db}.customers FINAL {REAL} GROUP BY value_tier",
