@@ -86,7 +86,12 @@ class Config:
         "CVM_CLV_REFIT_CHANGE",
         "Share of customers whose purchases changed since the last fit that triggers a refit.",
     )
-    tier_a_share: float = _f(0.2, "CVM_TIER_A_SHARE", "Share of customers in value tier A (the most profitable).")
+    tier_by: str = _f(
+        "clv",
+        "CVM_TIER_BY",
+        "What value tiers rank customers on: clv (profitability until the first CLV fit) or profitability.",
+    )
+    tier_a_share: float = _f(0.2, "CVM_TIER_A_SHARE", "Share of customers in value tier A (the most valuable).")
     tier_b_share: float = _f(0.3, "CVM_TIER_B_SHARE", "Share of customers in value tier B; the rest is tier C.")
     allowed_lateness_s: float = _f(
         3 * 86400.0, "CVM_ALLOWED_LATENESS_S", "How far behind a customer's stream time an event may arrive."
@@ -164,6 +169,8 @@ class Config:
             raise ConfigError(f"allowed_lateness_s={self.allowed_lateness_s}: must be between 0 and 49 days")
         if not 1 <= self.clv_period_days <= 7:
             raise ConfigError(f"clv_period_days={self.clv_period_days}: must be between 1 and 7")
+        if self.tier_by not in ("clv", "profitability"):
+            raise ConfigError(f"tier_by={self.tier_by!r}: must be clv or profitability")
         if not (0 < self.tier_a_share and 0 <= self.tier_b_share and self.tier_a_share + self.tier_b_share < 1):
             raise ConfigError("tier_a_share and tier_b_share must be positive shares that add up to less than 1")
         if self.partitions < 1:

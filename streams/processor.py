@@ -113,7 +113,7 @@ class BatchProcessor:
 
     def rebuild_population(self, states: Iterable[bytes]) -> None:
         """Rank against these customers' states from now on (the table's entries after a rebalance)."""
-        self.population.rebuild(_ranked(CustomerState.from_bytes(data)) for data in states if data)
+        self.population.rebuild(_ranked(CustomerState.from_bytes(data), with_clv=True) for data in states if data)
 
     def start_batch(self) -> None:
         """Take the population view the batch's percentiles are read from, and the newest model versions."""
@@ -382,8 +382,15 @@ class BatchProcessor:
             ]
         )
         result = model.score_many(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], np.clip(stats[:, 4], 0.0, 1.0))
+        pop, by_clv = self.population, self.cfg.tier_by == "clv"
         for i, f in enumerate(rows):
             assert f.scores is not None
+            value = float(result.clv[i])
+            state = f.state
+            pop.update("clv", state.clv_cents / 100 if state.clv_cents >= 0 else None, value)
+            state.clv_cents = int(round(value * 100))
+            if by_clv:
+                f.scores["value_tier"] = pop.tier(pop.percentile("clv", value))
             f.scores.update(
                 p_alive=float(result.p_alive[i]),
                 expected_purchases=float(result.expected_purchases[i]),
@@ -468,15 +475,21 @@ def _occasion_facts(s: CustomerState) -> tuple[int, int, int, int]:
     return s.first_occasion, s.last_occasion, s.n_occasions, s.purchase_cents - s.first_occasion_cents
 
 
-def _ranked(s: CustomerState) -> dict[str, float | None]:
-    """What a customer contributes to the population percentiles (``None``: not ranked on that metric)."""
+def _ranked(s: CustomerState, with_clv: bool = False) -> dict[str, float | None]:
+    """What a customer contributes to the population percentiles (``None``: not ranked on that metric).
+
+    The CLV moves in :meth:`BatchProcessor._score_clv`, once the batch is scored; ``with_clv`` adds it (rebuilds).
+    """
     bought = s.n_occasions > 0
-    return {
+    ranked: dict[str, float | None] = {
         "profitability": (s.margin_cents - s.cost_cents) / 100,
         "frequency": s.n_occasions if bought else None,
         "monetary": s.purchase_cents / s.n_occasions / 100 if bought else None,
         "last_purchase_day": s.last_purchase_time // DAY_MS if bought else None,
     }
+    if with_clv:
+        ranked["clv"] = s.clv_cents / 100 if s.clv_cents >= 0 else None
+    return ranked
 
 
 def dumps(obj: dict[str, Any]) -> bytes:

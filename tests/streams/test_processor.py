@@ -149,3 +149,33 @@ def test_labels_wait_for_the_slowest_active_partition_not_for_an_idle_one() -> N
     assert p.watermark(now=1000.0 + CFG.idle_partition_s + 1) == 100 * DAY  # all idle: the latest
     p.partition_times[("transactions", 0)] = (100 * DAY, 1020.0)
     assert p.watermark(now=1021.0) == 100 * DAY  # partition 1 idle for 21 s: left out
+
+
+class _Feed:
+    def __init__(self, **models: tuple[dict, bytes]) -> None:
+        self.models = models
+
+    def get(self, kind: str) -> tuple[dict, bytes] | None:
+        return self.models.get(kind)
+
+
+def test_clv_is_scored_for_the_batch_and_ranks_the_value_tiers() -> None:
+    bg = {"r": 0.5, "alpha": 6.0, "a": 0.7, "b": 3.0}
+    feed = _Feed(
+        clv=({"kind": "clv", "version": 3, "bgnbd": bg, "gamma_gamma": {"p": 6.0, "q": 4.0, "gamma": 15.0}}, b"")
+    )
+    p = BatchProcessor(CFG, CODEC, {k: k for k in ("transactions", "contacts", "payments")}, feed)  # type: ignore[arg-type]
+    store: dict[str, bytes] = {}
+    t0 = NOW - 300 * DAY
+    for c in range(1, 11):  # customer c buys on c distinct days: more purchases, more CLV
+        batch = [raw(100 * c + d, customer_id=f"c{c}", event_time=t0 + d * 7 * DAY, amount=20.0) for d in range(c)]
+        store.update(p.process(batch, store.get).states)
+    out = p.process(
+        [raw(5000, customer_id="c10", event_time=t0 + 80 * DAY), raw(5001, customer_id="c1", event_time=t0 + 80 * DAY)],
+        store.get,
+    )
+    scores = dict(out.scores)
+    assert scores["c10"]["clv"] > scores["c1"]["clv"] > 0 and scores["c10"]["clv_params_version"] == 3
+    assert 0 < scores["c10"]["p_alive"] <= 1 and scores["c10"]["expected_purchases"] > 0
+    assert (scores["c10"]["value_tier"], scores["c1"]["value_tier"]) == ("A", "C")
+    assert p.population.size("clv") == 10  # each customer once, although scored twice
