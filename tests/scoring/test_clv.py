@@ -404,10 +404,10 @@ def test_expected_purchases_stay_finite_and_fast_when_a_fit_ends_at_the_bounds()
     from scoring.clv import ClvModel
 
     r, alpha, a, b = 0.5, 0.85, 1.9e8, 4.8e8
-    x, T = np.array([0.0, 1.0, 3.0, 10.0]), np.array([0.5, 5.0, 20.0, 52.0])
-    got = ClvModel(BGNBD(r, alpha, a, b), discount_rate=0.0).score_many(x, x / 2, T, x, np.ones(4))
+    x, age = np.array([0.0, 1.0, 3.0, 10.0]), np.array([0.5, 5.0, 20.0, 52.0])
+    got = ClvModel(BGNBD(r, alpha, a, b), discount_rate=0.0).score_many(x, x / 2, age, x, np.ones(4))
     t = 365.0 / 7
-    z = t / (alpha + T + t)
+    z = t / (alpha + age + t)
     c = a + b + x - 1
     limit = c / (a - 1) * (1 - ((1 - z) / (1 - (b + x) / c * z)) ** (r + x))
     pa = np.asarray(got.p_alive)
