@@ -106,7 +106,6 @@ _HEAD = struct.Struct(
     "20I"  # counts (see _COUNTS)
     "iiiQQI"  # first/last/prior occasion, occasion bits, squared gaps, active months
     "qqiQ"  # last purchase time, last cancellation time, last contact day, contact bits
-    "q"  # the CLV last scored, in cents (-1: none yet), for the population percentiles of CLV
     "11d"  # decayed counters
     "B"  # recent ids
 )
@@ -211,7 +210,6 @@ class CustomerState:
         "active_months",
         "last_purchase_time",
         "last_cancellation_time",
-        "clv_cents",
         "last_contact_day",
         "contact_bits",
         "decayed",
@@ -259,7 +257,6 @@ class CustomerState:
         self.active_months = 0  # calendar months with an occasion
         self.last_purchase_time = 0
         self.last_cancellation_time = 0
-        self.clv_cents = -1  # the CLV last scored (cents), -1 before the first CLV model
         self.last_contact_day = -1
         self.contact_bits = 0  # bit i: a contact on day last_contact_day - i
         self.decayed = [0.0] * len(DECAYED)  # as of last_time
@@ -498,7 +495,6 @@ class CustomerState:
             self.last_cancellation_time,
             self.last_contact_day,
             self.contact_bits,
-            self.clv_cents,
             *self.decayed,
             len(self.recent),
         )
@@ -539,9 +535,8 @@ class CustomerState:
             s.last_cancellation_time,
             s.last_contact_day,
             s.contact_bits,
-            s.clv_cents,
-        ) = f[i : i + 11]
-        i += 11
+        ) = f[i : i + 10]
+        i += 10
         s.decayed = list(f[i : i + len(DECAYED)])
         n = f[-1]
         pos, size, times = 1 + _HEAD.size, _RECENT.size, s.kind_times

@@ -138,7 +138,8 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     @app.agent(events)
     async def score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.worker_batch, within=cfg.worker_batch_s):
-            if rebalanced[0]:
+            processor.start_batch()
+            if rebalanced[0] or processor.clv_rebuild:
                 rebalanced[0] = False
                 _rebuild()
             out = BatchOutput()
@@ -146,7 +147,6 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
                 RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,)
             )
             touched: set[int] = set()
-            processor.start_batch()
             folded: list[tuple[Folded, Any]] = []
             try:
                 for customer_id, items in processor.decode(records, out).items():

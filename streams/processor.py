@@ -65,6 +65,7 @@ class Folded:
     state: CustomerState
     scores: dict[str, Any] | None
     pending: PendingLabels
+    before: tuple[float, float, float, float, float] | None = None  # CLV inputs before the batch, if it had any
 
 
 @dataclass
@@ -91,6 +92,7 @@ class BatchProcessor:
         self.models = models
         self.clv: ClvModel | None = None
         self.clv_version = 0
+        self.clv_rebuild = False  # a new CLV model: the population's CLVs must be re-scored (the caller has the table)
         self.codec = codec
         self.topic_kinds = topic_kinds  # full topic name → event kind
         self.rules = FoldRules(
@@ -112,8 +114,25 @@ class BatchProcessor:
         self._deadline_of: dict[str, int] = {}
 
     def rebuild_population(self, states: Iterable[bytes]) -> None:
-        """Rank against these customers' states from now on (the table's entries after a rebalance)."""
-        self.population.rebuild(_ranked(CustomerState.from_bytes(data), with_clv=True) for data in states if data)
+        """Rank against these customers' states from now on (the table's entries after a rebalance, or after a new
+        CLV model: every customer's CLV is re-scored under it, in one vectorised pass)."""
+        parsed = [CustomerState.from_bytes(data) for data in states if data]
+        ranked = [_ranked(s) for s in parsed]
+        if self.clv is not None:
+            with_clv = [(r, s) for r, s in zip(ranked, parsed, strict=True) if s.n_occasions]
+            if with_clv:
+                b = np.array([self._clv_inputs(s) for _, s in with_clv])
+                values = self.clv.score_many(b[:, 0], b[:, 1], b[:, 2], b[:, 3], b[:, 4]).clv
+                for (r, _), v in zip(with_clv, values, strict=True):
+                    r["clv"] = float(v)
+        self.population.rebuild(ranked)
+        self.clv_rebuild = False
+
+    def _clv_inputs(self, s: CustomerState) -> tuple[float, float, float, float, float]:
+        """(x, t_x, T, m, margin rate) of a customer with a purchase occasion, as of its stream time."""
+        st = self.clv_statistics(s)
+        margin = s.margin_cents / s.revenue_cents if s.revenue_cents > 0 else self.rules.margin_rate
+        return st["clv_x"], st["clv_t_x"], st["clv_T"], st["clv_mean_repeat_value"], min(max(margin, 0.0), 1.0)
 
     def start_batch(self) -> None:
         """Take the population view the batch's percentiles are read from, and the newest model versions."""
@@ -140,6 +159,7 @@ class BatchProcessor:
             discount_rate=self.cfg.clv_discount_rate,
         )
         self.clv_version = int(meta["version"])
+        self.clv_rebuild = True  # the population's CLVs were those of the previous model
 
     def decode(
         self, records: Iterable[RawRecord], out: BatchOutput
@@ -176,6 +196,7 @@ class BatchProcessor:
         """
         state = CustomerState.from_bytes(stored) if stored else CustomerState()
         previous = _ranked(state) if stored else {}
+        clv_before = self._clv_inputs(state) if self.clv is not None and state.n_occasions else None
         facts = _occasion_facts(state)
         before = state.version
         now_ms = int(time.time() * 1000)
@@ -205,7 +226,7 @@ class BatchProcessor:
         if new_facts != facts:
             first, last, n, repeat = new_facts
             out.summaries.append((customer_id, {"f": first, "l": last, "n": n, "r": repeat, "t": state.last_time}))
-        return Folded(customer_id, state, self.scores(customer_id, state, previous, now_ms), pending)
+        return Folded(customer_id, state, self.scores(customer_id, state, previous, now_ms), pending, clv_before)
 
     def finish(self, folded: list[Folded], out: BatchOutput) -> None:
         """Score the batch's changed customers with the models, all at once, raise alerts, serialise the states."""
@@ -382,13 +403,19 @@ class BatchProcessor:
             ]
         )
         result = model.score_many(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], np.clip(stats[:, 4], 0.0, 1.0))
+        # The CLV population holds each customer's CLV under the current model as of its last scoring: move it from
+        # the value before this batch (same model) to the new one.
+        befores = [f for f in rows if f.before is not None]
+        old: dict[str, float] = {}
+        if befores:
+            b = np.array([f.before for f in befores])
+            old_clv = model.score_many(b[:, 0], b[:, 1], b[:, 2], b[:, 3], b[:, 4]).clv
+            old = {f.customer_id: float(v) for f, v in zip(befores, old_clv, strict=True)}
         pop, by_clv = self.population, self.cfg.tier_by == "clv"
         for i, f in enumerate(rows):
             assert f.scores is not None
             value = float(result.clv[i])
-            state = f.state
-            pop.update("clv", state.clv_cents / 100 if state.clv_cents >= 0 else None, value)
-            state.clv_cents = int(round(value * 100))
+            pop.update("clv", old.get(f.customer_id), value)
             if by_clv:
                 f.scores["value_tier"] = pop.tier(pop.percentile("clv", value))
             f.scores.update(
@@ -475,10 +502,10 @@ def _occasion_facts(s: CustomerState) -> tuple[int, int, int, int]:
     return s.first_occasion, s.last_occasion, s.n_occasions, s.purchase_cents - s.first_occasion_cents
 
 
-def _ranked(s: CustomerState, with_clv: bool = False) -> dict[str, float | None]:
+def _ranked(s: CustomerState) -> dict[str, float | None]:
     """What a customer contributes to the population percentiles (``None``: not ranked on that metric).
 
-    The CLV moves in :meth:`BatchProcessor._score_clv`, once the batch is scored; ``with_clv`` adds it (rebuilds).
+    The CLV is ranked in :meth:`BatchProcessor._score_clv`, once the batch is scored under the current model.
     """
     bought = s.n_occasions > 0
     ranked: dict[str, float | None] = {
@@ -487,8 +514,6 @@ def _ranked(s: CustomerState, with_clv: bool = False) -> dict[str, float | None]
         "monetary": s.purchase_cents / s.n_occasions / 100 if bought else None,
         "last_purchase_day": s.last_purchase_time // DAY_MS if bought else None,
     }
-    if with_clv:
-        ranked["clv"] = s.clv_cents / 100 if s.clv_cents >= 0 else None
     return ranked
 
 

@@ -179,3 +179,16 @@ def test_clv_is_scored_for_the_batch_and_ranks_the_value_tiers() -> None:
     assert 0 < scores["c10"]["p_alive"] <= 1 and scores["c10"]["expected_purchases"] > 0
     assert (scores["c10"]["value_tier"], scores["c1"]["value_tier"]) == ("A", "C")
     assert p.population.size("clv") == 10  # each customer once, although scored twice
+
+
+def test_a_new_clv_model_re_ranks_every_customer_under_it() -> None:
+    bg = {"r": 0.5, "alpha": 6.0, "a": 0.7, "b": 3.0}
+    feed = _Feed(clv=({"kind": "clv", "version": 1, "bgnbd": bg, "gamma_gamma": {}}, b""))
+    p = BatchProcessor(CFG, CODEC, {k: k for k in ("transactions", "contacts", "payments")}, feed)  # type: ignore[arg-type]
+    store: dict[str, bytes] = {}
+    store.update(p.process([raw(c, customer_id=f"c{c}", amount=5.0 * c) for c in range(1, 21)], store.get).states)
+    feed.models["clv"] = ({"kind": "clv", "version": 2, "bgnbd": {**bg, "r": 2.0}, "gamma_gamma": {}}, b"")
+    p.start_batch()
+    assert p.clv_rebuild  # the worker rebuilds from its table before the batch
+    p.rebuild_population(store.values())
+    assert not p.clv_rebuild and p.population.size("clv") == 20
