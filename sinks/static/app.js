@@ -322,13 +322,14 @@ const METRICS = {
 
 function drawModel(m) {
   const card = $(".card.model");
-  const names = Object.keys(m.series);
+  // The four headline metrics; the rest (windows, drift, counts) stay in /api/model for analysts.
+  const names = Object.keys(m.series).filter((name) => METRICS[name]);
   setEmpty(card, names.length === 0);
   const latest = Object.entries(m.latest).filter(([k]) => METRICS[k])
     .map(([k, v]) => `${METRICS[k].label} ${v.toFixed(3)}`).join(" · ");
   $("#model-note").textContent = latest ? `Latest: ${latest}` : "Churn model, evaluated on labels as they mature";
   const datasets = names.map((name) => {
-    const look = METRICS[name] || { label: name, color: color("--tier-c"), axis: "y2", hidden: true };
+    const look = METRICS[name];
     return {
       label: look.label, hidden: Boolean(look.hidden), yAxisID: look.axis, borderColor: look.color,
       backgroundColor: look.color, borderWidth: 2, pointRadius: m.series[name].length > 40 ? 0 : 2.5, tension: 0.2,
