@@ -10,6 +10,7 @@ and source stay co-partitioned.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from pathlib import Path
@@ -135,55 +136,86 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
         processor.rebuild_population(value for _, value in entries)
         processor.rebuild_deadlines(entries)
 
+    # The agent's batches and the label timer both read and write customers: one at a time.
+    lock = asyncio.Lock()
+
     @app.agent(events)
     async def score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.worker_batch, within=cfg.worker_batch_s):
-            processor.start_batch()
-            if rebalanced[0] or processor.clv_rebuild:
-                rebalanced[0] = False
-                _rebuild()
-            out = BatchOutput()
-            records = (
-                RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,)
-            )
-            touched: set[int] = set()
-            folded: list[tuple[Folded, Any]] = []
-            try:
-                for customer_id, items in processor.decode(records, out).items():
-                    # The table's store and changelog pick the partition of the "current event": make it one of
-                    # this customer's events, so a batch mixing partitions reads and writes each customer where
-                    # it belongs.
-                    origin = items[-1][0].origin
-                    _current_event.set(weakref.ref(origin))
-                    try:
-                        folded.append(
-                            (processor.fold(customer_id, items, customers.get(customer_id.encode()), out), origin)
-                        )
-                    except Exception as exc:  # a bug must not stop scoring: the records go to dead letters
-                        log.exception("scoring customer %s failed; its records go to dead-letters", customer_id)
-                        processor.reject(items, exc, out)
-                processor.finish([f for f, _ in folded], out)
-                for f, origin in folded:
-                    _current_event.set(weakref.ref(origin))
-                    touched.add(origin.message.partition)
-                    customers[f.customer_id.encode()] = out.states[f.customer_id]
-            finally:
-                _current_event.set(None)
-            for customer_id, scores in out.scores:
-                scores_topic.send_soon(key=customer_id.encode(), value=dumps(scores))
-            for raw_key, letter in out.dead_letters:
-                dead_topic.send_soon(key=raw_key, value=dumps(letter))
-            for customer_id, late in out.late:
-                late_topic.send_soon(key=customer_id.encode(), value=dumps(late))
-            for customer_id, alert in out.alerts:
-                alerts_topic.send_soon(key=customer_id.encode(), value=dumps(alert))
-            for customer_id, facts in out.summaries:
-                summaries_topic.send_soon(key=customer_id.encode(), value=dumps(facts))
-            _send_labels(out)
-            if out.dead_letters:
-                log.warning("%d records sent to dead-letters", len(out.dead_letters))
-            if touched and cfg.embedded_broker:
-                await _seal(touched)
+            async with lock:
+                await _score_batch(batch)
+
+    async def _score_batch(batch: list[Any]) -> None:
+        """Score a batch: outputs first, then the table, each drained before the batch's offsets are acked.
+
+        Outputs go before state so that a crash between the two leaves the state behind, not the outputs: the
+        re-delivered records are scored again and their outputs sent again (the same score version, the same
+        alert episode, the same label pair — idempotent downstream). The other order would lose them, as the
+        re-delivered records would be no-ops against a state that already has them.
+        """
+        processor.start_batch()
+        if rebalanced[0] or processor.clv_rebuild:
+            rebalanced[0] = False
+            _rebuild()
+        out = BatchOutput()
+        records = (RawRecord(m.topic, m.partition, m.offset, m.key, m.value, e) for e in batch for m in (e.message,))
+        folded: list[tuple[Folded, Any]] = []
+        try:
+            for customer_id, items in processor.decode(records, out).items():
+                # The table's store and changelog pick the partition of the "current event": make it one of this
+                # customer's events, so a batch mixing partitions reads and writes each customer where it belongs.
+                origin = items[-1][0].origin
+                _current_event.set(weakref.ref(origin))
+                try:
+                    folded.append(
+                        (processor.fold(customer_id, items, customers.get(customer_id.encode()), out), origin)
+                    )
+                except Exception as exc:  # a bug must not stop scoring: the records go to dead letters
+                    log.exception("scoring customer %s failed; its records go to dead-letters", customer_id)
+                    processor.reject(items, exc, out)
+            processor.finish([f for f, _ in folded], out)
+        finally:
+            _current_event.set(None)
+        _send_outputs(out)
+        if out.dead_letters:
+            log.warning("%d records sent to dead-letters", len(out.dead_letters))
+        await _drain()
+        touched: set[int] = set()
+        try:
+            for f, origin in folded:
+                _current_event.set(weakref.ref(origin))
+                touched.add(origin.message.partition)
+                customers[f.customer_id.encode()] = out.states[f.customer_id]
+        finally:
+            _current_event.set(None)
+        await _drain()
+        if touched and cfg.embedded_broker:
+            await _seal(touched)
+
+    def _send_outputs(out: BatchOutput) -> None:
+        for customer_id, scores in out.scores:
+            scores_topic.send_soon(key=customer_id.encode(), value=dumps(scores))
+        for raw_key, letter in out.dead_letters:
+            dead_topic.send_soon(key=raw_key, value=dumps(letter))
+        for customer_id, late in out.late:
+            late_topic.send_soon(key=customer_id.encode(), value=dumps(late))
+        for customer_id, alert in out.alerts:
+            alerts_topic.send_soon(key=customer_id.encode(), value=dumps(alert))
+        for customer_id, facts in out.summaries:
+            summaries_topic.send_soon(key=customer_id.encode(), value=dumps(facts))
+        _send_labels(out)
+
+    async def _drain() -> None:
+        """Wait until everything sent so far is acknowledged by the broker.
+
+        Faust's ``producer.flush()`` gives up after 0.1 s without a send and may return with messages still in its
+        buffer (faust/transport/producer.py ``flush_atmost``); a batch acked on that basis could lose its
+        changelog writes or outputs to a SIGKILL. Loop until the buffer is empty, then flush the client.
+        """
+        buffer = app.producer.buffer
+        while buffer.size:
+            await buffer.flush()
+        await app.producer.flush()
 
     def _send_labels(out: BatchOutput) -> None:
         for customer_id, pair in out.labels:
@@ -197,30 +229,40 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
         partition does not hold its customers' labels back. Runs between batches (no await until the writes are
         done), so it never interleaves with the agent's writes.
         """
-        due = processor.due()
-        if not due:
-            return
-        out = BatchOutput()
-        touched: set[int] = set()
-        source = cfg.topic("transactions")
-        try:
+        async with lock:
+            due = processor.due()
+            if not due:
+                return
+            source = cfg.topic("transactions")
+            out = BatchOutput()
+            writes: list[tuple[bytes, int, bytes]] = []
             for customer_id in due:
                 key = customer_id.encode()
                 partition = murmur2(key) % cfg.partitions
+                route = cast(EventT, _Route(source, partition))  # held here: the context keeps a weak reference
+                try:
+                    _current_event.set(weakref.ref(route))
+                    data = processor.mature(customer_id, customers.get(key), out)
+                    if data is not None:
+                        writes.append((key, partition, data))
+                except Exception:  # a bug must not stop the worker: the customer's labels wait for its next event
+                    log.exception("maturing the labels of customer %s failed", customer_id)
+                finally:
+                    _current_event.set(None)
+            _send_labels(out)  # the labels first, then the states that no longer hold them (see _score_batch)
+            await _drain()
+            touched: set[int] = set()
+            for key, partition, data in writes:
                 route = cast(EventT, _Route(source, partition))
                 _current_event.set(weakref.ref(route))
                 try:
-                    data = processor.mature(customer_id, customers.get(key), out)
-                    if data is not None:
-                        customers[key] = data
-                        touched.add(partition)
-                except Exception:  # a bug must not stop the worker: the customer's labels wait for its next event
-                    log.exception("maturing the labels of customer %s failed", customer_id)
-        finally:
-            _current_event.set(None)
-        _send_labels(out)
-        if touched and cfg.embedded_broker:
-            await _seal(touched)
+                    customers[key] = data
+                    touched.add(partition)
+                finally:
+                    _current_event.set(None)
+            await _drain()
+            if touched and cfg.embedded_broker:
+                await _seal(touched)
 
     async def _seal(partitions: set[int]) -> None:
         """End the batch's changelog writes with a marker record in a batch of its own, per partition.
@@ -231,11 +273,10 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
         Any prefix of the changelog is a consistent state, because each customer's state carries the offsets it
         has applied. The offsets of the batch are acknowledged only after this returns.
         """
-        await app.producer.flush()
         changelog = customers.changelog_topic
         for partition in partitions:
             await changelog.send(key=MARKER, value=b"\x00", partition=partition)
-        await app.producer.flush()
+        await _drain()
 
     @app.task
     async def _start_model_feed() -> None:
