@@ -110,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-format", help="strptime format of time columns (default ISO-8601 or epoch)")
     p.add_argument("--replays", type=_positive_int, default=1, help="times the file was replayed, one after another")
     p.add_argument("--dead-letters", type=int, default=0, help="poison records published besides the file")
-    p.add_argument("--wait", type=float, default=0.0, help="keep reading until it matches, at most this many seconds")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="read again until it matches, at most this many seconds (less once nothing changes for 20 s)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
 
     p = sub.add_parser("sql", help="run a read-only query against ClickHouse")

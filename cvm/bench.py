@@ -1,0 +1,957 @@
+"""``cvm bench``: cvm's throughput, latency and footprint next to its peers, in one run on one embedded broker.
+
+The bench starts a Tansu broker of its own (free port, random topic prefix and group ids), generates a realistic
+load once with :mod:`cvm.simulate` (the three topics' natural mix, ~10k customers), encodes it with
+:class:`cvm.codec.Codec`, publishes it once, then measures on those same records:
+
+================================ =====================================================================================
+``raw_eps``                      confluent-kafka ``consume(num_messages=10000)`` + fastavro decode, no processing
+``faust_empty_eps``              a Faust agent taking batches (``stream.take(5000)``) and doing nothing (child process)
+``quix_eps``                     Quix Streams counting per key in RocksDB state with its changelog (child process)
+``pipeline_eps``                 one ``cvm worker`` process: decode, fold, score, table + changelog, scores emitted
+``pipeline_2w_eps``              two ``cvm worker`` processes in one group
+``p50_latency_s``, ``p99_..``    publish → the customer's row in ClickHouse covers the event, at ``pipeline_eps / 2``
+``p50_score_latency_s``, ..      publish → a score record covering it (the worker's share of the latency)
+``state_bytes_per_customer``     mean size of the table values (the changelog's latest value per customer), and max
+``rss_mb``                       peak resident memory of the single worker (``VmHWM``)
+``pipeline_cpu_us_per_event``    the single worker's CPU time per event, steadier than a rate on a shared machine
+================================ =====================================================================================
+
+Every rate is "events after the first batch / time from the first batch to the last event": start-up, imports
+and the consumer group join are left out, as a long-running processor never pays them again. For the pipeline
+the clock is the ``customer-scores`` records' timestamps (set by the worker when it sends them): from the first
+score record to the one that makes every published event visible — the sum over customers of the latest
+``version`` (events applied) equals the events published. ``docs/benchmarks.md`` says more, and holds results.
+
+Faust settings reach the workers and the Faust peer through Faust's own environment variables
+(``STREAM_BUFFER_MAXSIZE=8192 cvm bench``); cvm's through ``CVM_*`` (``CVM_WORKER_BATCH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvm.config import EVENT_TOPICS, Config
+from cvm.exceptions import CvmError
+
+__all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"]
+
+#: What ``--skip`` can leave out; ``pipeline`` also carries ``state_bytes_per_customer`` and ``rss_mb``.
+MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency")
+
+#: The figures of a run, in the order they are shown, with what each one is.
+KEYS = {
+    "raw_eps": "confluent-kafka consume(10000) + fastavro decode, no processing",
+    "faust_empty_eps": "Faust agent, stream.take(5000), no work",
+    "quix_eps": "Quix Streams, count per key in RocksDB state (+ changelog)",
+    "pipeline_eps": "cvm worker x1: decode, fold, score, table + changelog, emit",
+    "pipeline_2w_eps": "cvm worker x2, one consumer group",
+    "p50_latency_s": "publish -> row in ClickHouse, median, at pipeline_eps/2",
+    "p99_latency_s": "publish -> row in ClickHouse, 99th percentile",
+    "p50_score_latency_s": "publish -> score record sent by the worker, median",
+    "p99_score_latency_s": "publish -> score record sent by the worker, 99th percentile",
+    "state_bytes_per_customer": "table value bytes per customer, mean",
+    "state_bytes_max": "table value bytes per customer, largest",
+    "rss_mb": "peak resident memory of the single worker (VmHWM)",
+    "pipeline_cpu_us_per_event": "CPU time of the single worker per event (steadier than eps on a busy machine)",
+}
+
+_EVENTS_PER_CUSTOMER_DAY = 0.1  # what the simulator draws, a little under (cvm/simulate.py: 0.125 per active day)
+_LATENCY_S = 20.0  # how long the latency phase publishes, at most
+_LATENCY_SAMPLES = 500
+_PHASES = {
+    "raw": "confluent-kafka batch consume + fastavro decode",
+    "faust": "a Faust agent that only iterates (child process)",
+    "quix": "Quix Streams, count per key with RocksDB state (child process)",
+    "pipeline": "one cvm worker",
+    "pipeline_2w": "two cvm workers",
+    "latency": "worker + sink, publishing at pipeline_eps / 2",
+}
+_PEER_RESULT = re.compile(r"\{[^{}]*\"events\"[^{}]*\}")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, nearest rank.
+
+    >>> percentile([3.0, 1.0, 2.0, 4.0], 50), percentile([3.0, 1.0, 2.0, 4.0], 99), percentile([5.0], 1)
+    (2.0, 4.0, 5.0)
+    """
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil without floats drifting
+    return ordered[int(rank) - 1]
+
+
+def _rate(events: int, seconds: float) -> float:
+    """Events per second, guarded against a window too short to time.
+
+    >>> _rate(1000, 0.5), _rate(10, 0.0)
+    (2000.0, 10000.0)
+    """
+    return events / max(seconds, 1e-3)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def machine() -> str:
+    """What the figures were measured on: CPU model, cores, memory, Python."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = " ".join(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        mem = f", {pages * size / 2**30:.0f} GiB"
+    except (ValueError, OSError):
+        pass
+    cpu = model or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()}, Python {platform.python_version()}"
+
+
+# --- the load ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Pre-generated, encoded events: ``(kind, key, value)``; ``pool`` feeds the latency phase."""
+
+    records: list[tuple[str, bytes, bytes]]
+    pool: list[tuple[str, bytes, bytes]]
+    customers: int
+
+
+def generate(events: int, customers: int, extra: int, seed: int = 1) -> Load:
+    """``events`` simulated events for ``customers`` customers, then ``extra`` more (later in event time)."""
+    from cvm.codec import Codec
+    from cvm.simulate import ANCHOR_MS, Simulation
+
+    want = events + extra
+    days = want / (_EVENTS_PER_CUSTOMER_DAY * customers) * 1.2 + 1
+    end_ms = ANCHOR_MS  # a fixed history: every run measures the same bytes
+    while True:
+        drawn = list(itertools.islice(Simulation(customers, days, seed, end_ms).history(), want))
+        if len(drawn) == want:
+            break
+        days *= 1.5 * want / max(len(drawn), 1)
+    codec = Codec()
+    encoded = [(kind, rec["customer_id"].encode(), codec.encode(kind, rec)) for kind, rec in drawn]
+    return Load(encoded[:events], encoded[events:], len({key for _, key, _ in encoded[:events]}))
+
+
+def publish(cfg: Config, records: Sequence[tuple[str, bytes, bytes]]) -> dict[tuple[str, int], int]:
+    """Produce ``records`` to ``cfg``'s topics; return the end offset (last + 1) of every partition written."""
+    from cvm.kafka import make_producer
+
+    ends: dict[tuple[str, int], int] = {}
+    failed: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+            return
+        tp = (msg.topic(), msg.partition())
+        ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
+
+    producer = make_producer(cfg, on_delivery=delivered)
+    topics = {kind: cfg.topic(kind) for kind in EVENT_TOPICS}
+    for kind, key, value in records:
+        while True:
+            try:
+                producer.produce(topics[kind], value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60) or failed:
+        raise CvmError(f"publishing the bench load failed ({failed[0] if failed else 'timeout'}): is the broker up?")
+    return ends
+
+
+# --- child processes ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Children:
+    """The processes the bench started: each stopped by its own handle, logs kept in ``logs``."""
+
+    logs: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], cfg: Config, stdout: int | None = None) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, **cfg.to_env(), PYTHONUNBUFFERED="1")
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, *argv],
+                stdout=stdout if stdout is not None else log,
+                stderr=log,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches the bench, which stops its children itself
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc, timeout=10.0)
+
+    def tail(self, name: str, lines: int = 2) -> str:
+        """Why a child failed: its first logged error (later ones are usually consequences), else its last lines."""
+        try:
+            text = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        for line in text:
+            if " ERROR " in line or " CRITICAL " in line:
+                return line.strip()[-400:]
+        return " | ".join(text[-lines:])[-400:]
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise CvmError("--profile needs py-spy, which cvm does not install: run '.venv/bin/pip install py-spy'")
+    return found
+
+
+class _Profiler:
+    """``py-spy record`` on one worker, from its first commit (start-up left out) until it has committed all.
+
+    The output format follows the file name: ``.txt`` raw collapsed stacks, ``.json`` speedscope, else an SVG
+    flame graph. Every thread is sampled, idle ones included, so that waiting shows as well as working.
+    """
+
+    def __init__(self, path: str, pid: int, children: _Children) -> None:
+        self.binary, self.path, self.pid, self.children = _py_spy(), str(Path(path).absolute()), pid, children
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        fmt = {".txt": "raw", ".json": "speedscope"}.get(Path(self.path).suffix, "flamegraph")
+        argv = [self.binary, "record", "--pid", str(self.pid), "--rate", "100", "--idle", "--threads"]
+        argv += ["--format", fmt, "--output", self.path]
+        with open(self.children.logs / "py-spy.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, all its threads, so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _at(samples: Sequence[tuple[float, float]], t: float) -> float:
+    """The value of a sampled, increasing curve at ``t``, linearly interpolated (clamped at the ends).
+
+    >>> _at([(0.0, 1.0), (2.0, 3.0)], 1.5), _at([(0.0, 1.0), (2.0, 3.0)], 9.0)
+    (2.5, 3.0)
+    """
+    if t <= samples[0][0]:
+        return samples[0][1]
+    for (t0, v0), (t1, v1) in itertools.pairwise(samples):
+        if t0 <= t <= t1:
+            return v0 + (v1 - v0) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
+    return samples[-1][1]
+
+
+# --- the bench ----------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    """One run: ``events`` events for about ``customers`` customers, the measurements not in ``skip``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        events: int,
+        customers: int,
+        skip: Sequence[str] = (),
+        say: Callable[[str], None] = lambda _: None,
+        profile: str = "",
+    ) -> None:
+        if profile:
+            _py_spy()  # missing: say so before starting anything
+        self.events = events
+        self.customers = customers
+        self.skip = set(skip)
+        self.say = say
+        self.profile = profile  # py-spy output of the single worker, when asked for
+        self.workdir = Path(tempfile.mkdtemp(prefix="cvm-bench-"))
+        (self.workdir / "logs").mkdir()
+        tag = uuid.uuid4().hex[:8]
+        # The user's settings (CVM_WORKER_BATCH, partitions, ...) apply; where things live and run is the bench's.
+        self.cfg = cfg.replace(
+            kafka_bootstrap="",
+            broker_port=_free_port(),
+            topic_prefix=f"bench{tag}-",
+            app_id=f"bench-{tag}",
+            data_dir=str(self.workdir / "data"),
+            clickhouse_url=f"chdb://{self.workdir / 'clickhouse'}",
+            clickhouse_database="cvm",
+            schema_registry_url="",
+            http_host="127.0.0.1",
+            http_port=_free_port(),
+            http_token="",
+            kafka_security_protocol="",
+            kafka_sasl_mechanism="",
+            kafka_sasl_username="",
+            kafka_sasl_password="",
+            kafka_ssl_cafile="",
+        )
+        self.children = _Children(self.workdir / "logs")
+        self.timeout = 90.0 + events / 1000  # per phase: a phase slower than 1k events/s is broken, not slow
+        self.ends: dict[tuple[str, int], int] = {}
+        self.scores_from: dict[int, int] = {}
+        self.errors: dict[str, str] = {}  # measurement → why it failed
+
+    # --- the run ------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from confluent_kafka import KafkaException
+
+        from cvm.broker import Broker
+        from cvm.kafka import create_topics
+
+        started = time.monotonic()
+        result: dict[str, Any] = dict.fromkeys(KEYS)
+        result.update(
+            events=self.events,
+            customers=None,
+            machine=machine(),
+            date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            load_avg_start=round(os.getloadavg()[0], 2),
+        )
+        broker = Broker(self.cfg.broker_port, log_path=self.workdir / "logs" / "broker.log")
+        ok = False
+        try:
+            self.say(f"generating {self.events:,} events for {self.customers:,} customers ...")
+            load = generate(self.events, self.customers, extra=max(1000, self.events // 2))
+            result["customers"] = load.customers
+            broker.start()
+            create_topics(self.cfg)
+            self.say(f"publishing them to the embedded broker on port {self.cfg.broker_port} ...")
+            self.ends = publish(self.cfg, load.records)
+            for name in MEASUREMENTS:
+                if name in self.skip:
+                    continue
+                self.say(f"{name}: {_PHASES[name]} ...")
+                try:
+                    result.update(self._measure(name, load, result))
+                except CvmError as exc:  # one broken measurement must not cost the others
+                    self.errors[name] = str(exc)
+                    self.say(f"{name} failed: {exc}")
+            ok = not self.errors
+        except (KafkaException, OSError) as exc:
+            raise self.fail(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self.children.stop_all()
+            broker.stop()
+            if ok:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        result["load_avg_end"] = round(os.getloadavg()[0], 2)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        if self.errors:
+            result["errors"] = dict(self.errors)
+        return result
+
+    def _measure(self, name: str, load: Load, so_far: dict[str, Any]) -> dict[str, Any]:
+        if name == "raw":
+            return {"raw_eps": round(self.raw())}
+        if name in ("faust", "quix"):
+            return {"faust_empty_eps" if name == "faust" else "quix_eps": round(self.peer(name))}
+        if name == "pipeline":
+            return self.pipeline(workers=1)
+        if name == "pipeline_2w":
+            return {"pipeline_2w_eps": self.pipeline(workers=2)["pipeline_eps"]}
+        return self.latency(load.pool, (so_far["pipeline_eps"] or 2000) / 2)
+
+    def _batch(self, size: int) -> int:
+        """``size``, or less for a small load: the first batch is not timed, and a run must time several."""
+        return max(10, min(size, self.events // 10))
+
+    def fail(self, what: str) -> CvmError:
+        return CvmError(f"{what} (logs in {self.workdir / 'logs'})")
+
+    # --- raw ----------------------------------------------------------------------------------------------------
+
+    def raw(self) -> float:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        from cvm.codec import Codec
+        from cvm.kafka import make_consumer
+
+        codec = Codec()
+        consumer = make_consumer(self.cfg, group=f"{self.cfg.app_id}-raw")
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.ends])
+        decode = codec.decode
+        batch = self._batch(10000)
+        seen = first = 0
+        t_first = 0.0
+        deadline = time.monotonic() + self.timeout
+        try:
+            while seen < self.events:
+                if time.monotonic() > deadline:
+                    raise self.fail(f"raw consume read {seen:,} of {self.events:,} events in {self.timeout:.0f}s")
+                n = 0
+                for msg in consumer.consume(num_messages=batch, timeout=1.0):
+                    if msg.error() is None:
+                        decode(msg.value())
+                        n += 1
+                if n and not seen:
+                    t_first, first = time.perf_counter(), n
+                seen += n
+            return _rate(seen - first, time.perf_counter() - t_first)
+        finally:
+            consumer.close()
+
+    # --- the peers ----------------------------------------------------------------------------------------------
+
+    def peer(self, name: str) -> float:
+        topics = sorted({t for t, _ in self.ends})
+        state = self.workdir / f"{name}-state"
+        argv = ["-m", "cvm.bench_peers", name, "--bootstrap", self.cfg.bootstrap, "--topics", ",".join(topics)]
+        argv += ["--events", str(self.events), "--group", f"{self.cfg.app_id}-{name}", "--dir", str(state)]
+        argv += ["--batch", str(self._batch(5000))]
+        proc = self.children.start(name, argv, self.cfg, stdout=subprocess.PIPE)
+        try:
+            out, _ = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise self.fail(f"the {name} peer did not consume {self.events:,} events in {self.timeout:.0f}s") from None
+        finally:
+            self.children.stop(proc)
+        found = _PEER_RESULT.findall(out.decode(errors="replace"))
+        if not found:
+            raise self.fail(f"the {name} peer exited ({proc.returncode}) without a result: {self.children.tail(name)}")
+        figures = json.loads(found[-1])
+        return _rate(int(figures["events"]), float(figures["seconds"]))
+
+    # --- the pipeline -------------------------------------------------------------------------------------------
+
+    def _spawn_worker(self, cfg: Config, name: str) -> subprocess.Popen[bytes]:
+        return self.children.start(name, ["-m", "cvm.cli", "worker", "--id", name], cfg)
+
+    def pipeline(self, workers: int) -> dict[str, Any]:
+        """Spawn ``workers`` workers on the published load; the rate from their score records' timestamps."""
+        cfg = self.cfg.replace(app_id=f"{self.cfg.app_id}-p{workers}")
+        spawned = time.time()
+        procs = [self._spawn_worker(cfg, f"{cfg.app_id}-w{i + 1}") for i in range(workers)]
+        names = [f"{cfg.app_id}-w{i + 1}" for i in range(workers)]
+        extra: dict[str, Any] = {}
+        profiler = _Profiler(self.profile, procs[0].pid, self.children) if self.profile and workers == 1 else None
+        try:
+            cpu = self._wait_committed(cfg, procs, names, on_progress=profiler.start if profiler else None)
+            if profiler is not None:
+                profiler.stop()
+            first_ms, first_n, last_ms = self._read_scores(cfg, procs, names)
+            if workers == 1:
+                rss = _peak_rss_mb(procs[0].pid)
+                extra["rss_mb"] = round(rss, 1) if rss is not None else None
+                extra["pipeline_startup_s"] = round(first_ms / 1000 - spawned, 2)
+                if len(cpu) >= 2:
+                    used = _at(cpu, last_ms / 1000) - _at(cpu, first_ms / 1000)
+                    extra["pipeline_cpu_us_per_event"] = round(used / max(1, self.events - first_n) * 1e6, 1)
+        finally:
+            for proc in procs:
+                self.children.stop(proc)
+        if workers == 1:
+            extra.update(self._state_bytes(cfg))
+        extra["pipeline_eps"] = round(_rate(self.events - first_n, (last_ms - first_ms) / 1000))
+        return extra
+
+    def _check_alive(self, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]) -> None:
+        for proc, name in zip(procs, names, strict=True):
+            if proc.poll() is not None:
+                raise self.fail(f"worker {name} exited with code {proc.returncode}: {self.children.tail(name)}")
+
+    def _wait_committed(
+        self,
+        cfg: Config,
+        procs: Sequence[subprocess.Popen[bytes]],
+        names: Sequence[str],
+        on_progress: Callable[[], None] | None = None,
+    ) -> list[tuple[float, float]]:
+        """Wait until the workers' group has committed the end of every partition (cheap to poll: no CPU taken
+        from the workers); ``on_progress`` is called at the first commit. The figure comes from the score
+        records, read afterwards. Returns the first worker's CPU seconds sampled on the way: ``(time, cpu)``."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        from cvm.kafka import make_consumer
+
+        consumer = make_consumer(cfg, group=cfg.app_id)
+        tps = [TopicPartition(t, p) for t, p in self.ends]
+        deadline = time.monotonic() + self.timeout
+        cpu: list[tuple[float, float]] = []
+        try:
+            while True:
+                self._check_alive(procs, names)
+                used = _cpu_seconds(procs[0].pid)
+                if used is not None:
+                    cpu.append((time.time(), used))
+                try:
+                    committed = consumer.committed(tps, timeout=5.0)
+                except KafkaException:
+                    committed = []
+                if committed and all(tp.offset >= self.ends[(tp.topic, tp.partition)] for tp in committed):
+                    return cpu
+                if on_progress is not None and any(tp.offset > 0 for tp in committed):
+                    on_progress()
+                    on_progress = None
+                if time.monotonic() > deadline:
+                    done = sum(max(tp.offset, 0) for tp in committed)
+                    raise self.fail(f"the workers committed {done:,} of {self.events:,} events in {self.timeout:.0f}s")
+                time.sleep(0.25)
+        finally:
+            consumer.close()
+
+    def _read_scores(
+        self, cfg: Config, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]
+    ) -> tuple[int, int, int]:
+        """Read this run's score records; return (first record's timestamp, events it covered, timestamp of the
+        record that completed the run), all events published being applied exactly once."""
+        from confluent_kafka import TopicPartition
+
+        from cvm.kafka import make_consumer
+
+        topic = cfg.topic("customer-scores")
+        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-scores")
+        consumer.assign([TopicPartition(topic, p, self.scores_from.get(p, 0)) for p in range(cfg.partitions)])
+        records: list[tuple[int, bytes, int]] = []
+        latest: dict[bytes, int] = {}
+        total = 0
+        deadline = time.monotonic() + 60.0
+        try:
+            while total < self.events:
+                if time.monotonic() > deadline:
+                    self._check_alive(procs, names)
+                    raise self.fail(
+                        f"the workers' scores cover {total:,} of {self.events:,} events published: "
+                        "events were lost or dead-lettered"
+                    )
+                for msg in consumer.consume(num_messages=10000, timeout=0.5):
+                    if msg.error() is not None:
+                        continue
+                    try:
+                        version, key = int(json.loads(msg.value())["version"]), msg.key() or b""
+                    except (ValueError, TypeError, KeyError):
+                        continue
+                    records.append((msg.timestamp()[1], key, version))
+                    if version > latest.get(key, 0):
+                        total += version - latest.get(key, 0)
+                        latest[key] = version
+                    self.scores_from[msg.partition()] = msg.offset() + 1
+        finally:
+            consumer.close()
+        if total != self.events:
+            raise self.fail(f"the workers' scores cover {total:,} events, {self.events:,} were published")
+        # Replay the records in time order: when does the sum of latest versions reach every event?
+        records.sort(key=lambda r: r[0])
+        first_ms = records[0][0]
+        latest.clear()
+        total = first_n = 0
+        last_ms = first_ms
+        for ts, key, version in records:
+            if version > latest.get(key, 0):
+                total += version - latest.get(key, 0)
+                latest[key] = version
+            if ts == first_ms:
+                first_n = total
+            if total == self.events:
+                last_ms = ts
+                break
+        return first_ms, first_n, last_ms
+
+    def _state_bytes(self, cfg: Config) -> dict[str, Any]:
+        """Mean and largest table value, from the latest changelog record of every customer."""
+        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+        from cvm.kafka import make_consumer
+
+        marker = b"\x00cvm-seal"  # streams.app.MARKER, not imported: the bench process stays Faust-free
+        topic = f"{cfg.app_id}-customers-changelog"
+        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-state", **{"enable.partition.eof": True})
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(cfg.partitions)])
+        sizes: dict[bytes, int] = {}
+        at_end: set[int] = set()
+        deadline = time.monotonic() + 60.0
+        try:
+            while len(at_end) < cfg.partitions and time.monotonic() < deadline:
+                for msg in consumer.consume(num_messages=10000, timeout=0.5):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - its public name
+                            at_end.add(msg.partition())
+                        continue
+                    if msg.key() != marker and msg.value() is not None:
+                        sizes[msg.key() or b""] = len(msg.value())
+        finally:
+            consumer.close()
+        if not sizes:
+            return {"state_bytes_per_customer": None, "state_bytes_max": None}
+        return {
+            "state_bytes_per_customer": round(sum(sizes.values()) / len(sizes), 1),
+            "state_bytes_max": max(sizes.values()),
+        }
+
+    # --- latency ------------------------------------------------------------------------------------------------
+
+    def latency(self, pool: Sequence[tuple[str, bytes, bytes]], rate: float) -> dict[str, Any]:
+        """Worker and sink on fresh topics; publish ``pool`` at ``rate`` and time sampled events into ClickHouse
+        (and, to tell the worker's share from the sink's, onto ``customer-scores``)."""
+        from cvm.kafka import create_topics, make_producer
+        from cvm.publish import RateLimiter
+
+        cfg = self.cfg.replace(topic_prefix=f"{self.cfg.topic_prefix}lat-", app_id=f"{self.cfg.app_id}-lat")
+        create_topics(cfg)
+        sink = self.children.start("sink", ["-m", "cvm.cli", "sink"], cfg)
+        worker = self._spawn_worker(cfg, f"{cfg.app_id}-w1")
+        procs, names = [sink, worker], ["sink", f"{cfg.app_id}-w1"]
+        table, scores = _Waiting(), _Waiting()
+        watchers = [_ClickHouseWatch(cfg, table), _ScoresWatch(cfg, scores)]
+        try:
+            self._wait_http(cfg, sink)
+            producer = make_producer(cfg)
+            topics = {kind: cfg.topic(kind) for kind in EVENT_TOPICS}
+            published: dict[tuple[bytes, str], int] = {}
+
+            def send(items: Sequence[tuple[str, bytes, bytes]], every: int, limiter: RateLimiter | None) -> None:
+                for i, (kind, key, value) in enumerate(items):
+                    if limiter is not None:
+                        limiter.take()
+                    while True:
+                        try:
+                            producer.produce(topics[kind], value, key)
+                            break
+                        except BufferError:
+                            producer.poll(0.01)
+                    n = published[(key, kind)] = published.get((key, kind), 0) + 1
+                    if i % every == 0:
+                        now = time.time()
+                        table.expect(key.decode(), kind, n, now)
+                        scores.expect(key.decode(), kind, n, now)
+                    if i % 100 == 0:
+                        producer.poll(0)
+                producer.flush(30)
+
+            def settle(timeout: float, what: str) -> None:
+                deadline = time.monotonic() + timeout
+                while table.pending() or scores.pending():
+                    self._check_alive(procs, names)
+                    for watch in watchers:
+                        if watch.error:
+                            raise self.fail(f"{watch.name} failed: {watch.error}")
+                    if time.monotonic() > deadline:
+                        raise self.fail(f"{table.pending():,} {what} did not reach ClickHouse within {timeout:.0f}s")
+                    time.sleep(0.1)
+
+            # Warm-up: the worker joins its group and the sink its partitions before the clock runs.
+            warm = min(200, max(1, len(pool) // 20))
+            send(pool[:warm], 1, None)
+            for watch in watchers:
+                watch.start()
+            settle(120.0, "warm-up events")
+            table.latencies.clear()
+            scores.latencies.clear()
+            timed = list(pool[warm : warm + max(1, min(len(pool) - warm, int(rate * _LATENCY_S)))])
+            limiter = RateLimiter(rate, sleep=producer.poll)
+            send(timed, max(1, len(timed) // _LATENCY_SAMPLES), limiter)
+            settle(60.0, "sampled events")
+        finally:
+            for watch in watchers:
+                watch.stop()
+            self.children.stop(worker)
+            self.children.stop(sink, timeout=30.0)
+        return {
+            "p50_latency_s": round(percentile(table.latencies, 50), 3),
+            "p99_latency_s": round(percentile(table.latencies, 99), 3),
+            "p50_score_latency_s": round(percentile(scores.latencies, 50), 3),
+            "p99_score_latency_s": round(percentile(scores.latencies, 99), 3),
+            "latency_rate_eps": round(rate),
+            "latency_samples": len(table.latencies),
+        }
+
+    def _wait_http(self, cfg: Config, sink: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 120.0
+        while time.monotonic() < deadline:
+            if sink.poll() is not None:
+                raise self.fail(f"the sink exited with code {sink.returncode}: {self.children.tail('sink')}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{cfg.http_port}/health", timeout=1.0):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise self.fail("the sink's HTTP API did not answer within 120s")
+
+
+class _Waiting:
+    """Sampled events waiting to be covered by their customer's figures, and the latencies of those covered.
+
+    An event is covered when the customer's count of that event kind (``n_transactions``, ...) reaches the number
+    of events of that kind published for the customer up to and including it: a topic-partition is applied in
+    order, so nothing earlier can be missing.
+
+    >>> w = _Waiting()
+    >>> w.expect("c1", "contacts", 2, published=10.0)
+    >>> w.cover("c1", {"n_contacts": 1}, at=10.5); w.pending()
+    1
+    >>> w.cover("c1", {"n_contacts": 2, "n_transactions": 7}, at=11.25); w.pending(), w.latencies
+    (0, [1.25])
+    """
+
+    COLUMNS = {"transactions": "n_transactions", "contacts": "n_contacts", "payments": "n_payments"}
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: dict[str, list[tuple[str, int, float]]] = {}  # customer → (kind, count needed, published)
+        self.latencies: list[float] = []
+
+    def expect(self, customer: str, kind: str, count: int, published: float) -> None:
+        with self.lock:
+            self.waiting.setdefault(customer, []).append((self.COLUMNS[kind], count, published))
+
+    def pending(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.waiting.values())
+
+    def customers(self, limit: int) -> list[str]:
+        with self.lock:
+            return list(itertools.islice(self.waiting, limit))
+
+    def cover(self, customer: str, have: dict[str, Any], at: float) -> None:
+        with self.lock:
+            entries = self.waiting.get(customer)
+            if not entries:
+                return
+            left = []
+            for column, need, published in entries:
+                if int(have.get(column) or 0) >= need:
+                    self.latencies.append(at - published)
+                else:
+                    left.append((column, need, published))
+            if left:
+                self.waiting[customer] = left
+            else:
+                del self.waiting[customer]
+
+
+class _Watch:
+    """A daemon thread that feeds a :class:`_Waiting` until stopped; its first failure is kept in ``error``."""
+
+    name = "watch"
+
+    def __init__(self, waiting: _Waiting) -> None:
+        self.waiting = waiting
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._guarded, name=f"cvm-bench-{self.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def _guarded(self) -> None:
+        try:
+            self.run()
+        except Exception as exc:  # reported by the main thread, on one line
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+class _ClickHouseWatch(_Watch):
+    """Polls the customers table through the sink's HTTP API (/api/sql); the time of an answer is when the rows
+    it shows became visible, at the latest."""
+
+    name = "reading ClickHouse through the sink"
+
+    def __init__(self, cfg: Config, waiting: _Waiting) -> None:
+        super().__init__(waiting)
+        self.url = f"http://127.0.0.1:{cfg.http_port}/api/sql?format=json"
+        self.table = f"{cfg.clickhouse_database}.customers"
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            customers = self.waiting.customers(400)
+            if not customers:
+                self._stop.wait(0.02)
+                continue
+            ids = ",".join(f"'{c}'" for c in customers if c.isalnum())  # simulator ids: letters and digits
+            query = (
+                "SELECT customer_id, max(n_transactions) AS n_transactions, max(n_contacts) AS n_contacts, "
+                f"max(n_payments) AS n_payments FROM {self.table} WHERE customer_id IN ({ids}) GROUP BY customer_id"
+            )
+            request = urllib.request.Request(self.url, data=query.encode(), method="POST")
+            with urllib.request.urlopen(request, timeout=10.0) as resp:
+                rows = json.loads(resp.read())
+            seen = time.time()
+            for row in rows:
+                self.waiting.cover(row["customer_id"], row, seen)
+            self._stop.wait(0.02)
+
+
+class _ScoresWatch(_Watch):
+    """Reads ``customer-scores``; a score record's timestamp is when the worker sent it."""
+
+    name = "reading customer-scores"
+
+    def __init__(self, cfg: Config, waiting: _Waiting) -> None:
+        super().__init__(waiting)
+        self.cfg = cfg
+
+    def run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        from cvm.kafka import make_consumer
+
+        cfg = self.cfg
+        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-latency", **{"fetch.wait.max.ms": 10})
+        topic = cfg.topic("customer-scores")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(cfg.partitions)])
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(num_messages=1000, timeout=0.1):
+                    if msg.error() is not None:
+                        continue
+                    score = json.loads(msg.value())
+                    self.waiting.cover(str(score["customer_id"]), score, msg.timestamp()[1] / 1000)
+        finally:
+            consumer.close()
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value < 100:
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if value else "0"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}"
+    return str(value)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The run as a table for a terminal.
+
+    >>> lines = format_table({"events": 10, "customers": 5, "machine": "m", "date": "d", "seconds": 1.5,
+    ...                       "raw_eps": 1000, "faust_empty_eps": None, "pipeline_eps": 500}).splitlines()
+    >>> for line in lines[:4]:
+    ...     print(line)
+    cvm bench: 10 events, 5 customers, 1.5 s; m; d
+    <BLANKLINE>
+    raw_eps                          1,000  confluent-kafka consume(10000) + fastavro decode, no processing
+    faust_empty_eps                      -  Faust agent, stream.take(5000), no work
+    """
+    load = ""
+    if result.get("load_avg_start") is not None:
+        load = f"; load average {result['load_avg_start']} -> {result.get('load_avg_end')}"
+    lines = [
+        f"cvm bench: {_fmt(result['events'])} events, {_fmt(result['customers'])} customers, "
+        f"{result['seconds']} s; {result['machine']}; {result['date']}{load}",
+        "",
+    ]
+    for key, doc in KEYS.items():
+        lines.append(f"{key:<26} {_fmt(result.get(key)):>11}  {doc}")
+    pipeline, faust, quix = result.get("pipeline_eps"), result.get("faust_empty_eps"), result.get("quix_eps")
+    lines.append("")
+    if pipeline and faust:
+        lines.append(f"pipeline_eps / faust_empty_eps = {pipeline / faust:.2f} (target >= 1)")
+    if pipeline and quix:
+        lines.append(f"pipeline_eps / quix_eps = {pipeline / quix:.2f}")
+    two = result.get("pipeline_2w_eps")
+    if pipeline and two:
+        lines.append(f"pipeline_2w_eps / pipeline_eps = {two / pipeline:.2f} (target >= 1.5)")
+    for name, message in (result.get("errors") or {}).items():
+        lines.append(f"{name} FAILED: {message}")
+    return "\n".join(lines)
+
+
+def _say(message: str) -> None:
+    if sys.stderr.isatty():
+        print(f"cvm bench: {message}", file=sys.stderr, flush=True)
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    events, customers = args.events, args.customers
+    if events < 100:
+        raise CvmError(f"--events {events} is too few to time anything: use at least 100")
+    profile = getattr(args, "profile", None) or ""
+    bench = Bench(cfg, events, customers, skip=args.skip or (), say=_say, profile=profile)
+    result = bench.run()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    errors = result.get("errors") or {}
+    if errors:
+        more = f" (and {len(errors) - 1} more measurement(s) failed)" if len(errors) > 1 else ""
+        name, message = next(iter(errors.items()))
+        raise CvmError(f"{name}: {message}{more}")
+    return 0

@@ -1,0 +1,94 @@
+"""``cvm bench``: one small real run (its own Tansu broker, Faust and Quix peers, cvm workers, sink and chDB) whose
+figures are all present and plausible — no timing thresholds: speed is what the bench reports, not what tests
+assert."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cvm.bench import KEYS, format_table, generate, percentile
+
+RATES = ("raw_eps", "faust_empty_eps", "quix_eps", "pipeline_eps", "pipeline_2w_eps")
+
+
+@pytest.mark.integration
+def test_small_run_reports_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvm.cli", "bench", "--events", "3000", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # one JSON object, nothing else on stdout
+    result = json.loads(lines[0])
+    for key in (*KEYS, "events", "customers", "machine", "date", "seconds"):
+        assert result.get(key) is not None, (key, result)
+    assert result["events"] == 3000
+    assert 1000 < result["customers"] <= 3000  # ~10k simulated customers, 3000 events: most have one or two
+    for key in RATES:
+        assert result[key] > 0, (key, result)
+    assert 0 < result["p50_latency_s"] <= result["p99_latency_s"] < 120
+    assert result["latency_samples"] > 0
+    assert 50 < result["state_bytes_per_customer"] <= result["state_bytes_max"] < 100_000
+    assert 20 < result["rss_mb"] < 10_000
+    assert 0 < result["seconds"] < 540
+
+
+def test_generate_splits_the_load_from_the_latency_pool() -> None:
+    load = generate(events=500, customers=200, extra=100, seed=3)
+    assert len(load.records) == 500 and len(load.pool) == 100
+    assert {kind for kind, _, _ in load.records} == {"transactions", "contacts", "payments"}
+    assert 0 < load.customers <= 200
+    assert all(value[0] == 0 for _, _, value in load.records)  # Confluent wire format
+    again = generate(events=500, customers=200, extra=100, seed=3)
+    assert [key for _, key, _ in again.records] == [key for _, key, _ in load.records]
+
+
+def test_table_shows_skipped_figures_as_dashes() -> None:
+    result = {"events": 1000, "customers": 400, "machine": "m", "date": "d", "seconds": 2.0}
+    result.update(dict.fromkeys(KEYS))
+    result.update(raw_eps=250_000, pipeline_eps=5000, faust_empty_eps=10_000, pipeline_2w_eps=8000)
+    table = format_table(result)
+    assert "quix_eps" in table and "pipeline_eps / faust_empty_eps = 0.50" in table
+    assert "pipeline_2w_eps / pipeline_eps = 1.60" in table
+    row = next(line for line in table.splitlines() if line.startswith("quix_eps"))
+    assert row.split()[1] == "-"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+@pytest.mark.integration
+def test_a_failing_measurement_is_one_line_and_the_others_still_report() -> None:
+    skip = [arg for name in ("faust", "quix", "pipeline_2w", "latency") for arg in ("--skip", name)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvm.cli", "bench", "--events", "500", "--json", *skip],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CVM_STORE": "no-such-store"},  # the worker refuses to start
+    )
+    assert proc.returncode == 1
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("cvm bench: pipeline: worker "), proc.stderr
+    logs = Path(errors[0].rsplit("(logs in ", 1)[1].split(")")[0])
+    assert (logs / "broker.log").exists()  # kept for the operator to read
+    shutil.rmtree(logs.parent)
+    result = json.loads(proc.stdout)
+    assert result["raw_eps"] > 0 and result["pipeline_eps"] is None
+    assert set(result["errors"]) == {"pipeline"}
