@@ -142,8 +142,16 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     @app.agent(events)
     async def score(stream: Any) -> None:
         async for batch in stream.take_events(cfg.worker_batch, within=cfg.worker_batch_s):
+            # take_events acks a batch in a `finally`, so also when the agent is cancelled half-way through it
+            # (a SIGTERM): the offsets would be committed without the batch's writes. Hold a reference of our
+            # own on every message, released only once the batch's outputs and table writes are acknowledged:
+            # an interrupted batch stays unacked, and is delivered again after a restart.
+            for event in batch:
+                event.message.incref()
             async with lock:
                 await _score_batch(batch)
+            for event in batch:
+                event.ack()
 
     async def _score_batch(batch: list[Any]) -> None:
         """Score a batch: outputs first, then the table, each drained before the batch's offsets are acked.

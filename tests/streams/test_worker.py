@@ -76,6 +76,18 @@ def test_worker_scores_exactly_and_dead_letters_poison(cfg: Config, tmp_path: Pa
     assert sorted(x["error_class"] for x in letters) == ["DecodeError", "DecodeError"]
 
 
+def committed(cfg: Config, topic: str) -> int:
+    """Sum over partitions of the worker group's committed offsets on ``topic``."""
+    from confluent_kafka import TopicPartition
+
+    probe = make_consumer(cfg, group=cfg.app_id)
+    try:
+        tps = probe.committed([TopicPartition(cfg.topic(topic), p) for p in range(cfg.partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        probe.close()
+
+
 def test_restarted_worker_recovers_its_table_and_counts_nothing_twice(cfg: Config, tmp_path: Path) -> None:
     """The table is recovered from the changelog on restart (on Tansu, thanks to the seal markers: see
     streams.app) and Faust's re-delivery around the committed offset is a no-op thanks to per-customer offsets."""
@@ -90,6 +102,7 @@ def test_restarted_worker_recovers_its_table_and_counts_nothing_twice(cfg: Confi
             latest = latest_scores(consumer, {}, 3000)
         finally:
             assert stop(worker) == 0
+        assert committed(cfg, "transactions") == 3000  # every batch acked, once its writes were acknowledged
         total += publish(cfg, 3000, 600, 300, t0)
         worker = spawn(cfg, "worker", "--id", "a", log=tmp_path / "worker-a2.log")
         try:
