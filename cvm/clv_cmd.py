@@ -18,20 +18,15 @@ import numpy as np
 
 from cvm.config import Config
 from cvm.events import iso, parse_time
-from cvm.exceptions import ConfigError, CvmError
+from cvm.exceptions import ConfigError, NothingToFit
 from scoring.clv import TIME_UNIT, BGNBDFit, GammaGammaFit, fit_bgnbd, fit_gamma_gamma, summaries
-from sinks.clickhouse import connect
-from sinks.query import _sink_url, _via_sink, run_query
+from sinks.query import Reader
 
 __all__ = ["FitReport", "NothingToFit", "fit_as_of", "main", "occasions_sql"]
 
 #: Rows one query may return (the read-only client refuses more than 1,000,000): larger populations are read in
 #: slices by a hash of the customer id.
 _ROWS_PER_QUERY = 900_000
-
-
-class NothingToFit(CvmError):
-    """There are no transactions (or no repeat purchases) to fit the CLV models on."""
 
 
 def occasions_sql(database: str, as_of_ms: int, period_days: int, slices: int = 1, part: int = 0) -> str:
@@ -53,30 +48,13 @@ def occasions_sql(database: str, as_of_ms: int, period_days: int, slices: int = 
     )
 
 
-class _Reader:
-    """Runs reading queries through the sink's HTTP API when one answers, else on chDB (read-only)."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.base = _sink_url(cfg) if cfg.embedded_clickhouse else None
-        self.ch = None if self.base is not None else connect(cfg, readonly=True, create=False)
-
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        if self.ch is not None:
-            return run_query(self.ch, sql).rows
-        assert self.base is not None
-        text = _via_sink(self.cfg, self.base, sql, "tsv")
-        lines = text.splitlines()[1:]  # below the header; the answers here are numbers and times only
-        return [tuple(None if v == "\\N" else v for v in line.split("\t")) for line in lines]
-
-    def close(self) -> None:
-        if self.ch is not None:
-            self.ch.close()
+def _rows(reader: Reader, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(r.values()) for r in reader.records(sql)]
 
 
-def _latest_transaction_ms(reader: _Reader, database: str) -> int | None:
-    rows = reader.rows(
-        f"SELECT count() AS n, toUnixTimestamp64Milli(max(event_time)) AS t FROM {database}.transactions FINAL"
+def _latest_transaction_ms(reader: Reader, database: str) -> int | None:
+    rows = _rows(
+        reader, f"SELECT count() AS n, toUnixTimestamp64Milli(max(event_time)) AS t FROM {database}.transactions FINAL"
     )
     n, t = rows[0]
     return int(t) if int(n) else None
@@ -92,7 +70,7 @@ def fit_as_of(cfg: Config, as_of: str | None = None) -> FitReport:
             raise ConfigError(
                 f"--as-of {as_of!r} is not a time: give ISO-8601 (2025-06-30T00:00:00Z) or epoch"
             ) from None
-    reader = _Reader(cfg)
+    reader = Reader(cfg)
     try:
         db = cfg.clickhouse_database
         if as_of_ms is None:
@@ -100,14 +78,15 @@ def fit_as_of(cfg: Config, as_of: str | None = None) -> FitReport:
             if as_of_ms is None:
                 raise NothingToFit(f"no transactions in {db}.transactions: nothing to fit the CLV models on")
         period_days = cfg.clv_period_days
-        count = reader.rows(
+        count = _rows(
+            reader,
             f"SELECT uniqExact(customer_id) AS n FROM {db}.transactions FINAL WHERE amount > 0 AND "
-            f"event_time <= fromUnixTimestamp64Milli(toInt64({as_of_ms}), 'UTC')"
+            f"event_time <= fromUnixTimestamp64Milli(toInt64({as_of_ms}), 'UTC')",
         )
         slices = max(1, math.ceil(int(count[0][0]) / _ROWS_PER_QUERY))
         rows: list[tuple[Any, ...]] = []
         for part in range(slices):
-            rows.extend(reader.rows(occasions_sql(db, as_of_ms, period_days, slices, part)))
+            rows.extend(_rows(reader, occasions_sql(db, as_of_ms, period_days, slices, part)))
     finally:
         reader.close()
     if not rows:

@@ -9,6 +9,7 @@ __all__ = [
     "CvmError",
     "DecodeError",
     "InvalidEvent",
+    "NothingToFit",
     "PortInUse",
     "QueryError",
 ]
@@ -44,3 +45,7 @@ class DecodeError(CvmError):
 
 class InvalidEvent(CvmError):
     """A decoded event breaks a rule of its contract (missing customer_id, NaN amount, absurd time)."""
+
+
+class NothingToFit(CvmError):
+    """There are no transactions (or no repeat purchases) to fit the CLV models on."""

@@ -210,43 +210,16 @@ class Actual:
     conflicting_versions: int
 
 
-class _Reader:
-    """Reading queries through the running sink's HTTP API when one answers (it owns the embedded engine),
-    otherwise straight from ClickHouse: the same choice as ``cvm sql``."""
-
-    def __init__(self, cfg: Config) -> None:
-        from sinks.query import _sink_url
-
-        self.cfg = cfg
-        self.base = _sink_url(cfg) if cfg.embedded_clickhouse else None
-        self.ch: Any = None
-        if self.base is None:
-            from sinks.clickhouse import connect
-
-            self.ch = connect(cfg, readonly=True, create=False)
-
-    def rows(self, sql: str) -> list[dict[str, Any]]:
-        if self.base is not None:
-            from sinks.query import _via_sink
-
-            return list(json.loads(_via_sink(self.cfg, self.base, sql, "json")))
-        from sinks.query import run_query
-
-        return run_query(self.ch, sql).records()
-
-    def close(self) -> None:
-        if self.ch is not None:
-            self.ch.close()
-
-
 def read_actual(cfg: Config) -> Actual:
     """Read what the verifier compares from ClickHouse (database ``cfg.clickhouse_database``)."""
     db = cfg.clickhouse_database
     kind_of = {cfg.topic(kind): kind for kind in EVENT_TOPICS}
-    reader = _Reader(cfg)
+    from sinks.query import Reader  # sinks imports cvm: import it when reading only
+
+    reader = Reader(cfg)
     try:
-        customers = reader.rows(f"SELECT customer_id, {', '.join(CHECKED)} FROM {db}.customers FINAL")
-        counts = reader.rows(
+        customers = reader.records(f"SELECT customer_id, {', '.join(CHECKED)} FROM {db}.customers FINAL")
+        counts = reader.records(
             "SELECT "
             + ", ".join(f"(SELECT count() FROM {db}.{kind} FINAL) AS {kind}" for kind in KINDS)
             + f", (SELECT uniqExact(topic, partition, offset) FROM {db}.dead_letters) AS dead_letters"
@@ -258,10 +231,10 @@ def read_actual(cfg: Config) -> Actual:
             " HAVING uniqExact(n_transactions, n_contacts, n_payments, revenue, gross_margin, cost_to_serve) > 1)"
             ") AS conflicting"
         )[0]
-        classes = reader.rows(
+        classes = reader.records(
             f"SELECT error_class, uniqExact(topic, partition, offset) AS n FROM {db}.dead_letters GROUP BY error_class"
         )
-        late = reader.rows(f"SELECT DISTINCT topic, customer_id, event_id FROM {db}.late_events")
+        late = reader.records(f"SELECT DISTINCT topic, customer_id, event_id FROM {db}.late_events")
     except CvmError as exc:
         raise ClickHouseUnavailable(
             f"could not read database {db} ({exc}): is this the database cvm wrote (CVM_CLICKHOUSE_DATABASE)?"

@@ -33,8 +33,7 @@ from typing import Any
 from cvm.config import Config
 from cvm.events import parse_time
 from cvm.exceptions import ConfigError, QueryError
-from sinks.clickhouse import connect
-from sinks.query import _sink_url, _via_sink, run_query, to_json_text
+from sinks.query import Reader, to_json_text
 
 __all__ = ["alerts_sql", "fetch", "main", "parse_since", "render_table"]
 
@@ -68,16 +67,9 @@ def alerts_sql(database: str, since_ms: int | None, limit: int) -> str:
 
 def fetch(cfg: Config, sql: str) -> list[dict[str, Any]]:
     """The rows of a reading query as JSON-ready objects: through the sink's HTTP API, or from ClickHouse directly."""
-    base = _sink_url(cfg) if cfg.embedded_clickhouse else None
     try:
-        if base is not None:
-            found = json.loads(_via_sink(cfg, base, sql, "json"))
-            return [dict(r) for r in found]
-        ch = connect(cfg, readonly=True, create=False)
-        try:
-            return run_query(ch, sql).records()
-        finally:
-            ch.close()
+        with Reader(cfg) as reader:
+            return reader.records(sql)
     except QueryError as exc:
         if "UNKNOWN_TABLE" in str(exc) or "UNKNOWN_DATABASE" in str(exc):
             raise QueryError(

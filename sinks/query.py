@@ -31,7 +31,7 @@ from cvm.config import Config
 from cvm.exceptions import ClickHouseUnavailable, QueryError
 from sinks.clickhouse import ClickHouse, check_read_only, condense_error, connect
 
-__all__ = ["Result", "jsonable", "main", "run_query", "to_json_text", "to_tsv"]
+__all__ = ["Reader", "Result", "jsonable", "main", "run_query", "to_json_text", "to_tsv"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,33 @@ def _via_sink(cfg: Config, base: str, sql: str, fmt: str) -> str:
     if answer.status_code == 400:
         raise QueryError(error)
     raise QueryError(f"the sink at {base} answered HTTP {answer.status_code}: {error}")
+
+
+class Reader:
+    """Reading queries through the running sink's HTTP API when one answers (it owns the embedded engine),
+    otherwise straight from ClickHouse, read-only: the choice ``cvm sql`` makes, for the commands built on it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.base = _sink_url(cfg) if cfg.embedded_clickhouse else None
+        self.ch = None if self.base is not None else connect(cfg, readonly=True, create=False)
+
+    def records(self, sql: str) -> list[dict[str, Any]]:
+        """One JSON-ready object per row."""
+        if self.ch is not None:
+            return run_query(self.ch, sql).records()
+        assert self.base is not None
+        return [dict(r) for r in json.loads(_via_sink(self.cfg, self.base, sql, "json"))]
+
+    def close(self) -> None:
+        if self.ch is not None:
+            self.ch.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def main(cfg: Config, args: Any) -> int:
