@@ -23,6 +23,7 @@ __all__ = [
     "TOPICS",
     "TopicSpec",
     "check_broker",
+    "create_topic",
     "create_topics",
     "decode_model",
     "encode_model",
@@ -99,22 +100,27 @@ def check_broker(cfg: Config, timeout: float = 5.0) -> AdminClient:
 
 def create_topics(cfg: Config, names: Iterable[str] | None = None, timeout: float = 10.0) -> list[str]:
     """Create cvm's topics that do not exist yet, with explicit configs; return the full names created."""
+    return _create(cfg, [(cfg.topic(TOPICS[base].name), TOPICS[base]) for base in names or TOPICS], timeout)
+
+
+def create_topic(cfg: Config, spec: TopicSpec, prefixed: bool = True, timeout: float = 10.0) -> list[str]:
+    """Create one topic if it does not exist yet (``prefixed=False``: ``spec.name`` is the full name)."""
+    return _create(cfg, [(cfg.topic(spec.name) if prefixed else spec.name, spec)], timeout)
+
+
+def _create(cfg: Config, specs: list[tuple[str, TopicSpec]], timeout: float) -> list[str]:
     admin = check_broker(cfg)
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = []
-    for base in names or TOPICS:
-        spec = TOPICS[base]
-        full = cfg.topic(spec.name)
-        if full in existing:
-            continue
-        wanted.append(
-            NewTopic(
-                full,
-                num_partitions=spec.partitions or cfg.partitions,
-                replication_factor=cfg.replication_factor,
-                config=spec.configs(),
-            )
+    wanted = [
+        NewTopic(
+            full,
+            num_partitions=spec.partitions or cfg.partitions,
+            replication_factor=cfg.replication_factor,
+            config=spec.configs(),
         )
+        for full, spec in specs
+        if full not in existing
+    ]
     created = []
     for topic, future in admin.create_topics(wanted, request_timeout=timeout).items() if wanted else []:
         try:

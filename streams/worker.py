@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 
 from cvm.config import Config
+from cvm.exceptions import ConfigError
 from cvm.kafka import check_broker, create_topics
 
 __all__ = ["main"]
@@ -18,13 +18,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 
     from streams.app import create_app
 
+    if not 1 <= cfg.worker_batch <= 1_000_000:
+        raise ConfigError(f"CVM_WORKER_BATCH={cfg.worker_batch}: a worker takes 1 to 1,000,000 events at once")
     check_broker(cfg)
     create_topics(cfg)
     worker_id = getattr(args, "id", "") or f"w{os.getpid()}"
-    if cfg.embedded_broker:
-        # The embedded broker keeps topics in memory, so its changelog — not a local RocksDB left by an earlier
-        # broker — is the truth: start from an empty store and recover the table from the changelog.
-        shutil.rmtree(cfg.data_path / "workers" / worker_id, ignore_errors=True)
     app = create_app(cfg, worker_id)
     level = cfg.log_level.lower()
     worker = faust.Worker(app, loglevel=level, quiet=True, redirect_stdouts=False, override_logging=False)

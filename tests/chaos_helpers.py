@@ -1,7 +1,7 @@
 """Helpers of the chaos tests: a stack of real cvm processes (sink, workers, replays), their logs and a timeline.
 
-Workers run with ``CVM_LOG_LEVEL=INFO`` so that aiokafka writes the group membership into their logs ("Setting
-newly assigned partitions", "LeaveGroup request succeeded"): the tests read assignments from there.
+Workers run with ``CVM_LOG_LEVEL=INFO`` so that they write their group membership into their logs ("assigned
+partitions", "left the group"): the tests read assignments from there.
 """
 
 from __future__ import annotations
@@ -23,11 +23,8 @@ from cvm.replay import HistoryFile
 from cvm.verify import Report, expect_file, verify
 from tests.conftest import spawn, stop
 
-_ASSIGNED = re.compile(
-    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) INFO aiokafka\.consumer\.group_coordinator: "
-    r"Setting newly assigned partitions (.*)$"
-)
-_TP = re.compile(r"TopicPartition\(topic='([^']*)', partition=(\d+)\)")
+_ASSIGNED = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) INFO cvm\.worker: assigned partitions (.*)$")
+_TP = re.compile(r"(\S+)\[(\d+)\]")
 _PROBLEM = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|crashed", re.IGNORECASE)
 
 
