@@ -59,7 +59,7 @@ class Config:
     topic_prefix: str = _f("", "CVM_TOPIC_PREFIX", "Prefix of every topic name (several deployments, one cluster).")
     partitions: int = _f(4, "CVM_PARTITIONS", "Partitions of the co-partitioned event topics.")
     replication_factor: int = _f(1, "CVM_REPLICATION_FACTOR", "Replication factor of topics cvm creates.")
-    app_id: str = _f("cvm", "CVM_APP_ID", "Faust application id: consumer group and changelog topic prefix.")
+    app_id: str = _f("cvm", "CVM_APP_ID", "Application id: the workers' consumer group and changelog topic prefix.")
     http_host: str = _f("127.0.0.1", "CVM_HTTP_HOST", "Address the sink's HTTP API binds to.")
     http_port: int = _f(8080, "CVM_HTTP_PORT", "Port of the sink's HTTP API and dashboard.")
     http_token: str = _f("", "CVM_HTTP_TOKEN", "Bearer token required by /api/sql when bound beyond loopback.")

@@ -2,7 +2,7 @@
 
 Partitioning: every producer of cvm uses librdkafka's ``murmur2_random`` partitioner, the one of the Java client
 and of aiokafka (Faust). A customer's events, its table entries and its scores therefore land on the same
-partition number whichever client wrote them — the co-partitioning Faust tables rely on.
+partition number whichever client wrote them — the co-partitioning the workers' tables rely on.
 """
 
 from __future__ import annotations

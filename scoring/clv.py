@@ -740,7 +740,7 @@ class ClvModel:
     True
     """
 
-    __slots__ = ("bgnbd", "gamma_gamma", "horizon_days", "discount_rate", "_steps", "_cache")
+    __slots__ = ("bgnbd", "gamma_gamma", "horizon_days", "discount_rate", "_steps", "_cache", "_cache_many")
 
     #: Most (x, T) entries the per-model cache keeps; it starts afresh when full.
     CACHE_SIZE = 200_000
@@ -766,6 +766,8 @@ class ClvModel:
             for k in range(1, months + 1)
         )
         self._cache: dict[tuple[float, float], tuple[float, float]] = {}
+        # score_many's own: its vectorised series need not round like score's scalar one in the last bit
+        self._cache_many: dict[tuple[float, float], tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -821,22 +823,51 @@ class ClvModel:
         """:meth:`score` for arrays of customers (numpy); a :class:`ClvScore` of arrays."""
         x, t_x, age, m, margin = _arrays(x, t_x, T, m, margin_rate)
         bg = self.bgnbd
-        # the expectation for an alive customer depends on (x, T) only: compute it once per distinct pair
-        keys, inv = np.unique(np.stack([x.ravel(), age.ravel()]), axis=1, return_inverse=True)
-        ux, u_age = keys
-        previous = np.zeros(ux.size)
-        discounted = np.zeros(ux.size)
-        for t, discount in self._steps:
-            y = _alive_purchases_series(bg.r, bg.alpha, bg.a, bg.b, ux, u_age, np.full(ux.size, t))
-            discounted += discount * (y - previous)
-            previous = y
-        inv = inv.reshape(x.shape)
+        previous, discounted = self._alive_many(x, age)
         pa = p_alive(bg, x, t_x, age)
         if self.gamma_gamma is None:
             spend = np.where(x > 0, m, 0.0)
         else:
             spend = expected_spend(self.gamma_gamma, x, m)
-        return ClvScore(pa, pa * previous[inv], spend, margin * spend * pa * discounted[inv])
+        return ClvScore(pa, pa * previous, spend, margin * spend * pa * discounted)
+
+    def _alive_many(self, x: Array, age: Array) -> tuple[Array, Array]:
+        """:meth:`_alive` of arrays of customers, vectorised, each distinct (x, T) computed once per model.
+
+        Each element of the series is computed on its own (the loop drops the converged ones), so a pair's result
+        does not depend on which other pairs are computed with it: the cache changes no result.
+        """
+        if not (np.isfinite(x).all() and np.isfinite(age).all()):
+            return self._alive_series(x, age)
+        pairs = list(zip(x.ravel().tolist(), age.ravel().tolist(), strict=True))
+        cache = self._cache_many
+        missing = list(dict.fromkeys(pair for pair in pairs if pair not in cache))
+        if missing:
+            if len(cache) + len(missing) > self.CACHE_SIZE:
+                cache.clear()
+                missing = list(dict.fromkeys(pairs))
+            mx, m_age = np.array(missing, dtype=np.float64).T
+            previous, discounted = self._alive_series(mx, m_age)
+            cache.update(zip(missing, zip(previous.tolist(), discounted.tolist(), strict=True), strict=True))
+        found = np.array([cache[pair] for pair in pairs], dtype=np.float64).reshape(*x.shape, 2)
+        return found[..., 0], found[..., 1]
+
+    def _alive_series(self, x: Array, age: Array) -> tuple[Array, Array]:
+        bg = self.bgnbd
+        # the expectation for an alive customer depends on (x, T) only: compute it once per distinct pair
+        keys, inv = np.unique(np.stack([x.ravel(), age.ravel()]), axis=1, return_inverse=True)
+        ux, u_age = keys
+        previous = np.zeros(ux.size)
+        discounted = np.zeros(ux.size)
+        # every step of the horizon in one series run (its elements are computed independently): one loop, not 12
+        steps = len(self._steps)
+        ts = np.repeat(np.array([t for t, _ in self._steps], dtype=np.float64), ux.size)
+        ys = _alive_purchases_series(bg.r, bg.alpha, bg.a, bg.b, np.tile(ux, steps), np.tile(u_age, steps), ts)
+        for y, (_, discount) in zip(ys.reshape(steps, ux.size), self._steps, strict=True):
+            discounted += discount * (y - previous)
+            previous = y
+        inv = inv.reshape(x.shape)
+        return previous[inv], discounted[inv]
 
 
 # --- simulation and the speed figure -------------------------------------------------------------------------------

@@ -24,11 +24,15 @@ defines each output column, its unit and its business meaning.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 from scoring.state import CHANNELS, DAY_MS, DECAYED, TAU_MS, CustomerState
 
 __all__ = ["LOYALTY_WEIGHTS", "compute", "loyalty_score", "rfm_segment", "spend_trend"]
+
+_CHANNEL_KEYS = tuple(f"contacts_{c}" for c in CHANNELS)
+_channel_counts = operator.attrgetter(*(f"n_{c}" for c in CHANNELS))
 
 #: Weights of the loyalty score's components (each in [0, 1]); they sum to 1. See docs/features.md.
 LOYALTY_WEIGHTS = {
@@ -74,15 +78,19 @@ def loyalty_score(
     >>> loyalty_score(0.0, 0.0, 0.0, 0.0, -1.0, 1.0)
     0.0
     """
-    parts = {
-        "regularity": regularity,
-        "payment_reliability": 0.5 if on_time_rate is None else on_time_rate,
-        "tenure": min(tenure_days / 365.0, 1.0),
-        "engagement": 1.0 - math.exp(-purchases_90d / 3.0),
-        "trend": (trend + 1.0) / 2.0,
-        "satisfaction": 1.0 - complaint_share,
-    }
-    return round(100.0 * sum(LOYALTY_WEIGHTS[k] * v for k, v in parts.items()), 4)
+    w = LOYALTY_WEIGHTS
+    # the weighted parts summed in the order of LOYALTY_WEIGHTS, as a tuple (no per-call dict)
+    total = sum(
+        (
+            w["regularity"] * regularity,
+            w["payment_reliability"] * (0.5 if on_time_rate is None else on_time_rate),
+            w["tenure"] * min(tenure_days / 365.0, 1.0),
+            w["engagement"] * (1.0 - math.exp(-purchases_90d / 3.0)),
+            w["trend"] * ((trend + 1.0) / 2.0),
+            w["satisfaction"] * (1.0 - complaint_share),
+        )
+    )
+    return round(100.0 * total, 4)
 
 
 def rfm_segment(r: int, f: int, m: int) -> str:
@@ -117,10 +125,12 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
     """
     days = DAY_MS
     elapsed = max(0, now - s.last_time)
-    window = {
-        name: (v * math.exp(-elapsed / tau) if elapsed and v else v)
-        for name, v, tau in zip(DECAYED, s.decayed, TAU_MS, strict=True)
-    }
+    if elapsed:
+        window = {
+            name: (v * math.exp(-elapsed / tau) if v else v) for name, v, tau in zip(DECAYED, s.decayed, TAU_MS, strict=True)
+        }
+    else:  # the worker's case: features as of the customer's own stream time
+        window = dict(zip(DECAYED, s.decayed, strict=True))
     n_gaps = s.n_occasions - 1
     if n_gaps >= 2:
         mean_gap = (s.last_occasion - s.first_occasion) / n_gaps
@@ -179,6 +189,6 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
         "n_repeat_contacts": s.n_contacts - s.n_fresh_contact_days,
         "repeat_contact_share": (s.n_contacts - s.n_fresh_contact_days) / s.n_contacts if s.n_contacts else 0.0,
         "n_unresolved": s.n_unresolved,
-        **{f"contacts_{c}": getattr(s, "n_" + c) for c in CHANNELS},
     }
+    out.update(zip(_CHANNEL_KEYS, _channel_counts(s), strict=True))
     return out

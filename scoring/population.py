@@ -66,6 +66,10 @@ class Population:
     def update(self, metric: str, old: float | None, new: float | None) -> None:
         """Move one customer's value from ``old`` to ``new`` (``None``: not counted)."""
         counts = self.counts[metric]
+        if old is not None and new is not None:
+            b = _bucket(metric, old)
+            if counts.get(b, 0) > 0 and (new == old or _bucket(metric, new) == b):
+                return  # same bucket: leaving and entering it cancel out
         if old is not None:
             b = _bucket(metric, old)
             counts[b] -= 1

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,10 @@ _COUNTS = (
 _RECENT = struct.Struct("<IQ")  # (kind stream time - event time, event hash)
 _SECTIONS = struct.Struct("<BH")  # lengths of the alert and churn sections
 _FORMAT_VERSION = 5
+_FORMAT_BYTE = bytes([_FORMAT_VERSION])
+_RECENT_N = [struct.Struct("<" + "IQ" * n) for n in range(256)]  # n entries of _RECENT at once
+_RECENT_START = 1 + _HEAD.size
+_get_counts = operator.attrgetter(*_COUNTS)
 
 
 @dataclass(frozen=True)
@@ -471,10 +476,12 @@ class CustomerState:
     # --- serialisation (the table's value bytes) -------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
+        times = self.kind_times
+        recent = self.recent
         head = _HEAD.pack(
             self.version,
             *self.offsets,
-            *self.kind_times,
+            *times,
             *self.floors,
             *self.floor_hashes,
             self.first_time,
@@ -484,7 +491,7 @@ class CustomerState:
             self.cost_cents,
             self.purchase_cents,
             self.first_occasion_cents,
-            *(getattr(self, name) for name in _COUNTS),
+            *_get_counts(self),
             self.first_occasion,
             self.last_occasion,
             self.prior_occasion,
@@ -496,12 +503,11 @@ class CustomerState:
             self.last_contact_day,
             self.contact_bits,
             *self.decayed,
-            len(self.recent),
+            len(recent),
         )
-        times = self.kind_times
-        tail = b"".join(_RECENT.pack(times[h & 3] - t, h) for t, h in self.recent)
-        sections = _SECTIONS.pack(len(self.alert_bytes), len(self.churn_bytes)) + self.alert_bytes + self.churn_bytes
-        return bytes([_FORMAT_VERSION]) + head + tail + sections
+        tail = _RECENT_N[len(recent)].pack(*[v for t, h in recent for v in (times[h & 3] - t, h)])
+        alert, churn = self.alert_bytes, self.churn_bytes
+        return b"".join((_FORMAT_BYTE, head, tail, _SECTIONS.pack(len(alert), len(churn)), alert, churn))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CustomerState:
@@ -509,10 +515,21 @@ class CustomerState:
             raise ValueError(f"unknown customer state format {data[0]}")
         s = cls.__new__(cls)
         f = _HEAD.unpack_from(data, 1)
-        s.version = f[0]
-        s.offsets, s.kind_times, s.floors = list(f[1:4]), list(f[4:7]), list(f[7:10])
-        s.floor_hashes = list(f[10:13])
+        # Explicit assignments rather than a loop of setattr: this runs once per customer per batch.
         (
+            s.version,
+            o0,
+            o1,
+            o2,
+            k0,
+            k1,
+            k2,
+            l0,
+            l1,
+            l2,
+            h0,
+            h1,
+            h2,
             s.first_time,
             s.last_time,
             s.revenue_cents,
@@ -520,11 +537,26 @@ class CustomerState:
             s.cost_cents,
             s.purchase_cents,
             s.first_occasion_cents,
-        ) = f[13:20]
-        i = 20 + len(_COUNTS)
-        for name, value in zip(_COUNTS, f[20:i], strict=True):
-            setattr(s, name, value)
-        (
+            s.n_transactions,
+            s.n_purchases,
+            s.n_refunds,
+            s.n_occasions,
+            s.n_contacts,
+            s.n_complaints,
+            s.n_cancellations,
+            s.n_unresolved,
+            s.n_fresh_contact_days,
+            s.n_phone,
+            s.n_email,
+            s.n_chat,
+            s.n_web,
+            s.n_store,
+            s.n_payments,
+            s.n_on_time,
+            s.n_late,
+            s.n_failed,
+            s.n_chargebacks,
+            s.past_due_hours,
             s.first_occasion,
             s.last_occasion,
             s.prior_occasion,
@@ -535,17 +567,18 @@ class CustomerState:
             s.last_cancellation_time,
             s.last_contact_day,
             s.contact_bits,
-        ) = f[i : i + 10]
-        i += 10
-        s.decayed = list(f[i : i + len(DECAYED)])
-        n = f[-1]
-        pos, size, times = 1 + _HEAD.size, _RECENT.size, s.kind_times
-        recent = []
-        for j in range(n):
-            back, h = _RECENT.unpack_from(data, pos + j * size)
-            recent.append((times[h & 3] - back, h))
-        s.recent = recent
-        pos += n * size
+            *decayed,
+            n,
+        ) = f
+        s.offsets, s.kind_times, s.floors, s.floor_hashes = [o0, o1, o2], [k0, k1, k2], [l0, l1, l2], [h0, h1, h2]
+        s.decayed = decayed
+        pos, times = _RECENT_START, s.kind_times
+        if n:
+            flat = _RECENT_N[n].unpack_from(data, pos)
+            s.recent = [(times[h & 3] - back, h) for back, h in zip(flat[::2], flat[1::2], strict=True)]
+            pos += n * _RECENT.size
+        else:
+            s.recent = []
         n_alert, n_churn = _SECTIONS.unpack_from(data, pos)
         pos += _SECTIONS.size
         s.alert_bytes = bytes(data[pos : pos + n_alert])

@@ -1,4 +1,4 @@
-"""The Faust side of cvm: the app, its topics and table, and the batch processor its agent calls."""
+"""The Faust side of cvm: the worker app (scoring service, table, label timer), its batch processor, the learner."""
 
 from __future__ import annotations
 

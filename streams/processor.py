@@ -11,6 +11,7 @@ import base64
 import heapq
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -110,6 +111,9 @@ class BatchProcessor:
         # Event time per source partition: (latest event time, wall-clock second it was last seen).
         self.partition_times: dict[tuple[str, int], tuple[int, float]] = {}
         self.idle_s = cfg.idle_partition_s
+        # watermark() of the last call without an explicit time: the partition times it was computed from, the
+        # value, and the monotonic time until which it holds for those partition times
+        self._watermark: tuple[dict[tuple[str, int], tuple[int, float]], int, float] | None = None
         self._deadlines: list[tuple[int, str]] = []  # heap of (label deadline, customer); stale entries skipped
         self._deadline_of: dict[str, int] = {}
 
@@ -236,10 +240,11 @@ class BatchProcessor:
                 self._score_clv(self.clv, scored)
             except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
                 log.exception("CLV scoring failed for a batch of %d customers", len(scored))
+        inputs = [churn_inputs(f.scores) for f in scored if f.scores is not None]
+        self._score_churn_many(scored, inputs)
         for f in scored:
             scores = f.scores
             assert scores is not None
-            self._score_churn(f)
             out.scores.append((f.customer_id, scores))
             if self.alert_rules.rules:
                 try:
@@ -249,13 +254,30 @@ class BatchProcessor:
                     f.state.alert_bytes = alert_state.to_bytes()
                 except Exception:
                     log.exception("alert rules failed for customer %s", f.customer_id)
+        offered = dict(zip((id(f) for f in scored), inputs, strict=True))
         for f in folded:
             if f.scores is not None:
                 f.pending.offer(
-                    f.state.last_time, churn_inputs(f.scores), self.snapshot_every_ms, self.cfg.churn_max_pending
+                    f.state.last_time, offered[id(f)], self.snapshot_every_ms, self.cfg.churn_max_pending
                 )
             self._keep(f.customer_id, f.state, f.pending)
             out.states[f.customer_id] = f.state.to_bytes()
+
+    def _score_churn_many(self, scored: list[Folded], inputs: list[dict[str, float]]) -> None:
+        """Churn probability and reasons of the batch's changed customers, in one vectorised pass."""
+        if self.churn is None or not scored:
+            return
+        try:
+            results = self.churn.predict_many_with_reasons([list(x.values()) for x in inputs], 3)
+        except Exception:  # one customer's failure must cost that customer only: score them one by one
+            log.warning("vectorised churn scoring failed; scoring the batch one customer at a time", exc_info=True)
+            for f in scored:
+                self._score_churn(f)
+            return
+        version = self.churn_version
+        for f, (p, reasons) in zip(scored, results, strict=True):
+            assert f.scores is not None
+            f.scores.update(churn_probability=p, churn_reasons=reasons, churn_model_version=version)
 
     def _score_churn(self, f: Folded) -> None:
         if self.churn is None or f.scores is None:
@@ -284,9 +306,27 @@ class BatchProcessor:
         """
         if not self.partition_times:
             return 0
-        now = time.monotonic() if now is None else now
-        active = [t for t, seen in self.partition_times.values() if now - seen < self.idle_s]
-        return min(active) if active else max(t for t, _ in self.partition_times.values())
+        if now is not None:
+            return self._watermark_at(now)[0]
+        now = time.monotonic()
+        cached = self._watermark
+        if cached is not None and now < cached[2] and cached[0] == self.partition_times:
+            return cached[1]
+        value, until = self._watermark_at(now)
+        self._watermark = (dict(self.partition_times), value, until)
+        return value
+
+    def _watermark_at(self, now: float) -> tuple[int, float]:
+        """The watermark at monotonic time ``now``, and a time before which no active partition turns idle.
+
+        Only a new event (a change of ``partition_times``) makes an idle partition active again.
+        """
+        idle_s = self.idle_s
+        active = [(t, seen) for t, seen in self.partition_times.values() if now - seen < idle_s]
+        if not active:
+            return max(t for t, _ in self.partition_times.values()), math.inf
+        # a millisecond short of the first partition's turn to go idle: far beyond any float rounding of `now - seen`
+        return min(t for t, _ in active), min(seen for _, seen in active) + idle_s - 1e-3
 
     def _saw(self, rec: RawRecord, event_time: int, now: float) -> None:
         key = (rec.topic, rec.partition)

@@ -27,5 +27,5 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     level = cfg.log_level.lower()
     worker = faust.Worker(app, loglevel=level, quiet=True, redirect_stdouts=False, override_logging=False)
     logging.getLogger("faust").setLevel(max(logging.WARNING, logging.getLogger().level))
-    worker.execute_from_commandline()  # handles SIGTERM/SIGINT: stops agents, commits, leaves the group
+    worker.execute_from_commandline()  # handles SIGTERM/SIGINT: the batch in flight ends, commits, leaves the group
     return 0
