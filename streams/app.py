@@ -65,6 +65,7 @@ class Scorer:
             models,
         )
         self.consumer: Consumer | None = None
+        self.stopping = threading.Event()
         self.rebalanced = True
         self.topics = {kind: cfg.topic(kind) for kind in ("customer-scores", "dead-letters", "late-events", "alerts")}
         self.labels_topic = cfg.topic("churn-labels")
@@ -114,7 +115,10 @@ class Scorer:
             self.consumer.close()
             self.consumer = None
             log.info("left the group %s", self.cfg.app_id)
-        self._flush()
+        try:
+            self._flush()
+        except DeliveryFailed as exc:  # nothing was committed past what was acknowledged: nothing is lost
+            log.warning("%s", exc)
 
     # --- batches -------------------------------------------------------------------------------------------------
 
@@ -227,9 +231,18 @@ class Scorer:
             self._flush()
 
     def _flush(self) -> None:
-        """Wait until everything sent so far is acknowledged; :class:`DeliveryFailed` if the broker refused any."""
+        """Wait until everything sent so far is acknowledged; :class:`DeliveryFailed` if the broker refused any.
+
+        Kafka unreachable: the wait lasts until the writes time out (``message.timeout.ms``), or 10 s once the
+        worker is stopping. Either way the batch is not committed, and is delivered again later.
+        """
+        waited = 0
         while self.producer.flush(1.0):
-            pass
+            waited += 1
+            if waited == 10:
+                log.warning("Kafka has not acknowledged this batch's writes for 10 s: waiting")
+            if self.stopping.is_set() and waited >= 10:
+                raise DeliveryFailed(f"{len(self.producer)} writes not acknowledged at shutdown; not committed")
         if self.failed:
             first, n = self.failed[0], len(self.failed)
             self.failed.clear()
@@ -275,21 +288,18 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     class Scoring(Service):
         """Consumes and scores batches until the worker stops; then leaves the group."""
 
-        def __post_init__(self) -> None:
-            self.stopping = threading.Event()
-
         async def on_start(self) -> None:
             models.start()
             await on_kafka(scorer.subscribe)
 
         @Service.task
         async def _run(self) -> None:
-            while not self.stopping.is_set():
+            while not scorer.stopping.is_set():
                 await on_kafka(scorer.step)
 
         async def on_stop(self) -> None:
             # The batch in flight finishes and is committed; then the consumer leaves the group.
-            self.stopping.set()
+            scorer.stopping.set()
             await on_kafka(scorer.close)
             models.stop()
 
