@@ -325,7 +325,7 @@ class AlertRules:
                     alerts.append(self._alert(customer_id, P_ALIVE_DROP, sev, now_ms, now_ms, scores, [fact], prev))
             if p_alive >= self.p_alive_high:
                 state.high_time = now_s
-            state.last_p_alive = p_alive
+            state.last_p_alive = round(min(max(p_alive, 0.0), 1.0) * 10_000) / 10_000  # as stored: a restart agrees
 
         # cancellation_request: an episode covers requests less than the window apart; it ends a window after the
         # last one. Anchored at the request's own time, so its id does not depend on when it was evaluated.

@@ -306,6 +306,8 @@ class PendingLabels:
 
     def purchase(self, t_ms: int, rule: LabelRule) -> list[Matured]:
         """A purchase at ``t_ms``: the snapshots it settles as 0, removed from the pending ones."""
+        if not self.entries:
+            return []
         done = [e for e in self.entries if rule.on_purchase(e[0], t_ms, e[2]) == 0]
         if not done:
             return []
@@ -314,6 +316,8 @@ class PendingLabels:
 
     def advance(self, now_ms: int, rule: LabelRule) -> list[Matured]:
         """Stream time is ``now_ms``: the snapshots whose deadline it passed, labelled 1 and removed."""
+        if not self.entries:
+            return []
         done = [e for e in self.entries if rule.on_time(e[0], now_ms, e[2]) == 1]
         if not done:
             return []
@@ -560,7 +564,7 @@ class ChurnModel:
         var = [variances.get(name, 0.0) for name in FEATURES]
         if not all(isinstance(v, float | int) and v >= 0 for v in var):  # v ** 0.5 would not be a real number
             return [one(dict(zip(FEATURES, row, strict=True)), k) for row in rows]
-        z = np.array([_prepared_row(row) for row in rows], dtype=np.float64)
+        z = _prepared(rows)
         present = ~np.isnan(z)
         c = self.clip
         with np.errstate(all="ignore"):
@@ -647,13 +651,21 @@ class ChurnModel:
         return f"ChurnModel(kind={self.kind!r}, version={self.version}, n_learned={self.n_learned})"
 
 
-def _prepared_row(row: Sequence[float | None]) -> list[float]:
-    """:func:`prepare` of a row of :data:`FEATURES` values, as a row (NaN: missing)."""
-    z = [math.nan if v is None else float(v) for v in row]
+def _prepared(rows: Sequence[Sequence[float | None]]) -> Any:
+    """:func:`prepare` of rows of :data:`FEATURES` values, as a matrix (NaN: missing).
+
+    The heavy tails are compressed with Python's ``math`` a column at a time, so each value is the float
+    :func:`prepare` gives.
+    """
+    try:
+        z = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):  # None among the values, or a number numpy will not convert
+        z = np.array([[math.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != len(FEATURES):
+        raise ValueError(f"churn rows must hold the {len(FEATURES)} FEATURES, got shape {z.shape}")
     log1p, copysign = math.log1p, math.copysign
-    for i in _LOG_INDEX:
-        v = z[i]
-        z[i] = copysign(log1p(abs(v)), v)
+    for j in _LOG_INDEX:
+        z[:, j] = [copysign(log1p(abs(v)), v) for v in z[:, j].tolist()]
     return z
 
 

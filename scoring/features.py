@@ -127,7 +127,8 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
     elapsed = max(0, now - s.last_time)
     if elapsed:
         window = {
-            name: (v * math.exp(-elapsed / tau) if v else v) for name, v, tau in zip(DECAYED, s.decayed, TAU_MS, strict=True)
+            name: (v * math.exp(-elapsed / tau) if v else v)
+            for name, v, tau in zip(DECAYED, s.decayed, TAU_MS, strict=True)
         }
     else:  # the worker's case: features as of the customer's own stream time
         window = dict(zip(DECAYED, s.decayed, strict=True))

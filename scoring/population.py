@@ -62,21 +62,26 @@ class Population:
         self.tier_b_share = tier_b_share
         self.counts: dict[str, Counter[int]] = {m: Counter() for m in METRICS}
         self._frozen: dict[str, tuple[list[int], list[int], list[int], int]] = {}
+        # per metric, the last value update() counted and its bucket: the caller usually ranks that value next
+        self._last: dict[str, tuple[float, int]] = {}
 
     def update(self, metric: str, old: float | None, new: float | None) -> None:
         """Move one customer's value from ``old`` to ``new`` (``None``: not counted)."""
         counts = self.counts[metric]
-        if old is not None and new is not None:
-            b = _bucket(metric, old)
-            if counts.get(b, 0) > 0 and (new == old or _bucket(metric, new) == b):
-                return  # same bucket: leaving and entering it cancel out
-        if old is not None:
-            b = _bucket(metric, old)
-            counts[b] -= 1
-            if counts[b] <= 0:
-                del counts[b]
+        b_old = None if old is None else _bucket(metric, old)
+        b_new = None
         if new is not None:
-            counts[_bucket(metric, new)] += 1
+            b = b_old if b_old is not None and new == old else _bucket(metric, new)
+            self._last[metric] = (new, b)
+            b_new = b
+        if b_old is not None:
+            if b_old == b_new and counts.get(b_old, 0) > 0:
+                return  # same bucket: leaving and entering it cancel out
+            counts[b_old] -= 1
+            if counts[b_old] <= 0:
+                del counts[b_old]
+        if b_new is not None:
+            counts[b_new] += 1
 
     def rebuild(self, values: Iterable[dict[str, float | None]]) -> None:
         """Start again from every customer's values (e.g. the table after a rebalance)."""
@@ -110,7 +115,8 @@ class Population:
         if not view or not view[3]:
             return 0.5
         keys, below, counts, total = view
-        b = _bucket(metric, value)
+        last = self._last.get(metric)
+        b = last[1] if last is not None and last[0] == value else _bucket(metric, value)
         i = bisect_left(keys, b)
         if i < len(keys) and keys[i] == b:
             return (below[i] + counts[i] / 2) / total

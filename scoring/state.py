@@ -303,7 +303,7 @@ class CustomerState:
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
         # An entry older than its kind's lateness horizon can never match again: an event that old is late.
         times = self.kind_times
-        recent = [(rt, rh) for rt, rh in self.recent if rt >= times[rh & 3] - lateness_ms]
+        recent = [e for e in self.recent if e[0] >= times[e[1] & 3] - lateness_ms]  # the same tuples, kept
         recent.append((t, h))
         recent.sort()
         while len(recent) > RECENT_IDS:
@@ -329,7 +329,11 @@ class CustomerState:
 
     def _decay_to(self, t: int) -> None:
         dt = t - self.last_time
-        self.decayed = [v * math.exp(-dt / tau) if v else 0.0 for v, tau in zip(self.decayed, TAU_MS, strict=True)]
+        exp = math.exp
+        decayed = self.decayed  # in place, as _add_decayed: one list per state, not one per event
+        for i, tau in enumerate(TAU_MS):
+            v = decayed[i]
+            decayed[i] = v * exp(-dt / tau) if v else 0.0
 
     def _add_decayed(self, first: int, count: int, value: float, t: int) -> None:
         # Counters first..first+count-1 receive `value` at time t, seen from the state's time last_time.

@@ -12,6 +12,7 @@ import heapq
 import json
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -240,8 +241,8 @@ class BatchProcessor:
                 self._score_clv(self.clv, scored)
             except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
                 log.exception("CLV scoring failed for a batch of %d customers", len(scored))
-        inputs = [churn_inputs(f.scores) for f in scored if f.scores is not None]
-        self._score_churn_many(scored, inputs)
+        rows = [_churn_row(f.scores) for f in scored if f.scores is not None]
+        self._score_churn_many(scored, rows)
         for f in scored:
             scores = f.scores
             assert scores is not None
@@ -254,21 +255,22 @@ class BatchProcessor:
                     f.state.alert_bytes = alert_state.to_bytes()
                 except Exception:
                     log.exception("alert rules failed for customer %s", f.customer_id)
-        offered = dict(zip((id(f) for f in scored), inputs, strict=True))
+        offered = dict(zip((id(f) for f in scored), rows, strict=True))
+        every_ms, max_pending = self.snapshot_every_ms, self.cfg.churn_max_pending
         for f in folded:
             if f.scores is not None:
                 f.pending.offer(
-                    f.state.last_time, offered[id(f)], self.snapshot_every_ms, self.cfg.churn_max_pending
+                    f.state.last_time, dict(zip(FEATURES, offered[id(f)], strict=True)), every_ms, max_pending
                 )
             self._keep(f.customer_id, f.state, f.pending)
             out.states[f.customer_id] = f.state.to_bytes()
 
-    def _score_churn_many(self, scored: list[Folded], inputs: list[dict[str, float]]) -> None:
+    def _score_churn_many(self, scored: list[Folded], rows: list[list[float]]) -> None:
         """Churn probability and reasons of the batch's changed customers, in one vectorised pass."""
         if self.churn is None or not scored:
             return
         try:
-            results = self.churn.predict_many_with_reasons([list(x.values()) for x in inputs], 3)
+            results = self.churn.predict_many_with_reasons(rows, 3)
         except Exception:  # one customer's failure must cost that customer only: score them one by one
             log.warning("vectorised churn scoring failed; scoring the batch one customer at a time", exc_info=True)
             for f in scored:
@@ -515,6 +517,19 @@ class BatchProcessor:
 def churn_inputs(scores: dict[str, Any]) -> dict[str, float]:
     """The churn model's inputs from a customer's scores (the features it is snapshotted and scored on)."""
     return {name: float(scores.get(name) or 0.0) for name in FEATURES}
+
+
+def _churn_row(scores: dict[str, Any]) -> list[float]:
+    """:func:`churn_inputs` as a row, in :data:`FEATURES` order."""
+    try:
+        values = _churn_values(scores)
+    except KeyError:  # a customer without CLV outputs (no purchase yet)
+        get = scores.get
+        return [float(get(name) or 0.0) for name in FEATURES]
+    return [float(v or 0.0) for v in values]
+
+
+_churn_values = operator.itemgetter(*FEATURES)
 
 
 def pack_churn_blob(model: bytes, metrics: bytes, learned: dict[str, int]) -> bytes:

@@ -340,6 +340,44 @@ def test_prepare_compresses_heavy_tails_only() -> None:
     }
 
 
+# --- many customers at once ----------------------------------------------------------------------------------------
+
+_value = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.floats(min_value=-1e4, max_value=1e4),
+    st.sampled_from([0.0, -0.0, 1.0, 1e300]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.lists(_value, min_size=len(FEATURES), max_size=len(FEATURES)), min_size=1, max_size=20))
+def test_many_at_once_equals_one_at_a_time_exactly(rows: list[list[float | None]]) -> None:
+    model = trained("logreg", 300)
+    want = [model.predict_with_reasons(dict(zip(FEATURES, row, strict=True)), 3) for row in rows]
+    assert model.predict_many_with_reasons(rows, 3) == want  # the same floats, not merely close
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_many_at_once_equals_one_at_a_time_on_synthetic_customers(kind: str) -> None:
+    model = trained(kind)
+    rows = [[x.get(name) for name in FEATURES] for x, _ in synthetic(300, seed=5)]
+    rows += [[0.0] * len(FEATURES), [None] * len(FEATURES)]
+    want = [model.predict_with_reasons(dict(zip(FEATURES, row, strict=True)), k=2) for row in rows]
+    assert model.predict_many_with_reasons(rows, k=2) == want
+    assert ChurnModel().predict_many_with_reasons(rows[:3]) == [(0.5, [])] * 3  # a fresh model
+    assert model.predict_many_with_reasons([]) == []
+
+
+def test_many_at_once_scores_a_feature_the_model_never_saw() -> None:
+    model = ChurnModel()
+    for i in range(300):
+        model.learn_one({"recency_days": float(i % 90), "frequency": float(i % 4)}, int(i % 90 > 50))
+    rows = [[float(i)] * len(FEATURES) for i in range(5)]  # every feature present, most never learned
+    want = [model.predict_with_reasons(dict(zip(FEATURES, row, strict=True))) for row in rows]
+    assert model.predict_many_with_reasons(rows) == want
+
+
 # --- a simulated history, end to end --------------------------------------------------------------------------------
 
 

@@ -413,3 +413,27 @@ def test_expected_purchases_stay_finite_and_fast_when_a_fit_ends_at_the_bounds()
     pa = np.asarray(got.p_alive)
     assert np.all(np.isfinite(got.expected_purchases))
     assert np.asarray(got.expected_purchases) == pytest.approx(pa * limit, rel=1e-5)
+
+
+def test_score_many_gives_the_same_floats_whatever_it_computed_before() -> None:
+    # score_many remembers the expectation per (x, T): a pair's result must not depend on the batch it came in
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 30, 400).astype(float)
+    t_x = np.minimum(rng.uniform(0, 50, 400), 50.0)
+    age = t_x + rng.integers(0, 40, 400) / 7.0
+    m, margin = rng.uniform(0, 80, 400), np.full(400, 0.3)
+    for params in (CDNOW, BGNBD(0.5, 6.0, 0.7, 3.0), BGNBD(0.3, 4.0, 2.5, 3.0)):  # the series and the closed form
+        warm = ClvModel(params, CDNOW_GG)
+        warm.score_many(x[:250], t_x[:250], age[:250], m[:250], margin[:250])
+        warm.score_many(x[::-3], t_x[::-3], age[::-3], m[::-3], margin[::-3])
+        got = warm.score_many(x, t_x, age, m, margin)
+        want = ClvModel(params, CDNOW_GG).score_many(x, t_x, age, m, margin)
+        for a, b in zip(got, want, strict=True):
+            assert np.array_equal(a, b)
+        one = [
+            ClvModel(params, CDNOW_GG).score_many(x[i : i + 1], t_x[i : i + 1], age[i : i + 1], m[i : i + 1], 0.3)
+            for i in range(0, 400, 37)
+        ]
+        assert [float(s.clv[0]) for s in one] == [float(v) for v in want.clv[::37]]
+        single = warm.score_many(2.0, 30.0, 38.0, 20.0, 0.3)
+        assert single.clv.tolist() == ClvModel(params, CDNOW_GG).score_many(2.0, 30.0, 38.0, 20.0, 0.3).clv.tolist()

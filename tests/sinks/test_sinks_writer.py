@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from confluent_kafka import TopicPartition
+
 from cvm.codec import Codec
 from cvm.config import Config
 from sinks.clickhouse import ClickHouse, Migration, load_migrations, migrate
@@ -166,3 +168,58 @@ def test_failed_batch_is_retried_with_its_token_and_written_once(cfg: Config, ch
     assert ch.rows(f"SELECT customer_id FROM {db}.customer_scores ORDER BY customer_id") == [("a",), ("b",)]
     assert ch.rows(f"SELECT customer_id FROM {db}.customers FINAL ORDER BY customer_id") == [("a",), ("b",)]
     assert writer.stats()["last_error"] is None
+
+
+def test_a_table_is_one_insert_per_flush_and_a_retry_keeps_its_token(cfg: Config, ch: ClickHouse) -> None:
+    db = ch.database
+    writer = Writer(cfg, ch)
+    topic = cfg.topic("customer-scores")
+    writer.add(topic, 1, 0, _score("b", 1))
+    writer.add(topic, 0, 0, _score("a", 1))
+    ch.command(f"RENAME TABLE {db}.customer_scores TO {db}.customer_scores_away")
+    try:
+        assert not writer.flush()
+        tokens = {i.table: i.token for i in writer._inserts}
+        assert tokens["customer_scores"] == f"{topic}:0:0:0:customer_scores|{topic}:1:0:0:customer_scores"
+        writer.add(topic, 0, 1, _score("c", 1))  # a new batch: the sealed INSERT keeps its batches and token
+        assert not writer.flush()
+        assert writer._inserts[0].token == tokens["customer_scores"]
+    finally:
+        ch.command(f"RENAME TABLE {db}.customer_scores_away TO {db}.customer_scores")
+    assert writer.flush() and not writer._inserts and writer.pending_rows == 0
+    assert ch.rows(f"SELECT customer_id FROM {db}.customer_scores ORDER BY customer_id") == [("a",), ("b",), ("c",)]
+    assert writer.stats()["rows_written"] == {"customers": 3, "customer_scores": 3}
+
+
+def test_a_revoked_partition_leaves_the_sealed_insert(cfg: Config, ch: ClickHouse) -> None:
+    db = ch.database
+    writer = Writer(cfg, ch)
+    topic = cfg.topic("customer-scores")
+    writer.add(topic, 0, 5, _score("a", 1))
+    writer.add(topic, 1, 7, _score("b", 1))
+    ch.command(f"RENAME TABLE {db}.customer_scores TO {db}.customer_scores_away")
+    try:
+        assert not writer.flush()
+        sealed = f"{topic}:0:5:5:customer_scores|{topic}:1:7:7:customer_scores"
+        assert [i.token for i in writer._inserts if i.table == "customer_scores"] == [sealed]
+        writer._forget([TopicPartition(topic, 1)])  # its new owner reads it again from the committed offset
+        # The rest keeps the token: had the failed attempt landed after all, writing the rest again is a no-op.
+        rest = [i for i in writer._inserts if i.table == "customer_scores"]
+        assert [i.token for i in rest] == [sealed] and [len(b.records) for b in rest[0].batches] == [1]
+    finally:
+        ch.command(f"RENAME TABLE {db}.customer_scores_away TO {db}.customer_scores")
+    assert writer.flush()
+    assert ch.rows(f"SELECT customer_id FROM {db}.customer_scores") == [("a",)]
+    assert writer._positions == {(topic, 0): 5}
+
+
+def test_batches_with_other_keys_are_other_inserts(cfg: Config, ch: ClickHouse) -> None:
+    extra = Migration(9001, "clv", ("ALTER TABLE {db}.customers ADD COLUMN IF NOT EXISTS clv_12m Float64 DEFAULT -1",))
+    migrate(ch, [*load_migrations(), extra])
+    writer = Writer(cfg, ch)
+    topic = cfg.topic("customer-scores")
+    writer.add(topic, 0, 0, _score("a", 1, clv_12m=99.5))
+    writer.add(topic, 1, 0, _score("b", 1))  # an older worker on another partition: the column default applies
+    assert writer.flush()
+    got = ch.rows(f"SELECT customer_id, clv_12m FROM {ch.database}.customers FINAL ORDER BY customer_id")
+    assert got == [("a", 99.5), ("b", -1.0)]

@@ -192,3 +192,35 @@ def test_a_new_clv_model_re_ranks_every_customer_under_it() -> None:
     assert p.clv_rebuild  # the worker rebuilds from its table before the batch
     p.rebuild_population(store.values())
     assert not p.clv_rebuild and p.population.size("clv") == 20
+
+
+def test_the_watermark_follows_partition_times_however_they_change() -> None:
+    p = processor()
+    now = time.monotonic()
+    p.partition_times = {("transactions", 0): (100 * DAY, now), ("transactions", 1): (40 * DAY, now)}
+    assert p.watermark() == 40 * DAY
+    p.partition_times[("transactions", 1)] = (60 * DAY, now)  # set directly, as a rebuild or a test does
+    assert p.watermark() == 60 * DAY
+    p.partition_times[("transactions", 1)] = (60 * DAY, now - CFG.idle_partition_s - 1)  # partition 1 went idle
+    assert p.watermark() == 100 * DAY
+    assert p.watermark(now=now - 10 * CFG.idle_partition_s) == 60 * DAY  # an explicit time is never cached
+
+
+def test_a_batch_is_churn_scored_as_one_customer_at_a_time_would_be() -> None:
+    from scoring.churn import ChurnModel
+    from streams.processor import churn_inputs, pack_churn_blob
+
+    model = ChurnModel()
+    for i in range(400):
+        model.learn_one(
+            {"recency_days": float(i % 100), "frequency": float(i % 5), "spend_30d": i % 7 * 10.0}, int(i % 100 > 60)
+        )
+    feed = _Feed(churn=({"kind": "churn", "version": 4}, pack_churn_blob(model.to_bytes(), b"", {})))
+    p = BatchProcessor(CFG, CODEC, {k: k for k in ("transactions", "contacts", "payments")}, feed)  # type: ignore[arg-type]
+    batch = [raw(c, customer_id=f"c{c}", amount=3.0 * c, event_time=NOW - c * 7 * DAY) for c in range(1, 40)]
+    out = p.process(batch, {}.get)
+    assert len(out.scores) == 39
+    for _, scores in out.scores:
+        p_churn, reasons = model.predict_with_reasons(churn_inputs(scores), 3)
+        assert (scores["churn_probability"], scores["churn_reasons"]) == (p_churn, reasons)
+        assert scores["churn_model_version"] == 4

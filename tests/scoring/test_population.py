@@ -1,0 +1,51 @@
+"""Population percentiles: the histogram moves of one customer, against the plain -1/+1 reference."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scoring.population import METRICS, Population, _bucket
+
+
+def reference_update(counts: Counter[int], metric: str, old: float | None, new: float | None) -> None:
+    """The plain move: leave the old bucket, enter the new one."""
+    if old is not None:
+        b = _bucket(metric, old)
+        counts[b] -= 1
+        if counts[b] <= 0:
+            del counts[b]
+    if new is not None:
+        counts[_bucket(metric, new)] += 1
+
+
+values = st.one_of(st.none(), st.integers(-5, 5).map(float), st.floats(-1e6, 1e6), st.integers(0, 40))
+moves = st.lists(st.tuples(st.sampled_from(METRICS), values, values), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(moves=moves)
+def test_update_moves_like_the_reference_even_from_an_absent_bucket(moves: list) -> None:
+    pop = Population()
+    want: dict[str, Counter[int]] = {m: Counter() for m in METRICS}
+    for metric, old, new in moves:  # old values need not have been counted (a table the population never saw)
+        pop.update(metric, old, new)
+        reference_update(want[metric], metric, old, new)
+        assert dict(pop.counts[metric]) == dict(want[metric])
+
+
+@settings(max_examples=100, deadline=None)
+@given(moves=moves, probe=st.floats(-1e6, 1e6))
+def test_percentile_of_the_value_just_counted_is_that_of_any_equal_value(moves: list, probe: float) -> None:
+    pop = Population()
+    for metric, old, new in moves:
+        pop.update(metric, old, new)
+    pop.freeze()
+    fresh = Population()
+    fresh.counts, fresh._frozen = pop.counts, pop._frozen  # same view, no memory of the last values
+    for metric in METRICS:
+        pop.update(metric, None, probe)  # remembered as the last value, counted after the freeze
+        assert pop.percentile(metric, probe) == fresh.percentile(metric, probe)
+        assert pop.percentile(metric, probe + 1.0) == fresh.percentile(metric, probe + 1.0)
