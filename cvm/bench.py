@@ -443,7 +443,10 @@ class Bench:
         from cvm.kafka import make_consumer
 
         codec = Codec()
-        consumer = make_consumer(self.cfg, group=f"{self.cfg.app_id}-raw")
+        # librdkafka's own prefetching (not cvm's embedded-broker throttle): the I/O ceiling, as FACTS.md measured it.
+        consumer = make_consumer(
+            self.cfg, group=f"{self.cfg.app_id}-raw", **{"queued.min.messages": 100000, "fetch.queue.backoff.ms": 1000}
+        )
         consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self.ends])
         decode = codec.decode
         batch = self._batch(10000)
@@ -852,7 +855,7 @@ class _ClickHouseWatch(_Watch):
             seen = time.time()
             for row in rows:
                 self.waiting.cover(row["customer_id"], row, seen)
-            self._stop.wait(0.02)
+            self._stop.wait(0.1)  # the queries run in the sink's process: polling faster measurably slowed it
 
 
 class _ScoresWatch(_Watch):

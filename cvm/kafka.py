@@ -149,6 +149,14 @@ def make_producer(cfg: Config, **extra: Any) -> Producer:
     return Producer(conf)
 
 
+#: Consumer settings for the embedded broker. Tansu (memory storage) spends CPU on every fetch in proportion to
+#: the partition's size, and answers a fetch at once when records are there (it ignores ``fetch.min.bytes``): a
+#: consumer following a live stream at 5k events/s fetched so often that the broker used a whole core once the
+#: topic held ~100k records. Fetching only once the local queue is empty, at most every 100 ms per partition, cut
+#: that to about a quarter, for at most 0.1 s of added latency (docs/benchmarks.md).
+EMBEDDED_CONSUMER = {"queued.min.messages": 1, "fetch.queue.backoff.ms": 100}
+
+
 def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:
     """A confluent-kafka consumer that commits only when told (at-least-once)."""
     conf = _client_conf(
@@ -162,6 +170,8 @@ def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:
             "fetch.wait.max.ms": 100,
         },
     )
+    if cfg.embedded_broker:
+        conf.update(EMBEDDED_CONSUMER)
     conf.update(extra)
     return Consumer(conf)
 
