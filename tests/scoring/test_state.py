@@ -78,6 +78,19 @@ def test_state_is_compact() -> None:
     assert len(s.to_bytes()) <= 512
 
 
+def test_values_too_large_for_the_narrow_layout_round_trip_in_the_wide_one() -> None:
+    s = fold([tx(i, T0 + i * 60_000, 1.0) for i in range(5)], offsets=list(range(5)))
+    narrow = s.to_bytes()
+    for change in ({"n_transactions": 70_000}, {"past_due_hours": 0xFFFF + 1}, {"offsets": [2**31, -1, 7]}):
+        wide = CustomerState.from_bytes(narrow)
+        for name, value in change.items():
+            setattr(wide, name, value)
+        data = wide.to_bytes()
+        assert len(data) == len(narrow) + 52 and data[0] == narrow[0] - 1, change
+        assert CustomerState.from_bytes(data) == wide
+    assert CustomerState.from_bytes(narrow) == s
+
+
 def test_a_long_silence_does_not_break_the_id_memory() -> None:
     s = fold([tx(i, T0 + i, 1.0) for i in range(5)] + [tx(9, T0 + 400 * DAY, 1.0)])
     assert CustomerState.from_bytes(s.to_bytes()) == s
