@@ -97,7 +97,9 @@ class Config:
     )
     sink_batch_rows: int = _f(20000, "CVM_SINK_BATCH_ROWS", "The sink writes a table's batch at this many rows.")
     sink_flush_s: float = _f(0.5, "CVM_SINK_FLUSH_S", "The sink writes what it holds at least this often.")
-    worker_batch: int = _f(2000, "CVM_WORKER_BATCH", "Events a worker takes from its stream at once.")
+    worker_batch: int = _f(
+        10000, "CVM_WORKER_BATCH", "Most events a worker scores in one batch (fewer when they come slower)."
+    )
     worker_batch_s: float = _f(0.2, "CVM_WORKER_BATCH_S", "Longest wait for a worker batch to fill.")
     kafka_security_protocol: str = _f(
         "", "CVM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; empty means PLAINTEXT."
