@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
@@ -499,7 +500,10 @@ class Writer:
 
 
 def _json_object(value: bytes) -> dict[str, Any]:
-    obj = json.loads(value)
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        obj = json.loads(value)  # what orjson refuses but json reads: NaN, Infinity (earlier workers wrote them)
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     return obj

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from cvm.codec import Codec
@@ -223,3 +225,14 @@ def test_batches_with_other_keys_are_other_inserts(cfg: Config, ch: ClickHouse) 
     assert writer.flush()
     got = ch.rows(f"SELECT customer_id, clv_12m FROM {ch.database}.customers FINAL ORDER BY customer_id")
     assert got == [("a", 99.5), ("b", -1.0)]
+
+
+def test_json_messages_are_read_with_orjson_and_the_json_module_reads_what_it_refuses() -> None:
+    from sinks.writer import _json_object
+
+    assert _json_object(b'{"customer_id":"c1","p_alive":0.5}') == {"customer_id": "c1", "p_alive": 0.5}
+    assert math.isnan(_json_object(b'{"p_alive": NaN}')["p_alive"])  # written by json.dumps in earlier workers
+    with pytest.raises(ValueError):
+        _json_object(b"[1, 2]")
+    with pytest.raises(ValueError):
+        _json_object(b"not json")
