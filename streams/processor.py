@@ -141,8 +141,7 @@ class BatchProcessor:
         return st["clv_x"], st["clv_t_x"], st["clv_T"], st["clv_mean_repeat_value"], min(max(margin, 0.0), 1.0)
 
     def start_batch(self) -> None:
-        """Take the population view the batch's percentiles are read from, and the newest model versions."""
-        self.population.freeze()
+        """Take the newest model versions."""
         found = self.models.get("clv") if self.models else None
         if found and int(found[0]["version"]) != self.clv_version:
             self.use_clv(found[0])
@@ -242,6 +241,9 @@ class BatchProcessor:
                 self._score_clv(self.clv, scored)
             except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
                 log.exception("CLV scoring failed for a batch of %d customers", len(scored))
+        self.population.freeze()  # the batch's moves are in: rank everyone against the same population
+        for f in scored:
+            self._rank(f)
         rows = [_churn_row(f.scores) for f in scored if f.scores is not None]
         self._score_churn_many(scored, rows)
         for f in scored:
@@ -397,18 +399,33 @@ class BatchProcessor:
         out = features.compute(state, state.last_time, self.rules.period_days)
         out["customer_id"] = customer_id
         out["updated_at"] = now_ms
-        percentile = pop.percentile("profitability", out["profitability"])
-        out["profit_percentile"] = round(percentile, 6)
-        out["value_tier"] = pop.tier(percentile)
-        if state.n_occasions:
-            r = pop.quintile(pop.percentile("last_purchase_day", ranked["last_purchase_day"] or 0))
-            f = pop.quintile(pop.percentile("frequency", out["frequency"]))
-            m = pop.quintile(pop.percentile("monetary", out["monetary"]))
-        else:
-            r = f = m = 0
         out.update(self.clv_statistics(state))
-        out.update(rfm_r=r, rfm_f=f, rfm_m=m, rfm_score=100 * r + 10 * f + m, rfm_segment=features.rfm_segment(r, f, m))
         return out
+
+    def _rank(self, f: Folded) -> None:
+        """Where the customer stands in the population, once the batch's moves are in: percentile, tier, RFM.
+
+        Read after every customer of the batch moved, so the order inside a batch does not matter, and a batch that
+        holds a whole history (a replay into a fresh worker) is not ranked against an empty population.
+        """
+        scores, state, pop = f.scores, f.state, self.population
+        assert scores is not None
+        percentile = pop.percentile("profitability", scores["profitability"])
+        scores["profit_percentile"] = round(percentile, 6)
+        if self.cfg.tier_by == "clv" and "clv" in scores:
+            scores["value_tier"] = pop.tier(pop.percentile("clv", scores["clv"]))
+        else:
+            scores["value_tier"] = pop.tier(percentile)
+        if state.n_occasions:
+            last_day = _ranked(state)["last_purchase_day"] or 0
+            r = pop.quintile(pop.percentile("last_purchase_day", last_day))
+            fq = pop.quintile(pop.percentile("frequency", scores["frequency"]))
+            m = pop.quintile(pop.percentile("monetary", scores["monetary"]))
+        else:
+            r = fq = m = 0
+        scores.update(
+            rfm_r=r, rfm_f=fq, rfm_m=m, rfm_score=100 * r + 10 * fq + m, rfm_segment=features.rfm_segment(r, fq, m)
+        )
 
     def clv_statistics(self, s: CustomerState) -> dict[str, Any]:
         """The customer's CLV model inputs: repeat occasions, recency and age in weeks, mean repeat spend."""
@@ -454,13 +471,11 @@ class BatchProcessor:
             b = np.array([f.before for f in befores])
             old_clv = model.score_many(b[:, 0], b[:, 1], b[:, 2], b[:, 3], b[:, 4]).clv
             old = {f.customer_id: float(v) for f, v in zip(befores, old_clv, strict=True)}
-        pop, by_clv = self.population, self.cfg.tier_by == "clv"
+        pop = self.population
         for i, f in enumerate(rows):
             assert f.scores is not None
             value = float(result.clv[i])
             pop.update("clv", old.get(f.customer_id), value)
-            if by_clv:
-                f.scores["value_tier"] = pop.tier(pop.percentile("clv", value))
             f.scores.update(
                 p_alive=float(result.p_alive[i]),
                 expected_purchases=float(result.expected_purchases[i]),

@@ -90,6 +90,20 @@ def test_tiers_rank_each_customer_once_and_survive_a_rebuild() -> None:
     assert {cid: s["rfm_f"] for cid, s in out.scores} == {"c10": 3, "c1": 3}  # same frequency: mid-rank
 
 
+def test_a_first_batch_holding_every_customer_is_ranked_against_itself() -> None:
+    # A replay into a fresh worker can fit in one batch: its customers must not be ranked against an empty population.
+    batch = [raw(c, customer_id=f"c{c}", amount=10.0 * c) for c in range(1, 21)]
+    out = processor().process(batch, {}.get)
+    tiers = {cid: s["value_tier"] for cid, s in out.scores}
+    assert tiers["c20"] == "A" and tiers["c13"] == "B" and tiers["c1"] == "C"  # top 20%, next 30%, the rest
+    assert {tiers[f"c{c}"] for c in range(1, 21)} == {"A", "B", "C"}
+    # The same customers in the other order: the same ranks (read once the whole batch has moved).
+    again = processor().process(batch[::-1], {}.get)
+    assert {cid: s["profit_percentile"] for cid, s in again.scores} == {
+        cid: s["profit_percentile"] for cid, s in out.scores
+    }
+
+
 def test_a_cancellation_request_from_a_tier_a_customer_raises_one_alert_per_episode() -> None:
     store: dict[str, bytes] = {}
     p = processor()
