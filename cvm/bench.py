@@ -626,36 +626,15 @@ class Bench:
         return first_ms, first_n, last_ms
 
     def _state_bytes(self, cfg: Config) -> dict[str, Any]:
-        """Mean and largest table value, from the latest changelog record of every customer."""
-        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+        """Mean and largest table value, as a worker recovers its table from the changelog."""
+        from streams.table import CustomerTable  # Kafka and cvm only: the bench process stays Faust-free
 
-        from cvm.kafka import make_consumer
-
-        marker = b"\x00cvm-seal"  # streams.app.MARKER, not imported: the bench process stays Faust-free
-        topic = f"{cfg.app_id}-customers-changelog"
-        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-state", **{"enable.partition.eof": True})
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(cfg.partitions)])
-        sizes: dict[bytes, int] = {}
-        at_end: set[int] = set()
-        deadline = time.monotonic() + 60.0
-        try:
-            while len(at_end) < cfg.partitions and time.monotonic() < deadline:
-                for msg in consumer.consume(num_messages=10000, timeout=0.5):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - its public name
-                            at_end.add(msg.partition())
-                        continue
-                    if msg.key() != marker and msg.value() is not None:
-                        sizes[msg.key() or b""] = len(msg.value())
-        finally:
-            consumer.close()
+        table = CustomerTable(cfg)
+        table.recover(range(cfg.partitions), timeout=60.0)
+        sizes = [len(value) for _, value in table.items()]
         if not sizes:
             return {"state_bytes_per_customer": None, "state_bytes_max": None}
-        return {
-            "state_bytes_per_customer": round(sum(sizes.values()) / len(sizes), 1),
-            "state_bytes_max": max(sizes.values()),
-        }
+        return {"state_bytes_per_customer": round(sum(sizes) / len(sizes), 1), "state_bytes_max": max(sizes)}
 
     # --- latency ------------------------------------------------------------------------------------------------
 

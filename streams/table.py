@@ -31,9 +31,12 @@ log = logging.getLogger("cvm.worker")
 
 
 class CustomerTable:
-    """Customer id → state bytes for the partitions this worker holds, written through to a changelog."""
+    """Customer id → state bytes for the partitions this worker holds, written through to a changelog.
 
-    def __init__(self, cfg: Config, producer: Producer) -> None:
+    Without a ``producer`` the table is read-only: :meth:`recover` and the readers only (the bench's state figures).
+    """
+
+    def __init__(self, cfg: Config, producer: Producer | None = None) -> None:
         self.cfg = cfg
         self.topic = f"{cfg.app_id}-customers-changelog"
         self.producer = producer
@@ -49,6 +52,7 @@ class CustomerTable:
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         """Set a customer's state; the changelog write is acknowledged at the caller's next producer flush."""
+        assert self.producer is not None, "a read-only table"
         self.partitions.setdefault(partition, {})[key] = value
         self.producer.produce(self.topic, key=key, value=value, partition=partition)
 
@@ -59,6 +63,7 @@ class CustomerTable:
         its last offset + 1, and recovery reads up to that watermark. With the marker alone in the last batch, the
         watermark is the marker's offset: every state record lies below it and is recovered.
         """
+        assert self.producer is not None, "a read-only table"
         for partition in partitions:
             self.producer.produce(self.topic, key=MARKER, value=b"\x00", partition=partition)
 
