@@ -78,7 +78,6 @@ class Config:
     clv_period_days: int = _f(
         1, "CVM_CLV_PERIOD_DAYS", "Length of a purchase occasion in days: purchases within one period count once."
     )
-    clv_refit_s: float = _f(30.0, "CVM_CLV_REFIT_S", "How often the learner checks whether to refit the CLV models.")
     clv_refit_min_customers: int = _f(50, "CVM_CLV_REFIT_MIN_CUSTOMERS", "Customers needed before the first CLV fit.")
     clv_refit_change: float = _f(
         0.05,
@@ -121,14 +120,27 @@ class Config:
     )
     churn_max_pending: int = _f(2, "CVM_CHURN_MAX_PENDING", "Snapshots a customer keeps waiting for their label.")
     churn_model: str = _f("logreg", "CVM_CHURN_MODEL", "Churn model: logreg, hat (Hoeffding tree) or arf (forest).")
-    churn_publish_s: float = _f(
-        5.0, "CVM_CHURN_PUBLISH_S", "How often the learner publishes a new churn model version."
-    )
     idle_partition_s: float = _f(
-        10.0, "CVM_IDLE_PARTITION_S", "Seconds without events after which a partition no longer holds labels back."
+        10.0,
+        "CVM_IDLE_PARTITION_S",
+        "Seconds without events after which a partition no longer holds stream time back (then idle scoring runs).",
     )
-    label_tick_s: float = _f(
-        1.0, "CVM_LABEL_TICK_S", "How often a worker matures the labels of silent customers whose deadline passed."
+    # Stream time (streams/clock.py): ticks drive alerts, labels, re-scoring and model versions, in event time.
+    tick_s: float = _f(
+        3600.0,
+        "CVM_TICK_S",
+        "Event-time seconds between stream-time ticks: alerts, churn labels and re-scoring move on this grid.",
+    )
+    model_every_days: float = _f(
+        7.0,
+        "CVM_MODEL_EVERY_DAYS",
+        "Event-time days between model versions (churn training, CLV refits); a multiple of the tick.",
+    )
+    model_wait_s: float = _f(
+        120.0,
+        "CVM_MODEL_WAIT_S",
+        "Longest wait of a worker for the model version of its stream time while a learner runs; then it goes on "
+        "with the newest version it has (logged and counted).",
     )
     # Alerts (docs/alerts.md): scoring.alerts.AlertRules takes the alert_* settings by name.
     alert_rules: str = _f(
@@ -178,6 +190,8 @@ class Config:
             raise ConfigError(f"partitions={self.partitions}: must be at least 1")
         if self.churn_model not in ("logreg", "hat", "arf"):  # scoring.churn.MODELS, without importing river
             raise ConfigError(f"churn_model={self.churn_model!r}: must be logreg, hat or arf")
+        if self.tick_s < 1 or self.model_every_days * 86400 % self.tick_s:
+            raise ConfigError(f"tick_s={self.tick_s:g} must be at least 1 and divide model_every_days * 86400")
         if self.churn_silence_days <= 0 or self.churn_cancel_grace_days < 0 or self.churn_max_pending < 1:
             raise ConfigError("churn_silence_days must be > 0, churn_cancel_grace_days >= 0, churn_max_pending >= 1")
         self._check_alerts()

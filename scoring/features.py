@@ -27,7 +27,7 @@ import math
 import operator
 from typing import Any
 
-from scoring.state import CHANNELS, DAY_MS, DECAYED, TAU_MS, CustomerState
+from scoring.state import CHANNELS, DAY_MS, DECAYED, DECAYED_KIND, TAU_MS, CustomerState
 
 __all__ = ["LOYALTY_WEIGHTS", "compute", "loyalty_score", "rfm_segment", "spend_trend"]
 
@@ -124,14 +124,11 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
     Population-relative features (RFM scores, percentile, value tier) and model outputs are added by the caller.
     """
     days = DAY_MS
-    elapsed = max(0, now - s.last_time)
-    if elapsed:
-        window = {
-            name: (v * math.exp(-elapsed / tau) if v else v)
-            for name, v, tau in zip(DECAYED, s.decayed, TAU_MS, strict=True)
-        }
-    else:  # the worker's case: features as of the customer's own stream time
-        window = dict(zip(DECAYED, s.decayed, strict=True))
+    times = s.kind_times  # each decayed counter is kept as of the stream time of the kind that feeds it
+    window = {
+        name: (v * math.exp(-max(0, now - times[k]) / tau) if v and now > times[k] else v)
+        for name, v, tau, k in zip(DECAYED, s.decayed, TAU_MS, DECAYED_KIND, strict=True)
+    }
     n_gaps = s.n_occasions - 1
     if n_gaps >= 2:
         mean_gap = (s.last_occasion - s.first_occasion) / n_gaps

@@ -10,20 +10,24 @@ of events in any order (within the allowed lateness) gives the same state:
   sum of squared gaps (purchase regularity) and the active months exact;
 * contact days likewise (a 64-day bitmap) for repeat contacts: a contact is a repeat when the customer had already
   contacted the company that day or in the 7 days before;
-* the 7/30/90-day views are exponentially decayed sums, kept as of the customer's stream time: adding an event of
-  time t to a sum kept at time T is the same operation whichever of the two is later, so the order of arrival only
-  changes float rounding (within 1e-9 relative; see the tests).
+* the 7/30/90-day views are exponentially decayed sums, each kept as of the stream time of the one event kind that
+  feeds it (spend and purchases: transactions; contacts and complaints: contacts; failed payments: payments). Kafka
+  orders a customer's events of one kind (one partition), not across kinds: kept per kind, the sums are the same
+  floats whatever the interleaving of the kinds, so a replay gives bit-identical values. Within a kind, adding an
+  event of time t to a sum kept at time T is the same operation whichever of the two is later, so an out-of-order
+  event only changes float rounding (within 1e-9 relative; see the tests).
 
 Idempotence has two layers:
 
 * a Kafka record re-delivered after a crash has an offset at or below the last one applied for its topic, and
   changes nothing;
 * an upstream duplicate (same ``event_id``, new offset) is recognised by a bounded memory of recent event-id
-  hashes. Only events inside the allowed lateness need remembering: anything older is late and never applied.
-  When the memory is full (more than ``RECENT_IDS`` events inside the lateness window), the entry first in
-  (time, hash) order is forgotten and becomes its kind's floor: an event of that kind at or before the floor, in
+  hashes, per event kind (so that one kind's burst never changes how another kind's events are classified).
+  Only events inside the allowed lateness need remembering: anything older is late and never applied.
+  When a kind's memory is full (more than ``RECENT_IDS[kind]`` of its events inside the lateness window), its entry first
+  in (time, hash) order is forgotten and becomes its kind's floor: an event of that kind at or before the floor, in
   the same order, may be a forgotten duplicate and is treated as late, so a duplicate is never counted twice,
-  even past the bound. The price, paid only by customers with more than ``RECENT_IDS`` events inside the
+  even past the bound. The price, paid only by customers with more than ``RECENT_IDS[kind]`` events of a kind inside the
   lateness window: a straggler delivered after newer events, or one of many events sharing one timestamp, may be
   classified late (reported on ``late-events`` and kept in the raw tables, never applied).
 
@@ -57,6 +61,7 @@ __all__ = [
     "CHANNELS",
     "DAY_MS",
     "DECAYED",
+    "DECAYED_KIND",
     "KIND_INDEX",
     "RECENT_IDS",
     "TAU_MS",
@@ -72,8 +77,8 @@ KIND_INDEX = {"transactions": 0, "contacts": 1, "payments": 2}
 #: Contact channels counted one by one (the contact schema's channels).
 CHANNELS = ("phone", "email", "chat", "web", "store")
 
-#: How many recent event ids a customer remembers (see the module docstring).
-RECENT_IDS = 8
+#: How many recent event ids of each kind (:data:`KIND_INDEX` order) a customer remembers (module docstring).
+RECENT_IDS = (6, 3, 3)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -98,6 +103,8 @@ DECAYED = (
     "failed_payments_90d",
 )
 TAU_MS = tuple(int(name.rsplit("_", 1)[1][:-1]) * DAY_MS for name in DECAYED)
+#: The event kind (:data:`KIND_INDEX`) that feeds each decayed counter: its stream time is the counter's time.
+DECAYED_KIND = (0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2)
 
 _HEAD_LAYOUT = (
     "<I"  # version
@@ -108,6 +115,7 @@ _HEAD_LAYOUT = (
     "iiiQQI"  # first/last/prior occasion, occasion bits, squared gaps, active months
     "qqiQ"  # last purchase time, last cancellation time, last contact day, contact bits
     "11d"  # decayed counters
+    "qId"  # as of (ms), tick version, ranked CLV
     "B"  # recent ids
 )
 _HEAD = struct.Struct(_HEAD_LAYOUT)
@@ -137,7 +145,7 @@ _COUNTS = (
 )
 _RECENT = struct.Struct("<IQ")  # (kind stream time - event time, event hash)
 _SECTIONS = struct.Struct("<BH")  # lengths of the alert and churn sections
-_FORMAT_VERSION = 5  # _HEAD; _FORMAT_VERSION + 1: _HEAD_NARROW
+_FORMAT_VERSION = 7  # _HEAD; _FORMAT_VERSION + 1: _HEAD_NARROW
 _FORMAT_BYTE = bytes([_FORMAT_VERSION])
 _NARROW_BYTE = bytes([_FORMAT_VERSION + 1])
 _HEADS = {_FORMAT_VERSION: _HEAD, _FORMAT_VERSION + 1: _HEAD_NARROW}
@@ -222,6 +230,9 @@ class CustomerState:
         "last_contact_day",
         "contact_bits",
         "decayed",
+        "as_of",
+        "tick_version",
+        "ranked_clv",
         "recent",
         "alert_bytes",
         "churn_bytes",
@@ -268,7 +279,13 @@ class CustomerState:
         self.last_cancellation_time = 0
         self.last_contact_day = -1
         self.contact_bits = 0  # bit i: a contact on day last_contact_day - i
-        self.decayed = [0.0] * len(DECAYED)  # as of last_time
+        self.decayed = [0.0] * len(DECAYED)  # each as of the stream time of its kind (DECAYED_KIND)
+        # What the worker scored last (streams/): the stream time of that score (ms; 0: never scored), the version
+        # of the last stream-time tick scoring (a version past it: changed since), and the CLV the customer
+        # holds in the population's ranking (NaN: none).
+        self.as_of = 0
+        self.tick_version = 0
+        self.ranked_clv = math.nan
         self.recent: list[tuple[int, int]] = []  # (event_time, event_hash), oldest first
         # Opaque sections owned by other scoring modules, kept with the state so they change atomically with it:
         # the alert episodes (scoring.alerts.AlertState) and the churn snapshots awaiting labels (scoring.churn).
@@ -298,9 +315,11 @@ class CustomerState:
         for _, seen in self.recent:
             if seen == h:
                 return "duplicate"
-        self._fold(kind, record, t, rules)
         if t > self.kind_times[k]:
+            if self.kind_times[k]:
+                self._decay_kind(k, t - self.kind_times[k])
             self.kind_times[k] = t
+        self._fold(kind, record, t, rules)
         self._remember(t, h, rules.lateness_ms)
         return "applied"
 
@@ -310,10 +329,13 @@ class CustomerState:
         recent = [e for e in self.recent if e[0] >= times[e[1] & 3] - lateness_ms]  # the same tuples, kept
         recent.append((t, h))
         recent.sort()
-        while len(recent) > RECENT_IDS:
-            ot, oh = recent.pop(0)
-            # Entries leave in (time, hash) order, so this pair only grows.
-            self.floors[oh & 3], self.floor_hashes[oh & 3] = ot, oh
+        k = h & 3
+        mine = [e for e in recent if e[1] & 3 == k]
+        if len(mine) > RECENT_IDS[k]:
+            for ot, oh in mine[: len(mine) - RECENT_IDS[k]]:
+                recent.remove((ot, oh))
+                # A kind's entries leave in (time, hash) order, so its floor only grows.
+                self.floors[k], self.floor_hashes[k] = ot, oh
         self.recent = recent
 
     def _fold(self, kind: str, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
@@ -321,8 +343,6 @@ class CustomerState:
         if not self.first_time or t < self.first_time:
             self.first_time = t
         if t > self.last_time:
-            if self.last_time:
-                self._decay_to(t)
             self.last_time = t
         if kind == "transactions":
             self._transaction(r, t, rules)
@@ -331,19 +351,20 @@ class CustomerState:
         else:
             self._payment(r, t)
 
-    def _decay_to(self, t: int) -> None:
-        dt = t - self.last_time
-        exp = math.exp
-        decayed = self.decayed  # in place, as _add_decayed: one list per state, not one per event
-        for i, tau in enumerate(TAU_MS):
-            v = decayed[i]
-            decayed[i] = v * exp(-dt / tau) if v else 0.0
+    def _decay_kind(self, k: int, dt: int) -> None:
+        # The counters of kind k move forward by dt ms with their kind's stream time (in place: one list per state).
+        decayed, exp = self.decayed, math.exp
+        for i, kind in enumerate(DECAYED_KIND):
+            if kind == k and decayed[i]:
+                decayed[i] *= exp(-dt / TAU_MS[i])
 
     def _add_decayed(self, first: int, count: int, value: float, t: int) -> None:
-        # Counters first..first+count-1 receive `value` at time t, seen from the state's time last_time.
-        dt = self.last_time - t
+        # Counters first..first+count-1 receive `value` at time t, seen from their kind's stream time (apply() has
+        # moved it to t already when t is the latest).
+        dt = self.kind_times[DECAYED_KIND[first]] - t
+        decayed, exp = self.decayed, math.exp
         for i in range(first, first + count):
-            self.decayed[i] += value * math.exp(-dt / TAU_MS[i]) if dt else value
+            decayed[i] += value * exp(-dt / TAU_MS[i]) if dt else value
 
     def _transaction(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
         amount = float(r["amount"])
@@ -514,6 +535,9 @@ class CustomerState:
             self.last_contact_day,
             self.contact_bits,
             *self.decayed,
+            self.as_of,
+            self.tick_version,
+            self.ranked_clv,
             len(recent),
         )
         tail = _RECENT_N[len(recent)].pack(*[v for t, h in recent for v in (times[h & 3] - t, h)])
@@ -581,6 +605,9 @@ class CustomerState:
             s.last_contact_day,
             s.contact_bits,
             *decayed,
+            s.as_of,
+            s.tick_version,
+            s.ranked_clv,
             n,
         ) = f
         s.offsets, s.kind_times, s.floors, s.floor_hashes = [o0, o1, o2], [k0, k1, k2], [l0, l1, l2], [h0, h1, h2]
@@ -601,7 +628,12 @@ class CustomerState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CustomerState):
             return NotImplemented
-        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+        return all(_same(getattr(self, a), getattr(other, a)) for a in self.__slots__)
 
     def __repr__(self) -> str:
         return f"CustomerState(version={self.version}, revenue_cents={self.revenue_cents})"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality in which NaN equals NaN (an unset ranked CLV)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
