@@ -70,7 +70,12 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("alerts", doc="Alerts on at-risk high-value customers, keyed by customer_id (JSON)."),
         TopicSpec("clv-summaries", 1, compact=True, doc="Each customer's purchase-occasion facts, for the CLV fit."),
         TopicSpec("churn-labels", 1, doc="Matured (features, label) pairs the churn model learns from, once each."),
-        TopicSpec("models", 1, compact=True, doc="Versioned CLV parameters and churn models, keyed by kind."),
+        TopicSpec(
+            "models",
+            1,
+            compact=True,
+            doc="CLV parameters and churn models, keyed by kind:version, and the learner's clock.",
+        ),
         TopicSpec("model-metrics", 1, doc="Progressive-validation metrics and fits, for cvm.model_metrics."),
     )
 }

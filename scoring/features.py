@@ -124,7 +124,7 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
     Population-relative features (RFM scores, percentile, value tier) and model outputs are added by the caller.
     """
     days = DAY_MS
-    times = s.kind_times  # each decayed counter is kept as of the stream time of the kind that feeds it
+    times = [s.stream_time(k) for k in range(3)]  # each decayed counter is kept as of its kind's stream time
     window = {
         name: (v * math.exp(-max(0, now - times[k]) / tau) if v and now > times[k] else v)
         for name, v, tau, k in zip(DECAYED, s.decayed, TAU_MS, DECAYED_KIND, strict=True)

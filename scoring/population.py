@@ -84,6 +84,11 @@ class Population:
         if b_new is not None:
             counts[b_new] += 1
 
+    def reset(self, metric: str) -> None:
+        """Forget every customer's value of ``metric`` (they are all about to be counted again)."""
+        self.counts[metric] = Counter()
+        self._last.pop(metric, None)
+
     def rebuild(self, values: Iterable[dict[str, float | None]]) -> None:
         """Start again from every customer's values (e.g. the table after a rebalance)."""
         self.counts = {m: Counter() for m in METRICS}

@@ -24,12 +24,13 @@ Idempotence has two layers:
 * an upstream duplicate (same ``event_id``, new offset) is recognised by a bounded memory of recent event-id
   hashes, per event kind (so that one kind's burst never changes how another kind's events are classified).
   Only events inside the allowed lateness need remembering: anything older is late and never applied.
-  When a kind's memory is full (more than ``RECENT_IDS[kind]`` of its events inside the lateness window), its entry first
-  in (time, hash) order is forgotten and becomes its kind's floor: an event of that kind at or before the floor, in
-  the same order, may be a forgotten duplicate and is treated as late, so a duplicate is never counted twice,
-  even past the bound. The price, paid only by customers with more than ``RECENT_IDS[kind]`` events of a kind inside the
-  lateness window: a straggler delivered after newer events, or one of many events sharing one timestamp, may be
-  classified late (reported on ``late-events`` and kept in the raw tables, never applied).
+  When a kind's memory is full (more than ``RECENT_IDS[kind]`` of its events inside the lateness window), its
+  entry first in (time, hash) order is forgotten and becomes its kind's floor: an event of that kind at or before
+  the floor, in the same order, may be a forgotten duplicate and is treated as late, so a duplicate is never
+  counted twice, even past the bound. The price, paid only by customers with more than ``RECENT_IDS[kind]``
+  events of a kind inside the lateness window: a straggler delivered after newer events, or one of many events
+  sharing one timestamp, may be classified late (reported on ``late-events`` and kept in the raw tables, never
+  applied).
 
 >>> rules = FoldRules(margin_rate=0.3, contact_costs={}, lateness_ms=0)
 >>> s = CustomerState()
@@ -64,6 +65,7 @@ __all__ = [
     "DECAYED_KIND",
     "KIND_INDEX",
     "RECENT_IDS",
+    "REKEYED",
     "TAU_MS",
     "CustomerState",
     "FoldRules",
@@ -73,6 +75,10 @@ __all__ = [
 
 #: Position of each event kind in per-kind arrays (offsets, stream times, floors).
 KIND_INDEX = {"transactions": 0, "contacts": 1, "payments": 2}
+
+#: The offsets slot of records that reach the customer through the worker's re-key topic (any kind): a customer's
+#: records come from at most four partitions, its three topics' and the re-key topic's, each in offset order.
+REKEYED = 3
 
 #: Contact channels counted one by one (the contact schema's channels).
 CHANNELS = ("phone", "email", "chat", "web", "store")
@@ -108,7 +114,7 @@ DECAYED_KIND = (0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2)
 
 _HEAD_LAYOUT = (
     "<I"  # version
-    "3q3q3q3Q"  # offsets, kind_times, floors (time, hash)
+    "4q3q3q3q3Q"  # offsets (per source), kind_times, rekey_times, floors (time, hash)
     "qq"  # first_time, last_time
     "5q"  # revenue, margin, cost, purchase (gross), first occasion's spend: cents
     "20I"  # counts (see _COUNTS)
@@ -120,7 +126,7 @@ _HEAD_LAYOUT = (
 )
 _HEAD = struct.Struct(_HEAD_LAYOUT)
 #: The same fields with 32-bit offsets and 16-bit counts, for the (usual) customer whose values fit: 52 bytes less.
-_HEAD_NARROW = struct.Struct(_HEAD_LAYOUT.replace("3q3q3q3Q", "3i3q3q3Q").replace("20I", "20H"))
+_HEAD_NARROW = struct.Struct(_HEAD_LAYOUT.replace("4q3q3q3q3Q", "4i3q3q3q3Q").replace("20I", "20H"))
 _COUNTS = (
     "n_transactions",
     "n_purchases",
@@ -144,11 +150,15 @@ _COUNTS = (
     "past_due_hours",
 )
 _RECENT = struct.Struct("<IQ")  # (kind stream time - event time, event hash)
+_MAX_BACK_MS = 0xFFFF_FFFF  # the furthest an id-memory entry can lie behind its kind's stream time (~49 days)
 _SECTIONS = struct.Struct("<BH")  # lengths of the alert and churn sections
-_FORMAT_VERSION = 7  # _HEAD; _FORMAT_VERSION + 1: _HEAD_NARROW
-_FORMAT_BYTE = bytes([_FORMAT_VERSION])
-_NARROW_BYTE = bytes([_FORMAT_VERSION + 1])
-_HEADS = {_FORMAT_VERSION: _HEAD, _FORMAT_VERSION + 1: _HEAD_NARROW}
+#: The usual customer never had a record re-keyed: its layouts leave the re-key stream times out (24 bytes less).
+_HEAD_LOCAL = struct.Struct(_HEAD_LAYOUT.replace("4q3q3q3q3Q", "4q3q3q3Q"))
+_HEAD_LOCAL_NARROW = struct.Struct(_HEAD_NARROW.format.replace("4i3q3q3q3Q", "4i3q3q3Q"))
+_FORMAT_VERSION = 7  # 7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW
+_FORMAT_BYTES = {(wide, local): bytes([_FORMAT_VERSION + 2 * local + (not wide)]) for wide in (0, 1) for local in (0, 1)}
+_HEADS = {7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW}
+_NO_REKEY = (0, 0, 0)
 _RECENT_N = [struct.Struct("<" + "IQ" * n) for n in range(256)]  # n entries of _RECENT at once
 _get_counts = operator.attrgetter(*_COUNTS)
 
@@ -209,6 +219,7 @@ class CustomerState:
         "version",
         "offsets",
         "kind_times",
+        "rekey_times",
         "floors",
         "floor_hashes",
         "first_time",
@@ -240,8 +251,11 @@ class CustomerState:
 
     def __init__(self) -> None:
         self.version = 0  # events applied: the version of the customer's scores
-        self.offsets = [-1, -1, -1]  # last Kafka offset seen per kind
-        self.kind_times = [0, 0, 0]  # stream time per kind: lateness is measured within a topic's order
+        self.offsets = [-1, -1, -1, -1]  # last Kafka offset seen per source: the three kinds' topics, the re-key topic
+        # Stream time per kind, of the records from the kind's topic and of those re-keyed by the worker: lateness is
+        # measured within one partition's order, and a customer's records of a kind come from those two.
+        self.kind_times = [0, 0, 0]
+        self.rekey_times = [0, 0, 0]
         # Per kind, the (time, hash) of the last entry the id memory forgot: an event at or before it (in that
         # order) may be a forgotten duplicate and is treated as late; one after it is remembered if ever seen.
         self.floors = [0, 0, 0]
@@ -294,20 +308,26 @@ class CustomerState:
 
     # --- folding events in ---------------------------------------------------------------------------------------
 
-    def apply(self, kind: str, record: Mapping[str, Any], offset: int, rules: FoldRules) -> str:
+    def apply(
+        self, kind: str, record: Mapping[str, Any], offset: int, rules: FoldRules, source: int | None = None
+    ) -> str:
         """Fold one event in; return ``applied``, ``redelivered``, ``duplicate`` or ``late``.
 
-        ``offset`` is the record's Kafka offset (``-1`` when it has none, e.g. in tests and replays of files).
+        ``offset`` is the record's Kafka offset (``-1`` when it has none, e.g. in tests and replays of files), in the
+        partition ``source`` (its kind's topic by default, :data:`REKEYED` for the re-key topic).
         """
         k = KIND_INDEX[kind]
+        rekeyed = source == REKEYED
         if offset >= 0:
-            if offset <= self.offsets[k]:
+            slot = REKEYED if rekeyed else k
+            if offset <= self.offsets[slot]:
                 return "redelivered"
-            self.offsets[k] = offset
+            self.offsets[slot] = offset
         t = int(record["event_time"])
-        # Kafka orders records within a partition only: a customer's three topics are consumed at different
-        # paces, so an event is late only against the stream time of its own kind.
-        if self.kind_times[k] and t < self.kind_times[k] - rules.lateness_ms:
+        # Kafka orders records within a partition only: a customer's topics (and the re-key topic) are consumed at
+        # different paces, so an event is late only against the stream time of its own kind and partition.
+        times = self.rekey_times if rekeyed else self.kind_times
+        if times[k] and t < times[k] - rules.lateness_ms:
             return "late"
         h = (event_hash(record["event_id"]) & ~3) | k  # the low bits say the kind, for pruning and floors
         if (t, h) <= (self.floors[k], self.floor_hashes[k]):
@@ -315,27 +335,39 @@ class CustomerState:
         for _, seen in self.recent:
             if seen == h:
                 return "duplicate"
-        if t > self.kind_times[k]:
-            if self.kind_times[k]:
-                self._decay_kind(k, t - self.kind_times[k])
-            self.kind_times[k] = t
+        if t > times[k]:
+            before = self.stream_time(k)
+            times[k] = t
+            if before and t > before:
+                self._decay_kind(k, t - before)
         self._fold(kind, record, t, rules)
         self._remember(t, h, rules.lateness_ms)
         return "applied"
 
+    def stream_time(self, k: int) -> int:
+        """The stream time of kind ``k``: its latest event time, from either of its partitions."""
+        return max(self.kind_times[k], self.rekey_times[k])
+
+    def _horizon(self, k: int, lateness_ms: int) -> int:
+        # Events of kind k older than this are late from every partition that has brought that kind.
+        seen = [t for t in (self.kind_times[k], self.rekey_times[k]) if t]
+        return min(seen) - lateness_ms if seen else 0
+
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
         # An entry older than its kind's lateness horizon can never match again: an event that old is late.
-        times = self.kind_times
-        recent = [e for e in self.recent if e[0] >= times[e[1] & 3] - lateness_ms]  # the same tuples, kept
+        horizons = [self._horizon(k, lateness_ms) for k in range(3)]
+        recent = [e for e in self.recent if e[0] >= horizons[e[1] & 3]]  # the same tuples, kept
         recent.append((t, h))
         recent.sort()
         k = h & 3
         mine = [e for e in recent if e[1] & 3 == k]
-        if len(mine) > RECENT_IDS[k]:
-            for ot, oh in mine[: len(mine) - RECENT_IDS[k]]:
-                recent.remove((ot, oh))
-                # A kind's entries leave in (time, hash) order, so its floor only grows.
-                self.floors[k], self.floor_hashes[k] = ot, oh
+        # Forgotten: beyond the count, and (when one partition of the kind lags far behind the other) entries too old
+        # to store against the kind's stream time. A kind's entries leave in (time, hash) order: its floor only grows.
+        oldest = self.stream_time(k) - _MAX_BACK_MS
+        n = max(len(mine) - RECENT_IDS[k], sum(1 for e in mine if e[0] < oldest))
+        for ot, oh in mine[:n]:
+            recent.remove((ot, oh))
+            self.floors[k], self.floor_hashes[k] = ot, oh
         self.recent = recent
 
     def _fold(self, kind: str, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
@@ -361,7 +393,7 @@ class CustomerState:
     def _add_decayed(self, first: int, count: int, value: float, t: int) -> None:
         # Counters first..first+count-1 receive `value` at time t, seen from their kind's stream time (apply() has
         # moved it to t already when t is the latest).
-        dt = self.kind_times[DECAYED_KIND[first]] - t
+        dt = self.stream_time(DECAYED_KIND[first]) - t
         decayed, exp = self.decayed, math.exp
         for i in range(first, first + count):
             decayed[i] += value * exp(-dt / TAU_MS[i]) if dt else value
@@ -505,15 +537,18 @@ class CustomerState:
     # --- serialisation (the table's value bytes) -------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        times = self.kind_times
+        times = [self.stream_time(k) for k in range(3)]
         recent = self.recent
         counts = _get_counts(self)
         offsets = self.offsets
         narrow = max(counts) < 0x10000 and max(offsets) < 0x80000000
-        head = (_HEAD_NARROW if narrow else _HEAD).pack(
+        local = not any(self.rekey_times)
+        layout = (_HEAD_LOCAL_NARROW if narrow else _HEAD_LOCAL) if local else (_HEAD_NARROW if narrow else _HEAD)
+        head = layout.pack(
             self.version,
             *offsets,
-            *times,
+            *self.kind_times,
+            *(() if local else self.rekey_times),
             *self.floors,
             *self.floor_hashes,
             self.first_time,
@@ -542,7 +577,7 @@ class CustomerState:
         )
         tail = _RECENT_N[len(recent)].pack(*[v for t, h in recent for v in (times[h & 3] - t, h)])
         alert, churn = self.alert_bytes, self.churn_bytes
-        fmt = _NARROW_BYTE if narrow else _FORMAT_BYTE
+        fmt = _FORMAT_BYTES[(not narrow, local)]
         return b"".join((fmt, head, tail, _SECTIONS.pack(len(alert), len(churn)), alert, churn))
 
     @classmethod
@@ -552,15 +587,21 @@ class CustomerState:
             raise ValueError(f"unknown customer state format {data[0]}")
         s = cls.__new__(cls)
         f = head.unpack_from(data, 1)
+        if data[0] > 8:  # no re-key stream times stored: they are zero
+            f = f[:8] + _NO_REKEY + f[8:]
         # Explicit assignments rather than a loop of setattr: this runs once per customer per batch.
         (
             s.version,
             o0,
             o1,
             o2,
+            o3,
             k0,
             k1,
             k2,
+            r0,
+            r1,
+            r2,
             l0,
             l1,
             l2,
@@ -610,9 +651,10 @@ class CustomerState:
             s.ranked_clv,
             n,
         ) = f
-        s.offsets, s.kind_times, s.floors, s.floor_hashes = [o0, o1, o2], [k0, k1, k2], [l0, l1, l2], [h0, h1, h2]
+        s.offsets, s.kind_times, s.rekey_times = [o0, o1, o2, o3], [k0, k1, k2], [r0, r1, r2]
+        s.floors, s.floor_hashes = [l0, l1, l2], [h0, h1, h2]
         s.decayed = decayed
-        pos, times = 1 + head.size, s.kind_times
+        pos, times = 1 + head.size, [max(a, b) for a, b in zip(s.kind_times, s.rekey_times, strict=True)]
         if n:
             flat = _RECENT_N[n].unpack_from(data, pos)
             s.recent = [(times[h & 3] - back, h) for back, h in zip(flat[::2], flat[1::2], strict=True)]

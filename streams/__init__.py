@@ -1,7 +1,8 @@
-"""The Faust side of cvm: the worker app (scoring service, table, label timer), its batch processor, the learner."""
+"""The Faust side of cvm: the worker (its scorer and steps: decode, fold, score, stream clock), the learner."""
 
 from __future__ import annotations
 
-from streams.processor import BatchProcessor, RawRecord
+from streams.records import Event, Outputs, RawRecord
+from streams.scorer import Scorer
 
-__all__ = ["BatchProcessor", "RawRecord"]
+__all__ = ["Event", "Outputs", "RawRecord", "Scorer"]

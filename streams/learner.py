@@ -1,21 +1,27 @@
 """The learner: the one process that fits the population models from the stream and publishes their versions.
 
-Workers score every customer with the models in force; the learner makes those models:
+Model versions live on a grid of **stream time** (``CVM_MODEL_EVERY_DAYS``, weekly by default), not of the wall
+clock: the version made at grid point ``G`` knows exactly what the workers knew at ``G``, and workers score stream
+time ``T`` with the newest version made before ``T`` (:mod:`streams.models`). So a replay of a history scores with
+the same models as live processing did, whatever its speed.
 
-* **CLV refit.** Workers publish each customer's purchase-occasion facts on the single-partition, compacted
-  ``clv-summaries`` topic whenever they change. The learner reads that topic from the beginning (so a restart
-  rebuilds every customer's latest facts), and refits BG/NBD and Gamma-Gamma (``scoring.clv``) on a schedule
-  when enough has changed: at least ``CVM_CLV_REFIT_MIN_CUSTOMERS`` customers, and since the last fit a share
-  ``CVM_CLV_REFIT_CHANGE`` of them changed, checked every ``CVM_CLV_REFIT_S`` seconds. The fit is as of the newest
-  event time in the summaries (T measured to it). Each fit goes to the ``models`` topic as a new version (every
-  worker picks it up, see :mod:`streams.models`) and to ``model-metrics``, which the sink writes to
-  ``cvm.clv_params``.
-
-* **Churn training.** Workers publish each matured (features, label) pair on the single-partition
-  ``churn-labels`` topic. The learner predicts each pair before learning it (progressive validation,
-  ``scoring.metrics``), learns it, and every ``CVM_CHURN_PUBLISH_S`` seconds publishes the model (with its
-  metrics, the ``churn-labels`` offset it covers and the last pair learned per customer) as a new version on
-  ``models``, and its metrics on ``model-metrics`` (``cvm.model_metrics``).
+* **What the workers send.** On ``churn-labels`` (one partition, in order): each matured churn pair, stamped with the
+  tick at which it became known (``known_ms``), and, after the pairs of their ticks were acknowledged, **progress**
+  messages — how far each of their partitions has ticked, which are idle, and the newest ``clv-summaries`` offset
+  they wrote. On ``clv-summaries`` (compacted, one partition): each customer's purchase-occasion facts when they
+  change, stamped likewise (``k``).
+* **The clock.** Once every partition has ticked past the next grid point ``G`` (or is idle) and the CLV facts the
+  workers wrote up to then are read, the learner moves to ``G``: it learns the churn pairs known by ``G`` in a fixed
+  order (known time, customer, snapshot), predicting each first (progressive validation, ``scoring.metrics``),
+  refits BG/NBD and Gamma-Gamma (``scoring.clv``) as of ``G`` on the facts known by ``G`` when at least
+  ``CVM_CLV_REFIT_MIN_CUSTOMERS`` customers have facts and a share ``CVM_CLV_REFIT_CHANGE`` of them changed since
+  the last fit, publishes what changed as versions valid from ``G``, then a ``clock`` message (versions through
+  ``G`` are out). Metrics and fits also go to ``model-metrics`` (``cvm.model_metrics``, ``cvm.clv_params``).
+* **Duplicates.** A pair known at or before the learner's clock was learned (or was due to be) already: after a
+  worker's crash its re-emitted pairs are recognised so, without keeping anything per customer.
+* **Restart.** The clock message carries what a restarted learner needs (the clock, the partitions' progress, the
+  ``churn-labels`` offset of the first pair not learned yet); the churn model and its metrics are in the newest churn
+  version. CLV facts are re-read from the compacted ``clv-summaries``.
 
 Run exactly one learner (``cvm learner``; ``cvm up`` starts it). Versions continue from the newest one on the
 ``models`` topic, so a restarted learner never reuses a version number.
@@ -40,8 +46,7 @@ from cvm.kafka import check_broker, create_topics, encode_model, make_consumer, 
 from scoring import clv
 from scoring.churn import ChurnModel
 from scoring.metrics import ProgressiveMetrics
-from streams.models import ModelFeed
-from streams.processor import pack_churn_blob, unpack_churn_blob
+from streams.models import ModelFeed, pack_churn, unpack_churn
 
 __all__ = ["ChurnTrainer", "ClvFitter", "Learner", "main"]
 
@@ -49,32 +54,54 @@ log = logging.getLogger("cvm.learner")
 
 
 class ClvFitter:
-    """Every customer's latest occasion facts, and the fit over them."""
+    """Every customer's occasion facts as known at the learner's clock, and the fit over them."""
 
     def __init__(self, period_days: int = 1) -> None:
         self.period_days = period_days
         self.facts: dict[str, tuple[int, int, int, int]] = {}  # first, last, occasions, repeat cents
-        self.as_of = 0  # newest event time seen
+        self.later: dict[str, list[tuple[int, tuple[int, int, int, int]]]] = {}  # known after the clock
         self.changed = 0  # customers whose facts changed since the last fit
 
-    def offer(self, customer_id: str, summary: dict[str, Any]) -> None:
-        """Take one ``clv-summaries`` message."""
+    def offer(self, customer_id: str, summary: dict[str, Any], clock: int | None) -> None:
+        """Take one ``clv-summaries`` message; facts known after ``clock`` wait for it."""
         facts = (int(summary["f"]), int(summary["l"]), int(summary["n"]), int(summary["r"]))
+        known = int(summary.get("k", 0))
+        if clock is None or known > clock:
+            self.later.setdefault(customer_id, []).append((known, facts))
+        else:
+            self._set(customer_id, facts)
+
+    def _set(self, customer_id: str, facts: tuple[int, int, int, int]) -> None:
         if self.facts.get(customer_id) != facts:
             self.facts[customer_id] = facts
             self.changed += 1
-        self.as_of = max(self.as_of, int(summary["t"]))
+
+    def move_to(self, clock: int) -> None:
+        """The clock is at ``clock``: facts known by then count."""
+        for customer_id in list(self.later):
+            waiting = self.later[customer_id]
+            ready = [f for k, f in waiting if k <= clock]
+            if ready:
+                self._set(customer_id, ready[-1])
+                rest = [(k, f) for k, f in waiting if k > clock]
+                if rest:
+                    self.later[customer_id] = rest
+                else:
+                    del self.later[customer_id]
 
     def due(self, min_customers: int, min_change: float) -> bool:
         """Whether enough customers changed since the last fit to refit."""
         n = len(self.facts)
         return n >= min_customers and self.changed >= max(1, min_change * n)
 
-    def fit(self) -> dict[str, Any]:
-        """Fit both models as of the newest event time; the fit's description (params, likelihoods, counts)."""
+    def fit(self, as_of: int) -> dict[str, Any]:
+        """Fit both models as of stream time ``as_of``; the fit's description (params, likelihoods, counts).
+
+        Rows go in customer order: the same facts give the same floating-point fit, whatever the order they came in.
+        """
         started = time.perf_counter()
-        rows = np.array(list(self.facts.values()), dtype=np.int64).reshape(-1, 4)
-        as_of_period = clv.occasion_period(self.as_of, self.period_days)
+        rows = np.array([self.facts[c] for c in sorted(self.facts)], dtype=np.int64).reshape(-1, 4)
+        as_of_period = clv.occasion_period(as_of, self.period_days)
         x, t_x, age, m = clv.summaries(
             rows[:, 0],
             rows[:, 1],
@@ -90,7 +117,7 @@ class ClvFitter:
             gg_part.update(gg.params.to_dict(), log_likelihood=gg.log_likelihood)
         self.changed = 0
         return {
-            "as_of": self.as_of,
+            "as_of": as_of,
             "time_unit": "week",
             "customers": bg.customers,
             "bgnbd": {**bg.params.to_dict(), "log_likelihood": bg.log_likelihood},
@@ -100,137 +127,220 @@ class ClvFitter:
 
 
 class ChurnTrainer:
-    """Learns each matured (features, label) pair once, predicting it first (progressive validation).
-
-    Its whole state — model, metrics, the last pair learned per customer and the ``churn-labels`` offset — is what
-    it publishes, so a restarted trainer resumes from the latest version: pairs after that offset are learned
-    (again, if a crash lost them from an unpublished model), pairs a worker emitted twice are recognised by
-    (customer, snapshot time) and learned once.
-    """
+    """Learns the matured (features, label) pairs known by each grid point, in a fixed order, predicting each first
+    (progressive validation)."""
 
     def __init__(self, cfg: Config, latest: tuple[dict[str, Any], bytes] | None) -> None:
         if latest is None:
             self.model = ChurnModel(kind=cfg.churn_model)
             self.metrics = ProgressiveMetrics()
-            self.learned: dict[str, int] = {}
-            self.offset = -1
-            self.time = 0
         else:
-            meta, blob = latest
-            parts = unpack_churn_blob(blob)
+            parts = unpack_churn(latest[1])
             self.model = ChurnModel.from_bytes(parts["model"])
             self.metrics = ProgressiveMetrics.from_bytes(parts["metrics"])
-            self.learned = {str(k): int(v) for k, v in parts["learned"].items()}
-            self.offset = int(meta["offset"])
-            self.time = int(meta.get("time", 0))
-        self.fresh = 0  # pairs learned since the last publication
+        self.waiting: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}  # (customer, snapshot) -> (offset, pair)
+        self.duplicates = 0
 
-    def offer(self, pair: dict[str, Any], offset: int) -> bool:
-        """Learn one pair from ``churn-labels`` at ``offset``; False when it was learned before."""
-        self.offset = max(self.offset, offset)
-        customer_id, snapshot = str(pair["customer_id"]), int(pair["snapshot_ms"])
-        if snapshot <= self.learned.get(customer_id, -1):
+    def offer(self, pair: dict[str, Any], offset: int, clock: int | None) -> bool:
+        """Take a pair from ``churn-labels`` at ``offset``; False when it is known at or before ``clock`` (learned)."""
+        known = int(pair.get("known_ms", pair["label_ms"]))
+        key = (str(pair["customer_id"]), int(pair["snapshot_ms"]))
+        if (clock is not None and known <= clock) or key in self.waiting:
+            self.duplicates += 1
             return False
-        features, label = pair["features"], int(pair["label"])
-        self.metrics.update(self.model.churn_probability(features), label, int(pair["label_ms"]))
-        self.model.learn_one(features, label)
-        self.learned[customer_id] = snapshot
-        self.time = max(self.time, int(pair["label_ms"]))
-        self.fresh += 1
+        self.waiting[key] = (offset, pair)
         return True
 
-    def publication(self, version: int) -> tuple[bytes, bytes]:
+    def learn_through(self, clock: int) -> int:
+        """Learn the pairs known by ``clock``, in (known time, customer, snapshot) order; how many."""
+        ready = [(k, v) for k, v in self.waiting.items() if int(v[1].get("known_ms", v[1]["label_ms"])) <= clock]
+        ready.sort(key=lambda kv: (int(kv[1][1].get("known_ms", kv[1][1]["label_ms"])), kv[0][0], kv[0][1]))
+        for key, (_, pair) in ready:
+            features, label = pair["features"], int(pair["label"])
+            self.metrics.update(self.model.churn_probability(features), label, int(pair["label_ms"]))
+            self.model.learn_one(features, label)
+            del self.waiting[key]
+        return len(ready)
+
+    def first_waiting_offset(self) -> int | None:
+        return min((offset for offset, _ in self.waiting.values()), default=None)
+
+    def publication(self, version: int, valid_from: int) -> tuple[bytes, bytes]:
         """The ``models`` message of this state as ``version``, and its ``model-metrics`` message."""
         self.model.version = version
         meta = {"kind": "churn", "version": version, "model": self.model.kind, "n_learned": self.model.n_learned}
-        meta.update(offset=self.offset, time=self.time)
-        blob = pack_churn_blob(self.model.to_bytes(), self.metrics.to_bytes(), self.learned)
+        meta.update(valid_from=valid_from, time=valid_from)
+        blob = pack_churn(self.model.to_bytes(), self.metrics.to_bytes())
         metrics = {k: v for k, v in self.metrics.snapshot().items() if math.isfinite(v)}
-        metrics_meta = {"kind": "metrics", "time": self.time, "model_version": version, "metrics": metrics}
-        self.fresh = 0
+        metrics_meta = {"kind": "metrics", "time": valid_from, "model_version": version, "metrics": metrics}
         return encode_model(meta, blob), encode_model(metrics_meta)
 
 
 class Learner:
-    """Reads the learning topics, fits and publishes model versions; one instance per deployment."""
+    """Reads the learning topics, moves its clock on the stream-time grid, publishes versions; one per deployment."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.grid_ms = int(cfg.model_every_days * 86_400_000)
         self.clv = ClvFitter(cfg.clv_period_days)
         self.feed = ModelFeed(cfg)
         self.producer = make_producer(cfg)
-        self.consumer = make_consumer(cfg, f"{cfg.app_id}-learner-{uuid.uuid4().hex[:8]}")
-        self.consumer.assign([TopicPartition(cfg.topic("clv-summaries"), 0, OFFSET_BEGINNING)])
-        self._next_check = time.monotonic() + cfg.clv_refit_s
-        self.trainer: ChurnTrainer | None = None
+        self.summaries = make_consumer(cfg, f"{cfg.app_id}-learner-{uuid.uuid4().hex[:8]}")
+        self.summaries.assign([TopicPartition(cfg.topic("clv-summaries"), 0, OFFSET_BEGINNING)])
+        self.summaries_read = -1  # the newest clv-summaries offset taken
         self.labels = make_consumer(cfg, f"{cfg.app_id}-trainer-{uuid.uuid4().hex[:8]}")
-        self._next_publish = time.monotonic() + cfg.churn_publish_s
+        self.labels_read = -1
+        self.trainer: ChurnTrainer | None = None
+        self.clock: int | None = None
+        self.progress: dict[int, int] = {}
+        self.idle: set[int] = set()
+        self.summaries_needed = -1  # the newest clv-summaries offset a progress message vouched for
+        self.seq = 0
 
     def start(self, timeout: float = 15.0) -> None:
-        """Read the latest model versions, then resume training after the offset the churn model covers."""
+        """Read the models topic, resume from the newest clock message, and say the learner is here."""
         self.feed.start()
         self.feed.ready.wait(timeout)
         self.trainer = ChurnTrainer(self.cfg, self.feed.get("churn"))
-        start = self.trainer.offset + 1 if self.trainer.offset >= 0 else OFFSET_BEGINNING
+        start: int = OFFSET_BEGINNING
+        clock = self.feed.clock
+        if clock is not None:
+            self.clock = clock.get("through")
+            self.progress = {int(p): int(t) for p, t in (clock.get("progress") or {}).items()}
+            self.idle = set(clock.get("idle") or [])
+            self.seq = int(clock.get("seq", 0))
+            if clock.get("labels_offset") is not None:
+                start = int(clock["labels_offset"])
         self.labels.assign([TopicPartition(self.cfg.topic("churn-labels"), 0, start)])
+        self._publish_clock()  # workers wait for the versions of their stream time from now on
+        self.producer.flush(10)
 
     def next_version(self, kind: str) -> int:
         current = self.feed.get(kind)
         return int(current[0]["version"]) + 1 if current else 1
 
-    def poll(self, timeout: float = 0.5) -> int:
-        """Take what arrived; refit when due. Returns the number of messages taken."""
-        msgs = self.consumer.consume(2000, timeout=timeout)
+    # --- reading ---------------------------------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.2) -> int:
+        """Take what arrived and move the clock as far as it can go; the number of messages taken."""
+        n = 0
+        msg = self.labels.poll(timeout)
+        msgs = ([msg] if msg is not None else []) + self.labels.consume(5000, timeout=0)
         for msg in msgs:
+            if msg.error() or not msg.value():
+                continue
+            n += 1
+            self.labels_read = msg.offset()
+            try:
+                message = json.loads(msg.value())
+                if message.get("kind") == "progress":
+                    self._progress(message)
+                else:
+                    assert self.trainer is not None
+                    self.trainer.offer(message, msg.offset(), self.clock)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                log.warning("ignoring a malformed churn-labels message at offset %s", msg.offset())
+        for msg in self.summaries.consume(5000, timeout=0):
             if msg.error() or not msg.value() or not msg.key():
                 continue
+            n += 1
+            self.summaries_read = msg.offset()
             try:
-                self.clv.offer(msg.key().decode(), json.loads(msg.value()))
+                self.clv.offer(msg.key().decode(), json.loads(msg.value()), self.clock)
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring a malformed clv-summaries message at offset %s", msg.offset())
-        if self.trainer is not None:
-            for msg in self.labels.consume(2000, timeout=0.05):
-                if msg.error() or not msg.value():
-                    continue
-                try:
-                    self.trainer.offer(json.loads(msg.value()), msg.offset())
-                except (ValueError, KeyError, TypeError):
-                    log.warning("ignoring a malformed churn-labels message at offset %s", msg.offset())
-            if self.trainer.fresh and time.monotonic() >= self._next_publish:
-                self.publish_churn()
-        if time.monotonic() >= self._next_check:
-            self._next_check = time.monotonic() + self.cfg.clv_refit_s
-            if self.clv.due(self.cfg.clv_refit_min_customers, self.cfg.clv_refit_change):
-                self.publish_clv()
-        return len(msgs)
+        self.advance()
+        return n
 
-    def publish_clv(self) -> dict[str, Any]:
-        """Fit and publish a new CLV version now."""
+    def _progress(self, message: dict[str, Any]) -> None:
+        for p, t in message["partitions"].items():
+            self.progress[int(p)] = max(self.progress.get(int(p), t), int(t))
+        self.idle = set(message.get("idle") or []) | (self.idle - {int(p) for p in message["partitions"]})
+        self.summaries_needed = max(self.summaries_needed, int(message.get("summaries", -1)))
+
+    # --- the clock ---------------------------------------------------------------------------------------------------
+
+    def reachable(self) -> int | None:
+        """The furthest grid point every partition has passed (idle ones do not hold it back)."""
+        if self.summaries_read < self.summaries_needed:
+            return None
+        if any(p not in self.progress and p not in self.idle for p in range(self.cfg.partitions)):
+            return None  # a partition has not said where it is yet
+        busy = [t for p, t in self.progress.items() if p not in self.idle]
+        if busy:
+            top = min(busy)
+        elif self.progress:
+            top = max(self.progress.values())
+        else:
+            return None
+        return top // self.grid_ms * self.grid_ms
+
+    def advance(self) -> None:
+        """Move the clock grid point by grid point as far as every partition allows, publishing what changed."""
+        top = self.reachable()
+        if top is None:
+            return
+        if self.clock is None:
+            self.clock = top
+            self._publish_clock()
+            self.producer.flush(10)
+            return
+        moved = False
+        while self.clock + self.grid_ms <= top:
+            g = self.clock + self.grid_ms
+            self.clv.move_to(g)
+            assert self.trainer is not None
+            learned = self.trainer.learn_through(g)
+            if self.clv.due(self.cfg.clv_refit_min_customers, self.cfg.clv_refit_change):
+                self.publish_clv(g)
+            if learned:
+                self.publish_churn(g)
+            self.clock, moved = g, True
+        if moved:
+            self._publish_clock()
+            self.producer.flush(10)
+
+    def publish_clv(self, at: int) -> dict[str, Any]:
+        """Fit and publish a new CLV version valid from stream time ``at``."""
         try:
-            fit = self.clv.fit()
+            fit = self.clv.fit(at)
         except (ValueError, FloatingPointError) as exc:
             log.warning("CLV fit failed, keeping the current version: %s", exc)
             return {}
-        meta = {"kind": "clv", "version": self.next_version("clv"), "fit_time": int(time.time() * 1000), **fit}
+        meta = {"kind": "clv", "version": self.next_version("clv"), "valid_from": at, "fit_time": at, **fit}
         value = encode_model(meta)
-        self.producer.produce(self.cfg.topic("models"), key=b"clv", value=value)
+        self.producer.produce(self.cfg.topic("models"), key=f"clv:{meta['version']}".encode(), value=value)
         self.producer.produce(self.cfg.topic("model-metrics"), key=b"clv", value=value)
-        self.producer.flush(10)
         self.feed.offer(value)  # our own next version must not wait for the feed to read it back
         log.info("CLV version %s on %s customers (%.2fs)", meta["version"], meta["customers"], meta["fit_seconds"])
         return meta
 
-    def publish_churn(self) -> None:
-        """Publish the churn model as it stands, and its metrics."""
+    def publish_churn(self, at: int) -> None:
+        """Publish the churn model as it stands, valid from stream time ``at``, and its metrics."""
         assert self.trainer is not None
         version = self.next_version("churn")
-        model, metrics = self.trainer.publication(version)
-        self.producer.produce(self.cfg.topic("models"), key=b"churn", value=model)
+        model, metrics = self.trainer.publication(version, at)
+        self.producer.produce(self.cfg.topic("models"), key=f"churn:{version}".encode(), value=model)
         self.producer.produce(self.cfg.topic("model-metrics"), key=b"churn", value=metrics)
-        self.producer.flush(10)
         self.feed.offer(model)
-        self._next_publish = time.monotonic() + self.cfg.churn_publish_s
         log.info("churn version %s after %s pairs", version, self.trainer.model.n_learned)
+
+    def _publish_clock(self) -> None:
+        assert self.trainer is not None
+        self.seq += 1
+        first = self.trainer.first_waiting_offset()
+        meta = {
+            "kind": "clock",
+            "through": self.clock,
+            "grid_ms": self.grid_ms,
+            "seq": self.seq,
+            "progress": {str(p): t for p, t in self.progress.items()},
+            "idle": sorted(self.idle),
+            "labels_offset": first if first is not None else self.labels_read + 1,
+        }
+        value = encode_model(meta)
+        self.producer.produce(self.cfg.topic("models"), key=b"clock", value=value)
+        self.feed.offer(value)
 
     def run(self, stop: threading.Event) -> None:
         self.start()
@@ -238,10 +348,8 @@ class Learner:
             while not stop.is_set():
                 self.poll()
         finally:
-            if self.trainer is not None and self.trainer.fresh:
-                self.publish_churn()
             self.feed.stop()
-            self.consumer.close()
+            self.summaries.close()
             self.labels.close()
             self.producer.flush(10)
 

@@ -1,13 +1,22 @@
-"""The ``models`` topic: versioned CLV parameters and churn models, read by every worker, written by the learner.
+"""The ``models`` topic: versioned CLV parameters and churn models on a stream-time grid, and the learner's clock.
 
-The topic has one partition, keyed by kind (``clv``, ``churn``); the newest message of a kind is the model in
-force. Every worker reads it from the beginning with a consumer of its own (no group: each worker sees every
-message) in a background thread, so a new version reaches all workers within a poll, without restart, and a
-restarted worker starts with the latest version.
+The learner (:mod:`streams.learner`) publishes model versions on a grid of event time (``CVM_MODEL_EVERY_DAYS``):
+a version published at grid point ``G`` learned only from what was known at ``G`` (churn labels that matured, CLV
+facts), and is **valid from** ``G``: a score at stream time ``T`` uses the newest version valid before ``T``. After
+each grid point it publishes a ``clock`` message: every version valid up to ``through`` is out. So a worker knows
+whether the version of its stream time is out yet, and waits for it when the learner is behind: the models a replay
+scores with do not depend on how fast it runs.
+
+Every worker reads the topic from the beginning with a consumer of its own (no group: each worker sees every
+message) in a background thread, and keeps the versions of each kind (the last :data:`KEEP` of them), so a worker
+behind the others still finds the version of its own stream time.
 """
 
 from __future__ import annotations
 
+import bisect
+import json
+import logging
 import threading
 import uuid
 from typing import Any
@@ -17,19 +26,35 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from cvm.config import Config
 from cvm.kafka import decode_model, make_consumer
 
-__all__ = ["ModelFeed"]
+__all__ = ["KEEP", "ModelFeed", "grid_point", "pack_churn", "unpack_churn"]
+
+log = logging.getLogger("cvm.models")
+
+#: Versions of each kind a feed keeps.
+KEEP = 64
+
+
+def grid_point(t: int, grid_ms: int) -> int:
+    """The last grid point strictly before stream time ``t``: the versions valid at ``t`` were made there or before.
+
+    >>> grid_point(10, 10), grid_point(11, 10), grid_point(20, 10)
+    (0, 10, 10)
+    """
+    return (t - 1) // grid_ms * grid_ms
 
 
 class ModelFeed:
-    """The latest message per kind on the ``models`` topic, kept current by a daemon thread."""
+    """The versions on the ``models`` topic, kept current by a daemon thread."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.latest: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self._versions: dict[str, list[tuple[int, int, dict[str, Any], bytes]]] = {}  # (valid_from, version, ...)
+        self._clock: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         #: Set once the feed has read what the topic held when it started (its first empty poll).
         self.ready = threading.Event()
+        self.refused = 0  # messages that were not model messages (or failed their check)
         self._thread = threading.Thread(target=self._run, name="cvm-model-feed", daemon=True)
 
     def start(self) -> ModelFeed:
@@ -39,36 +64,92 @@ class ModelFeed:
     def stop(self) -> None:
         self._stop.set()
 
+    # --- reading ---------------------------------------------------------------------------------------------------
+
     def get(self, kind: str) -> tuple[dict[str, Any], bytes] | None:
         """The newest (metadata, blob) of ``kind``, or ``None`` before the first version."""
         with self._lock:
-            return self.latest.get(kind)
+            found = self._versions.get(kind)
+            return (found[-1][2], found[-1][3]) if found else None
+
+    def at(self, kind: str, t: int) -> tuple[dict[str, Any], bytes] | None:
+        """The version of ``kind`` in force at stream time ``t``: the newest valid before ``t`` (``None``: none)."""
+        with self._lock:
+            found = self._versions.get(kind)
+            if not found:
+                return None
+            i = bisect.bisect_left(found, t, key=lambda v: v[0])
+            return (found[i - 1][2], found[i - 1][3]) if i else None
+
+    @property
+    def clock(self) -> dict[str, Any] | None:
+        """The learner's newest ``clock`` message (``None``: no learner has published yet)."""
+        with self._lock:
+            return self._clock
+
+    def covers(self, t: int) -> bool:
+        """Whether every version that could be in force at stream time ``t`` is out (always, without a learner)."""
+        clock = self.clock
+        if clock is None:
+            return True
+        through = clock.get("through")
+        return through is not None and int(through) >= grid_point(t, int(clock["grid_ms"]))
+
+    # --- writing ---------------------------------------------------------------------------------------------------
 
     def offer(self, value: bytes) -> None:
-        """Take one ``models`` message (newer versions replace older ones; a stale one is ignored)."""
+        """Take one ``models`` message (a version of a kind, or the learner's clock)."""
         meta, blob = decode_model(value)
         kind = str(meta.get("kind", ""))
         with self._lock:
-            current = self.latest.get(kind)
-            if current is None or int(meta.get("version", 0)) >= int(current[0].get("version", 0)):
-                self.latest[kind] = (meta, blob)
+            if kind == "clock":
+                if self._clock is None or _newer(meta, self._clock):
+                    self._clock = meta
+                return
+            version = int(meta["version"])
+            entry = (int(meta.get("valid_from", 0)), version, meta, blob)
+            found = self._versions.setdefault(kind, [])
+            if any(v[1] == version for v in found):
+                return
+            found.append(entry)
+            found.sort(key=lambda v: (v[0], v[1]))
+            del found[:-KEEP]
 
     def _run(self) -> None:
         consumer = make_consumer(self.cfg, f"{self.cfg.app_id}-model-feed-{uuid.uuid4().hex[:8]}")
         consumer.assign([TopicPartition(self.cfg.topic("models"), 0, OFFSET_BEGINNING)])
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(100, timeout=0.5)
+                msgs = consumer.consume(100, timeout=0.2)
                 if not msgs:
                     self.ready.set()
                 for msg in msgs:
-                    if msg.error():
-                        continue
                     value = msg.value()
-                    if value:
-                        try:
-                            self.offer(value)
-                        except (ValueError, KeyError):
-                            continue  # not a model message: nothing to take
+                    if msg.error() or not value:
+                        continue
+                    try:
+                        self.offer(value)
+                    except (ValueError, KeyError, TypeError) as exc:  # not a model message: nothing to take
+                        self.refused += 1
+                        log.warning("models offset %s refused: %s", msg.offset(), exc)
         finally:
             consumer.close()
+
+
+def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a.get("through") or 0, a.get("seq", 0)) >= (b.get("through") or 0, b.get("seq", 0))
+
+
+def pack_churn(model: bytes, metrics: bytes) -> bytes:
+    """The blob of a churn ``models`` message: the model and its progressive metrics.
+
+    >>> unpack_churn(pack_churn(b"m", b"x"))
+    {'model': b'm', 'metrics': b'x'}
+    """
+    return json.dumps({"format": 2}).encode() + b"\n" + len(model).to_bytes(8, "little") + model + metrics
+
+
+def unpack_churn(blob: bytes) -> dict[str, bytes]:
+    _head, _, rest = blob.partition(b"\n")
+    n = int.from_bytes(rest[:8], "little")
+    return {"model": rest[8 : 8 + n], "metrics": rest[8 + n :]}

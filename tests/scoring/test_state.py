@@ -81,12 +81,12 @@ def test_state_is_compact() -> None:
 def test_values_too_large_for_the_narrow_layout_round_trip_in_the_wide_one() -> None:
     s = fold([tx(i, T0 + i * 60_000, 1.0) for i in range(5)], offsets=list(range(5)))
     narrow = s.to_bytes()
-    for change in ({"n_transactions": 70_000}, {"past_due_hours": 0xFFFF + 1}, {"offsets": [2**31, -1, 7]}):
+    for change in ({"n_transactions": 70_000}, {"past_due_hours": 0xFFFF + 1}, {"offsets": [2**31, -1, 7, -1]}):
         wide = CustomerState.from_bytes(narrow)
         for name, value in change.items():
             setattr(wide, name, value)
         data = wide.to_bytes()
-        assert len(data) == len(narrow) + 52 and data[0] == narrow[0] - 1, change
+        assert len(data) == len(narrow) + 56 and data[0] == narrow[0] - 1, change
         assert CustomerState.from_bytes(data) == wide
     assert CustomerState.from_bytes(narrow) == s
 

@@ -1,0 +1,316 @@
+"""Stream time of a worker: ticks on a fixed event-time grid, the phase each record belongs to, and timers.
+
+**Why ticks.** Everything that depends on time passing — alerts, churn labels, silent customers' scores, the model
+version in force — is decided at ticks: points of a fixed grid of event time (``CVM_TICK_S``, an hour by default).
+A tick ``T`` is evaluated once every source partition of the worker has passed it, that is once each has delivered
+an event at or after ``T``; at that moment every customer's state holds exactly the events of its partitions that
+came before that event: the **phase** of ``T``. A source that passes ``T`` early has its later records held (and
+its partition paused) until the others catch up. So what a tick sees does not depend on batch sizes, consumer
+speed or how the partitions interleave, only on the order of records within each partition: a replay of a history
+evaluates the same ticks on the same states as live processing did.
+
+**Out-of-order records.** A record older than a tick already evaluated (within the allowed lateness) belongs to
+the next phase: where it falls is still decided by its position in its partition, so it is deterministic too.
+
+**Idle sources.** A source that has delivered nothing for ``CVM_IDLE_PARTITION_S`` seconds (wall clock) and holds
+nothing is idle: it does not hold stream time back. When every source is idle, ticks go up to the latest event
+time seen. This is the one place wall-clock time enters, and so the one difference between a replay and live
+processing: a partition that falls silent for longer than that mid-stream lets the others' ticks go ahead.
+
+**Start.** A partition's clock (the last tick it evaluated) is kept in the worker's table, so a restarted or
+reassigned partition continues where it was. A fresh worker starts its grid at the earliest event of its sources,
+once each of them has delivered one or is idle.
+
+>>> from streams.records import Event, RawRecord
+>>> def ev(t, off):
+...     return Event(RawRecord("tx", 0, off, b"c1", b""), "transactions", {"customer_id": "c1", "event_time": t})
+>>> clock = StreamClock(tick_ms=10, idle_s=5.0, monotonic=lambda: 0.0)
+>>> clock.assign([("tx", 0)], {0: None})
+>>> clock.offer("tx", 0, [ev(3, 0), ev(12, 1), ev(11, 2), ev(25, 3)])
+>>> clock.start(), clock.tick, clock.ready(10), clock.ready(20), clock.ready(30)
+(True, 0, True, True, False)
+>>> [e.time for e in clock.take(10)], [e.time for e in clock.take(20)]  # the straggler (11) goes with its position
+([3], [12, 11])
+>>> clock.advance(20); clock.commit_positions()
+{('tx', 0): 3}
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from streams.records import Event, RawRecord
+
+__all__ = ["Item", "Source", "StreamClock", "Timers", "closing_tick"]
+
+#: A record in a source's queue: an event to fold in its phase (or re-keyed, that only marks event time), or a
+#: record already dealt with (a dead letter) that only holds its place for the commit.
+Item = Event | RawRecord
+
+
+def closing_tick(t: int, tick_ms: int) -> int:
+    """The tick whose phase holds an event at time ``t``: the first grid point after it.
+
+    >>> closing_tick(0, 10), closing_tick(9, 10), closing_tick(10, 10)
+    (10, 10, 20)
+    """
+    return (t // tick_ms + 1) * tick_ms
+
+
+@dataclass
+class Source:
+    """One topic-partition the worker consumes: what it delivered and the worker has not processed yet."""
+
+    items: deque[Item] = field(default_factory=deque)
+    first_time: int | None = None  # earliest event time since the assignment
+    latest: int | None = None  # latest event time delivered
+    seen: float = 0.0  # monotonic time of the latest delivery (or of the assignment)
+    next_offset: int | None = None  # the offset after the latest record delivered
+
+    def passed(self, t: int) -> bool:
+        """Whether it delivered an event at or after ``t`` (held, as the head of what is left)."""
+        return any(isinstance(item, Event) and item.time >= t for item in self.items)
+
+
+class StreamClock:
+    """The worker's ticks, its sources' held records, and the clock of each of its partitions."""
+
+    def __init__(self, tick_ms: int, idle_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.tick_ms = tick_ms
+        self.idle_s = idle_s
+        self.monotonic = monotonic
+        self.sources: dict[tuple[str, int], Source] = {}
+        self.clocks: dict[int, int | None] = {}  # partition number -> the last tick it evaluated
+
+    # --- assignment ------------------------------------------------------------------------------------------------
+
+    def assign(
+        self,
+        sources: Iterable[tuple[str, int]],
+        clocks: Mapping[int, int | None],
+        empty: Iterable[tuple[str, int]] = (),
+    ) -> None:
+        """Take new source partitions, with their partitions' clocks as recovered (``None``: never ticked); the
+        ``empty`` ones (that never held a record) are idle from the start."""
+        now = self.monotonic()
+        never = set(empty)
+        for key in sources:
+            self.sources[key] = Source(seen=-math.inf if key in never else now)
+        self.clocks.update(clocks)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget the sources of these partition numbers, and what they held (it was not committed)."""
+        gone = set(partitions)
+        for key in [k for k in self.sources if k[1] in gone]:
+            del self.sources[key]
+        for p in gone:
+            self.clocks.pop(p, None)
+
+    # --- delivery --------------------------------------------------------------------------------------------------
+
+    def offer(self, topic: str, partition: int, items: list[Item]) -> None:
+        """Records of one source partition, in offset order, to process in their phase."""
+        src = self.sources.get((topic, partition))
+        if src is None or not items:
+            return
+        src.items.extend(items)
+        _strip(src.items)
+        src.seen = self.monotonic()
+        last = items[-1]
+        src.next_offset = (last.offset if isinstance(last, RawRecord) else last.rec.offset) + 1
+        for item in items:
+            if isinstance(item, Event):
+                t = item.time
+                if src.first_time is None or t < src.first_time:
+                    src.first_time = t
+                if src.latest is None or t > src.latest:
+                    src.latest = t
+
+    def touch(self, sources: Iterable[tuple[str, int]]) -> None:
+        """These sources were just resumed: they count as active again from now."""
+        now = self.monotonic()
+        for key in sources:
+            src = self.sources.get(key)
+            if src is not None:
+                src.seen = now
+
+    def idle(self, src: Source, now: float) -> bool:
+        return not src.items and now - src.seen >= self.idle_s
+
+    def all_idle(self) -> bool:
+        now = self.monotonic()
+        return all(self.idle(src, now) for src in self.sources.values())
+
+    def latest(self) -> int | None:
+        """The latest event time any source delivered."""
+        return max((s.latest for s in self.sources.values() if s.latest is not None), default=None)
+
+    # --- ticks -----------------------------------------------------------------------------------------------------
+
+    @property
+    def tick(self) -> int | None:
+        """The last tick every partition evaluated (``None`` before the grid started)."""
+        values = [c for c in self.clocks.values() if c is not None]
+        return min(values) if values and len(values) == len(self.clocks) else None
+
+    def start(self) -> bool:
+        """Start the clocks of partitions that have none; True once every partition has one.
+
+        A partition without a clock takes the others' when there are any; otherwise the grid starts at the tick
+        before the earliest event, once every source has delivered or is idle (the earliest event is the same
+        whatever the order of delivery).
+        """
+        if all(c is not None for c in self.clocks.values()):
+            return bool(self.clocks)
+        known = [c for c in self.clocks.values() if c is not None]
+        if known:
+            start = min(known)
+        else:
+            now = self.monotonic()
+            if not all(s.first_time is not None or self.idle(s, now) for s in self.sources.values()):
+                return False
+            firsts = [s.first_time for s in self.sources.values() if s.first_time is not None]
+            if not firsts:
+                return False
+            start = min(firsts) // self.tick_ms * self.tick_ms
+        for p, c in self.clocks.items():
+            if c is None:
+                self.clocks[p] = start
+        return True
+
+    def next_tick(self) -> int:
+        tick = self.tick
+        assert tick is not None, "the clock has not started"
+        return tick + self.tick_ms
+
+    def ready(self, t: int) -> bool:
+        """Whether tick ``t`` can be evaluated: every source that is not idle has passed it."""
+        now = self.monotonic()
+        waiting = [s for s in self.sources.values() if not self.idle(s, now)]
+        if waiting:
+            return all(s.passed(t) for s in waiting)
+        latest = self.latest()
+        return latest is not None and t <= latest
+
+    def horizon(self) -> int | None:
+        """The latest tick that is ready now (``None``: none)."""
+        now = self.monotonic()
+        waiting = [s for s in self.sources.values() if not self.idle(s, now)]
+        if waiting:
+            tops = []
+            for s in waiting:
+                times = [i.time for i in s.items if isinstance(i, Event)]
+                if not times:
+                    return None
+                tops.append(max(times))
+            return min(tops) // self.tick_ms * self.tick_ms
+        latest = self.latest()
+        return None if latest is None else latest // self.tick_ms * self.tick_ms
+
+    def earliest_held(self) -> int | None:
+        """The earliest event time among the records not processed yet."""
+        return min((i.time for s in self.sources.values() for i in s.items if isinstance(i, Event)), default=None)
+
+    def take(self, t: int) -> list[Item]:
+        """The records of the phase of tick ``t`` (each source up to its first event at or after ``t``), removed."""
+        out: list[Item] = []
+        now = self.monotonic()
+        for src in self.sources.values():
+            items = src.items
+            taken = len(out)
+            while items:
+                head = items[0]
+                if isinstance(head, Event) and head.time >= t:
+                    break
+                out.append(items.popleft())
+            _strip(items)
+            if len(out) > taken:
+                src.seen = now  # what it held was only just processed: it is not idle (it may have been paused)
+        return out
+
+    def idle_partitions(self) -> set[int]:
+        """Partition numbers whose every source is idle."""
+        now = self.monotonic()
+        busy = {p for (_, p), src in self.sources.items() if not self.idle(src, now)}
+        return set(self.clocks) - busy
+
+    def advance(self, t: int) -> None:
+        """Every partition has evaluated tick ``t`` (or a later one already)."""
+        for p, c in self.clocks.items():
+            if c is None or c < t:
+                self.clocks[p] = t
+
+    # --- commits and flow control ----------------------------------------------------------------------------------
+
+    def commit_positions(self) -> dict[tuple[str, int], int]:
+        """Per source, the offset up to which every record was processed (the first held one, or past the last)."""
+        out = {}
+        for key, src in self.sources.items():
+            if src.items:
+                head = src.items[0]
+                out[key] = head.offset if isinstance(head, RawRecord) else head.rec.offset
+            elif src.next_offset is not None:
+                out[key] = src.next_offset
+        return out
+
+    def holding(self) -> set[tuple[str, int]]:
+        """Sources with records waiting for a tick: pause them until it comes."""
+        return {key for key, src in self.sources.items() if src.items}
+
+
+def _strip(items: deque[Item]) -> None:
+    """Records dealt with already (dead letters) that lead a queue hold nothing back: drop them (the commit position
+    moves past them)."""
+    while items and isinstance(items[0], RawRecord):
+        items.popleft()
+
+
+class Timers:
+    """Per-customer timers on stream time: when a customer must be evaluated again without an event of its own.
+
+    >>> timers = Timers()
+    >>> timers.set("c1", 30); timers.set("c2", 10); timers.set("c1", 20)
+    >>> timers.pop_due(25), timers.next_due()
+    (['c2', 'c1'], None)
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []  # stale entries are skipped
+        self._due: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def set(self, customer_id: str, due: int | None) -> None:
+        """Due at event time ``due`` (``None``: no timer)."""
+        if due is None:
+            self._due.pop(customer_id, None)
+        elif self._due.get(customer_id) != due:
+            self._due[customer_id] = due
+            heapq.heappush(self._heap, (due, customer_id))
+
+    def pop_due(self, t: int) -> list[str]:
+        """Customers due at or before ``t``, in due order, their timers cleared."""
+        found = []
+        heap, due_of = self._heap, self._due
+        while heap and heap[0][0] <= t:
+            due, customer_id = heapq.heappop(heap)
+            if due_of.get(customer_id) == due:
+                del due_of[customer_id]
+                found.append(customer_id)
+        return found
+
+    def next_due(self) -> int | None:
+        heap, due_of = self._heap, self._due
+        while heap and due_of.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._due.clear()

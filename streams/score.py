@@ -1,0 +1,340 @@
+"""Step 3 of a batch: customers are scored as of a stream time — features, CLV, population, churn, alerts.
+
+Three occasions score a customer, and every score message says which (``scored_by``) and the stream time it holds
+at (``as_of``):
+
+* ``tick`` — at a stream-time tick ``T`` (:mod:`streams.clock`): the customers whose events were in the tick's
+  phase, those whose timer is due (silence growing, a churn label's deadline) and, under a new model version,
+  everyone. Only tick scorings mature churn labels, offer churn snapshots and run the alert rules, all as of ``T``
+  and with the models valid at ``T``: these are the scorings a replay reproduces exactly.
+* ``event`` — at the end of a batch, the customers whose events were folded in a phase whose tick has not come
+  yet, as of their own latest event, with the newest models: fresh figures between ticks, not reproducible.
+* ``idle`` — when the stream has gone idle, every customer not scored since the last tick, as of the latest event
+  time: the figures a dashboard shows after a backfill. No alerts, labels or snapshots.
+
+A score's ``version`` orders a customer's scores (``customers`` keeps the highest): by events applied, then stream
+time, then occasion (event < tick < idle).
+
+Value tiers, RFM scores and percentiles rank a customer in the population of the worker's customers
+(:class:`scoring.population.Population`). The population holds each customer's values as of its last scoring; a
+scoring moves them first, for every customer scored together, then ranks them all against the same population.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cvm.config import Config
+from scoring import features
+from scoring.alerts import AlertRules, AlertState
+from scoring.churn import FEATURES, ChurnModel, LabelRule, PendingLabels
+from scoring.clv import ClvModel, summary
+from scoring.population import Population
+from scoring.schedule import next_rescore_ms
+from scoring.state import DAY_MS, CustomerState, FoldRules
+from streams.fold import emit_labels
+from streams.records import Outputs
+
+__all__ = ["SCORED_BY", "Assessor", "Candidate", "InForce", "ranked", "score_version"]
+
+log = logging.getLogger("cvm.worker")
+
+#: The occasions of a scoring, in the order they rank within the same events and stream time.
+SCORED_BY = ("event", "tick", "idle")
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A customer to score: its state and what the population holds for it now."""
+
+    customer_id: str
+    partition: int
+    state: CustomerState
+    previous: dict[str, float | None]
+    scores: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InForce:
+    """The models a scoring uses, and their versions (0: none yet)."""
+
+    clv: ClvModel | None = None
+    clv_version: int = 0
+    churn: ChurnModel | None = None
+    churn_version: int = 0
+
+
+def score_version(events: int, as_of_ms: int, scored_by: str) -> int:
+    """The version of a score: events applied, then stream time (seconds since 1970), then the occasion.
+
+    >>> score_version(3, 1_000, "tick") > score_version(3, 1_000, "event")
+    True
+    >>> score_version(4, 0, "event") > score_version(3, 2**31 * 1000, "idle")
+    True
+    """
+    return (events << 34) | ((as_of_ms // 1000) << 2) | SCORED_BY.index(scored_by)
+
+
+def ranked(s: CustomerState) -> dict[str, float | None]:
+    """What a customer contributes to the population percentiles (``None``: not ranked on that metric)."""
+    bought = s.n_occasions > 0
+    clv = s.ranked_clv
+    return {
+        "profitability": (s.margin_cents - s.cost_cents) / 100,
+        "frequency": s.n_occasions if bought else None,
+        "monetary": s.purchase_cents / s.n_occasions / 100 if bought else None,
+        "last_purchase_day": s.last_purchase_time // DAY_MS if bought else None,
+        "clv": None if clv != clv else clv,
+    }
+
+
+class Assessor:
+    """Scores customers as of a stream time; see the module docstring."""
+
+    def __init__(self, cfg: Config, population: Population) -> None:
+        self.cfg = cfg
+        self.population = population
+        self.rules = FoldRules(
+            margin_rate=cfg.default_margin_rate,
+            contact_costs=dict(cfg.contact_costs),
+            lateness_ms=int(cfg.allowed_lateness_s * 1000),
+            period_days=cfg.clv_period_days,
+        )
+        self.alert_rules = AlertRules.from_config(cfg)
+        self.label_rule = LabelRule.from_days(cfg.churn_silence_days, cfg.churn_cancel_grace_days)
+        self.snapshot_every_ms = int(cfg.churn_snapshot_every_days * DAY_MS)
+        self.max_pending = cfg.churn_max_pending
+        self.tick_ms = int(cfg.tick_s * 1000)
+
+    # --- the scoring -----------------------------------------------------------------------------------------------
+
+    def assess(
+        self,
+        cands: list[Candidate],
+        scored_by: str,
+        models: InForce,
+        out: Outputs,
+        at: int | None = None,
+        rebuild_clv: bool = False,
+    ) -> None:
+        """Score ``cands`` and send their score messages to ``out``; their states record the scoring.
+
+        ``at`` is the stream time of a ``tick`` or ``idle`` scoring; an ``event`` scoring is as of each customer's
+        latest event (or its previous scoring, if later). ``rebuild_clv``: ``cands`` is every customer, scored under
+        a new CLV model; the population's CLVs start again from theirs.
+        """
+        if not cands:
+            return
+        tick = scored_by == "tick"
+        for c in cands:
+            s = c.state
+            as_of = at if at is not None else max(s.last_time, s.as_of)
+            if tick:
+                self._mature(c, as_of, out)
+            c.scores = self._features(c.customer_id, s, as_of, scored_by)
+        if models.clv is not None:
+            try:
+                self._score_clv(models, cands)
+            except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
+                log.exception("CLV scoring failed for %d customers", len(cands))
+        self._move(cands, rebuild_clv)
+        for c in cands:
+            self._rank(c)
+        rows = [_churn_row(c.scores) for c in cands]  # type: ignore[arg-type]
+        if models.churn is not None:
+            self._score_churn(models, cands, rows)
+        for c, row in zip(cands, rows, strict=True):
+            scores, s = c.scores, c.state
+            assert scores is not None
+            if tick:
+                self._alerts(c, scores, at or 0, out)
+                self._offer(c, row, at or 0)
+                s.tick_version = s.version
+            s.as_of = scores["as_of"]
+            out.scores.append((c.customer_id, scores))
+
+    def due(self, s: CustomerState) -> int | None:
+        """When this customer must be scored again without an event: a label deadline passed (plus the allowed
+        lateness, after which no purchase can settle it any more), or the next step of its silence."""
+        deadline = None
+        if s.churn_bytes:
+            d = PendingLabels.from_bytes(s.churn_bytes).next_deadline(self.label_rule)
+            if d is not None:
+                deadline = d + self.rules.lateness_ms + 1
+        if not s.last_time:
+            return deadline
+        gap = _typical_gap_days(s, self.rules.period_days)
+        silence = next_rescore_ms(s.last_purchase_time or s.last_time, gap, max(s.as_of, s.last_time))
+        return silence if deadline is None else min(deadline, silence)
+
+    # --- the steps -------------------------------------------------------------------------------------------------
+
+    def _mature(self, c: Candidate, at: int, out: Outputs) -> None:
+        """Labels whose deadline passed by tick ``at`` (less the allowed lateness: no purchase can settle them)."""
+        s = c.state
+        if not s.churn_bytes:
+            return
+        pending = PendingLabels.from_bytes(s.churn_bytes)
+        matured = pending.advance(at - self.rules.lateness_ms, self.label_rule)
+        if matured:
+            emit_labels(c.customer_id, matured, at, out)
+            s.churn_bytes = pending.to_bytes()
+
+    def _features(self, customer_id: str, s: CustomerState, as_of: int, scored_by: str) -> dict[str, Any]:
+        out = features.compute(s, as_of, self.rules.period_days)
+        out["customer_id"] = customer_id
+        out["scored_by"] = scored_by
+        out["version"] = score_version(s.version, as_of, scored_by)
+        out.update(self.clv_statistics(s, as_of))
+        return out
+
+    def clv_statistics(self, s: CustomerState, as_of: int) -> dict[str, Any]:
+        """The customer's CLV model inputs as of ``as_of``: repeat occasions, recency and age in weeks, mean repeat
+        spend."""
+        if not s.n_occasions:
+            return {}
+        period_days = self.rules.period_days
+        as_of_period = max(as_of // (period_days * DAY_MS), s.last_occasion)
+        x, t_x, age, m = summary(
+            s.first_occasion,
+            s.last_occasion,
+            s.n_occasions,
+            (s.purchase_cents - s.first_occasion_cents) / 100,
+            as_of_period,
+            period_days,
+        )
+        return {"clv_x": x, "clv_t_x": t_x, "clv_T": age, "clv_mean_repeat_value": round(m, 6)}
+
+    def _score_clv(self, models: InForce, cands: list[Candidate]) -> None:
+        """P(alive), expected purchases and spend, CLV for the customers with a purchase, vectorised."""
+        rows = [c for c in cands if c.state.n_occasions]
+        if not rows or models.clv is None:
+            return
+        default = self.rules.margin_rate
+        stats = np.array(
+            [
+                (
+                    sc["clv_x"],
+                    sc["clv_t_x"],
+                    sc["clv_T"],
+                    sc["clv_mean_repeat_value"],
+                    c.state.margin_cents / c.state.revenue_cents if c.state.revenue_cents > 0 else default,
+                )
+                for c in rows
+                for sc in (c.scores or {},)
+            ]
+        )
+        result = models.clv.score_many(
+            stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], np.clip(stats[:, 4], 0.0, 1.0)
+        )
+        version = models.clv_version
+        for i, c in enumerate(rows):
+            assert c.scores is not None
+            value = float(result.clv[i])
+            c.scores.update(
+                p_alive=float(result.p_alive[i]),
+                expected_purchases=float(result.expected_purchases[i]),
+                expected_spend=float(result.expected_spend[i]),
+                clv=value,
+                clv_params_version=version,
+            )
+            c.state.ranked_clv = value
+
+    def _move(self, cands: list[Candidate], rebuild_clv: bool) -> None:
+        """Move each customer in the population from what it held to its new values, then freeze the view."""
+        pop = self.population
+        if rebuild_clv:
+            pop.reset("clv")
+        for c in cands:
+            new = ranked(c.state)
+            if c.scores is not None and "clv" not in c.scores:
+                new["clv"] = None  # no CLV under the current model (none yet, or it failed): not ranked
+                c.state.ranked_clv = math.nan
+            for metric, value in new.items():
+                old = None if rebuild_clv and metric == "clv" else c.previous.get(metric)
+                pop.update(metric, old, value)
+            c.previous = new
+        pop.freeze()
+
+    def _rank(self, c: Candidate) -> None:
+        """Where the customer stands in the population: percentile, tier, RFM."""
+        scores, state, pop = c.scores, c.state, self.population
+        assert scores is not None
+        percentile = pop.percentile("profitability", scores["profitability"])
+        scores["profit_percentile"] = round(percentile, 6)
+        if self.cfg.tier_by == "clv" and "clv" in scores:
+            scores["value_tier"] = pop.tier(pop.percentile("clv", scores["clv"]))
+        else:
+            scores["value_tier"] = pop.tier(percentile)
+        if state.n_occasions:
+            last_day = state.last_purchase_time // DAY_MS
+            r = pop.quintile(pop.percentile("last_purchase_day", last_day))
+            fq = pop.quintile(pop.percentile("frequency", scores["frequency"]))
+            m = pop.quintile(pop.percentile("monetary", scores["monetary"]))
+        else:
+            r = fq = m = 0
+        scores.update(
+            rfm_r=r, rfm_f=fq, rfm_m=m, rfm_score=100 * r + 10 * fq + m, rfm_segment=features.rfm_segment(r, fq, m)
+        )
+
+    def _score_churn(self, models: InForce, cands: list[Candidate], rows: list[list[float]]) -> None:
+        """Churn probability and reasons, in one vectorised pass (one customer at a time if that fails)."""
+        model, version = models.churn, models.churn_version
+        assert model is not None
+        results: list[tuple[float, list[str]] | None]
+        try:
+            results = list(model.predict_many_with_reasons(rows, 3))
+        except Exception:  # one customer's failure must cost that customer only
+            log.warning("vectorised churn scoring failed; scoring one customer at a time", exc_info=True)
+            results = []
+            for c in cands:
+                try:
+                    results.append(model.predict_with_reasons(churn_inputs(c.scores or {}), 3))
+                except Exception:
+                    log.exception("churn scoring failed for customer %s", c.customer_id)
+                    results.append(None)
+        for c, result in zip(cands, results, strict=True):
+            if result is not None and c.scores is not None:
+                p, reasons = result
+                c.scores.update(churn_probability=p, churn_reasons=reasons, churn_model_version=version)
+
+    def _alerts(self, c: Candidate, scores: dict[str, Any], at: int, out: Outputs) -> None:
+        if not self.alert_rules.rules:
+            return
+        try:
+            alert_state = AlertState.from_bytes(c.state.alert_bytes)
+            for alert in self.alert_rules.evaluate(c.customer_id, scores, alert_state, None, at):
+                out.alerts.append((c.customer_id, alert))
+            c.state.alert_bytes = alert_state.to_bytes()
+        except Exception:
+            log.exception("alert rules failed for customer %s", c.customer_id)
+
+    def _offer(self, c: Candidate, row: list[float], at: int) -> None:
+        """Keep a churn snapshot of the features scored at tick ``at`` (one per period, a few pending at most)."""
+        s = c.state
+        pending = PendingLabels.from_bytes(s.churn_bytes) if s.churn_bytes else PendingLabels()
+        if pending.offer(at, dict(zip(FEATURES, row, strict=True)), self.snapshot_every_ms, self.max_pending):
+            s.churn_bytes = pending.to_bytes()
+
+
+def churn_inputs(scores: dict[str, Any]) -> dict[str, float]:
+    """The churn model's inputs from a customer's scores (the features it is snapshotted and scored on)."""
+    return {name: float(scores.get(name) or 0.0) for name in FEATURES}
+
+
+def _churn_row(scores: dict[str, Any]) -> list[float]:
+    """:func:`churn_inputs` as a row, in :data:`FEATURES` order."""
+    get = scores.get
+    return [float(get(name) or 0.0) for name in FEATURES]
+
+
+def _typical_gap_days(s: CustomerState, period_days: int) -> float | None:
+    """The customer's mean gap between purchase occasions in days (``None`` before its second occasion)."""
+    if s.n_occasions < 2:
+        return None
+    return (s.last_occasion - s.first_occasion) / (s.n_occasions - 1) * period_days

@@ -1,0 +1,580 @@
+"""A worker's batches, in order: consume → decode → fold and score phase by phase → outputs → table → commit.
+
+The :class:`Scorer` takes its clients (consumer, producers, table, model feed) so that this order can be tested
+without Kafka; :func:`streams.app.create_app` builds the real ones. Per batch (:meth:`Scorer.step`):
+
+1. **consume** up to ``CVM_WORKER_BATCH`` records of the worker's partitions of the three event topics and of its
+   re-key topic (range assignment gives a worker the same partition numbers of each: a customer's events all land
+   on one partition number);
+2. **decode** (:mod:`streams.decode`): poison goes to the dead letters, a record keyed otherwise than by its
+   customer id is copied to the re-key topic; the rest queue up in their source partition (:mod:`streams.clock`);
+3. **ticks**: while every source has passed the next tick, fold that tick's phase (:mod:`streams.fold`) and score
+   at the tick (:mod:`streams.score`), with the models valid at it (:mod:`streams.models`), waiting for the learner
+   if it is behind; then fold what has come of the next phase and score those customers as of their events; when
+   the stream has gone idle, score everyone not scored since the last tick as of the latest event time;
+4. **outputs** (scores, alerts, late events, dead letters, re-keyed copies, labels, CLV facts) are sent and
+   acknowledged, then the learner is told how far the worker's partitions have ticked;
+5. **table**: one write per changed customer and per partition whose clock moved, acknowledged;
+6. **commit** each source partition up to its first record not processed yet (the held ones come again after a
+   crash); pause the sources that hold records for a later tick, resume the others.
+
+Outputs go before state so that a crash between the two leaves the state behind, not the outputs: the re-delivered
+records are scored again and their outputs sent again (the same score version, the same alert episode, the same
+label pair — idempotent downstream). The other order would lose them, as the re-delivered records would be no-ops
+against a state that already has them.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from cvm.codec import Codec
+from cvm.config import EVENT_TOPICS, Config
+from cvm.exceptions import ConfigError
+from scoring.churn import ChurnModel
+from scoring.clv import BGNBD, ClvModel, GammaGamma
+from scoring.population import Population
+from scoring.state import CustomerState
+from streams.clock import Item, StreamClock, Timers, closing_tick
+from streams.decode import Decoder, kafka_partition
+from streams.fold import Folder
+from streams.models import ModelFeed, grid_point, unpack_churn
+from streams.records import Event, Outputs, RawRecord, dead_letter, dumps
+from streams.score import Assessor, Candidate, InForce, ranked
+
+__all__ = ["CLOCK_KEY", "DeliveryFailed", "Scorer"]
+
+log = logging.getLogger("cvm.worker")
+
+#: Table key of a partition's clock (the last tick it evaluated); never a customer id.
+CLOCK_KEY = b"\x00cvm-clock"
+_CLOCK = struct.Struct("<q")
+
+Found = tuple[dict[str, Any], bytes] | None  # a models message (metadata, blob), if any
+
+
+class DeliveryFailed(RuntimeError):
+    """The broker did not acknowledge a write: the batch is not committed."""
+
+
+class Table(Protocol):
+    """What the scorer needs of the customer table (:class:`streams.table.CustomerTable`)."""
+
+    partitions: dict[int, dict[bytes, bytes]]
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+    def put(self, partition: int, key: bytes, value: bytes) -> None: ...
+    def seal(self, partitions: Iterable[int]) -> None: ...
+    def recover(self, partitions: Iterable[int]) -> int: ...
+    def drop(self, partitions: Iterable[int]) -> None: ...
+    def locate(self, key: bytes) -> int | None: ...
+
+
+class Scorer:
+    """A worker's consumer, producers, table and steps; every method runs on the worker's Kafka thread."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        consumer: Any,
+        producer: Any,
+        learn_producer: Any,
+        table: Table,
+        models: ModelFeed,
+        codec: Codec,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.consumer = consumer
+        self.producer = producer  # outputs and table writes, delivery reports of errors only
+        self.learn_producer = learn_producer  # labels, CLV facts and progress, every delivery reported
+        self.table = table
+        self.models = models
+        self.monotonic = monotonic
+        self.rekey_topic = f"{cfg.app_id}-rekey"
+        self.sources = [cfg.topic(kind) for kind in EVENT_TOPICS] + [self.rekey_topic]
+        kinds: dict[str, str | None] = {cfg.topic(kind): kind for kind in EVENT_TOPICS}
+        kinds[self.rekey_topic] = None
+        self.decoder = Decoder(codec, kinds, cfg.partitions)
+        self.tick_ms = int(cfg.tick_s * 1000)
+        self.grid_ms = int(cfg.model_every_days * 86_400_000)
+        self.clock = StreamClock(self.tick_ms, cfg.idle_partition_s, monotonic)
+        self.timers = Timers()
+        self.population = Population(cfg.tier_a_share, cfg.tier_b_share)
+        self.assessor = Assessor(cfg, self.population)
+        self.folder = Folder(self.assessor.rules, self.assessor.label_rule, self.rekey_topic)
+        self.out = Outputs()
+        self.fates: Counter[tuple[str, int, str]] = Counter()  # every record consumed, by fate (cumulative)
+        self.counters: Counter[str] = Counter()  # scorings by occasion, model waits, ...
+        self.changed: dict[str, int] = {}  # customer -> partition: events folded since its last tick scoring
+        self.entries: dict[str, Candidate] = {}  # the customers this batch touched, states decoded
+        self.unscored: set[str] = set()  # folded in this batch and not scored since
+        self.since_idle: set[str] = set()  # folded since the last idle scoring
+        self.in_force = InForce()  # the models of the last tick
+        self._model_cache: dict[tuple[str, int], Any] = {}
+        self.completed_at: int | None = None  # stream time of the last idle scoring
+        self.reported: dict[int, int | None] = {}  # partition clocks last reported to the learner
+        self.reported_idle: set[int] = set()
+        self.waiting_since: float | None = None
+        self.summaries_offset = -1  # newest clv-summaries offset acknowledged
+        self.failed: list[str] = []
+        self.stopping = threading.Event()
+        self.rebalanced = False
+        self.paused: set[tuple[str, int]] = set()
+
+    # --- group membership ----------------------------------------------------------------------------------------
+
+    def subscribe(self) -> None:
+        """Join the consumer group on the source topics (after checking they are co-partitioned)."""
+        self.check_partitions()
+        self.consumer.subscribe(
+            self.sources, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+
+    def check_partitions(self) -> None:
+        """Refuse to start when a source topic's partitions are not ``CVM_PARTITIONS``: states would split."""
+        meta = self.consumer.list_topics(timeout=10)
+        for topic in [*self.sources, getattr(self.table, "topic", "")]:
+            found = meta.topics.get(topic)
+            if found is None or found.error is not None:
+                continue
+            n = len(found.partitions)
+            if n != self.cfg.partitions:
+                raise ConfigError(
+                    f"topic {topic} has {n} partitions, cvm's topics have CVM_PARTITIONS={self.cfg.partitions}: "
+                    "customers' events would land on other partitions than their states. Keep the partition count, "
+                    "or move to new topics with the new count and replay the history into them (cvm rebuild)"
+                )
+
+    def _on_assign(self, consumer: Any, assigned: list[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in assigned}
+        fresh = partitions - set(self.table.partitions)
+        read = self.table.recover(fresh)
+        clocks = {p: _clock_of(self.table.get(p, CLOCK_KEY)) for p in partitions}
+        empty = set()
+        for tp in assigned:  # a partition that never held a record cannot hold stream time back
+            try:
+                if consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1] == 0:
+                    empty.add((tp.topic, tp.partition))
+            except KafkaException:
+                pass
+        self.clock.assign([(tp.topic, tp.partition) for tp in assigned], clocks, empty)
+        log.info("assigned partitions %s (%d changelog records read)", sorted(partitions), read)
+        self.rebalanced = True
+        self.paused -= {(tp.topic, tp.partition) for tp in assigned}
+
+    def _on_revoke(self, consumer: Any, revoked: list[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in revoked}
+        log.info("revoked partitions %s", sorted(partitions))
+        self.table.drop(partitions)
+        self.clock.revoke(partitions)
+        for p in partitions:
+            self.reported.pop(p, None)
+        self.paused -= {(tp.topic, tp.partition) for tp in revoked}
+        self.rebalanced = True
+
+    def close(self) -> None:
+        """Leave the group (every applied batch is committed already) and flush what is left to send."""
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+            log.info("left the group %s", self.cfg.app_id)
+        try:
+            self._flush()
+        except DeliveryFailed as exc:  # nothing was committed past what was acknowledged: nothing is lost
+            log.warning("%s", exc)
+
+    # --- a batch ---------------------------------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Consume and process one batch; the number of records it held."""
+        msgs = self.consumer.consume(num_messages=self.cfg.worker_batch, timeout=self.cfg.worker_batch_s)
+        now_ms = int(time.time() * 1000)
+        n = self._take(msgs, now_ms)
+        if self.rebalanced:
+            self.rebalanced = False
+            self._rebuild()
+        if self.clock.start():
+            self._ticks(now_ms)
+            self._open_phase(now_ms)
+            self._idle()
+        self._finish()
+        return n
+
+    def _take(self, msgs: list[Message], now_ms: int) -> int:
+        """Decode a batch's records into their sources' queues; poison and re-keyed records are dealt with now."""
+        by_source: dict[tuple[str, int], list[Item]] = {}
+        out, decoder, n = self.out, self.decoder, 0
+        for msg in msgs:
+            if msg.error() is not None:
+                self._consumer_error(msg)
+                continue
+            n += 1
+            rec = RawRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+            item = decoder.decode(rec, now_ms)
+            if isinstance(item, Event):
+                if decoder.needs_rekey(item):
+                    out.rekeyed.append((item.time, item.customer_id.encode(), rec.value or b""))
+                    out.count(rec, "rekeyed")
+                    item = Event(rec, item.kind, item.record, rekeyed=True)
+                by_source.setdefault((rec.topic, rec.partition), []).append(item)
+            else:
+                out.dead_letters.append((rec.key, dead_letter(rec, item.error, now_ms)))
+                out.count(rec, "dead")
+                by_source.setdefault((rec.topic, rec.partition), []).append(rec)
+        for (topic, partition), items in by_source.items():
+            self.clock.offer(topic, partition, items)
+        return n
+
+    def _ticks(self, now_ms: int) -> None:
+        """Evaluate every tick that every source has passed, each after folding its phase."""
+        clock = self.clock
+        while True:
+            t = clock.next_tick()
+            if not clock.ready(t):
+                return
+            models = self._models_at(t)
+            if models is None:
+                return  # the learner is behind: wait for it (sources that passed the tick stay paused)
+            earliest = clock.earliest_held()
+            due = self.timers.next_due()
+            if (
+                (earliest is None or earliest >= t)
+                and not self.changed
+                and (due is None or due > t)
+                and _versions(models) == _versions(self.in_force)
+            ):
+                # Nothing happens at this tick: go straight to the last tick before something does.
+                limits = [clock.horizon() or t, grid_point(t, self.grid_ms) + self.grid_ms]
+                if earliest is not None:
+                    limits.append(closing_tick(earliest, self.tick_ms) - self.tick_ms)
+                if due is not None:
+                    limits.append(-(-due // self.tick_ms) * self.tick_ms - self.tick_ms)
+                clock.advance(max(t, min(limits)))
+                continue
+            self._fold(clock.take(t), t, now_ms)
+            self._tick(t, models)
+            clock.advance(t)
+
+    def _open_phase(self, now_ms: int) -> None:
+        """Fold what has come of the next tick's phase, for fresh scores until the tick."""
+        t = self.clock.next_tick()
+        self._fold(self.clock.take(t), t, now_ms)
+
+    def _fold(self, items: list[Item], known_ms: int, now_ms: int) -> None:
+        by_customer: dict[str, list[Event]] = {}
+        for item in items:
+            if isinstance(item, Event) and not item.rekeyed:
+                by_customer.setdefault(item.customer_id, []).append(item)
+        out = self.out
+        for customer_id, events in by_customer.items():
+            partition = events[-1].rec.partition
+            entry = self._entry(customer_id, partition)
+            try:
+                changed = self.folder.fold(customer_id, entry.state, events, known_ms, now_ms, out)
+            except Exception as exc:  # a bug must not stop scoring: the records go to dead letters
+                log.exception("folding customer %s failed; its records go to dead-letters", customer_id)
+                self.entries.pop(customer_id, None)  # its state is as it was before
+                for ev in events:
+                    out.dead_letters.append((ev.rec.key, dead_letter(ev.rec, exc, now_ms)))
+                    out.count(ev.rec, "dead")
+                continue
+            if changed:
+                self.changed[customer_id] = partition
+                self.unscored.add(customer_id)
+                self.since_idle.add(customer_id)
+
+    def _tick(self, t: int, models: InForce) -> None:
+        """Score at tick ``t``: the customers changed or due, or everyone under new model versions."""
+        evaluate = {p for p, c in self.clock.clocks.items() if c is None or c < t}
+        rebuild_clv = models.clv_version != self.in_force.clv_version
+        if _versions(models) != _versions(self.in_force):
+            ids = {key.decode(): p for p, entries in self.table.partitions.items() for key in entries}
+            ids.update(self.changed)
+            ids.pop(CLOCK_KEY.decode(), None)
+            self.timers.pop_due(t)
+            if rebuild_clv:
+                evaluate = set(self.clock.clocks)  # the CLV ranking restarts: everyone counts again
+            log.info("model versions %s at stream time %d: scoring every customer", _versions(models), t)
+        else:
+            # A customer's state lives on the partition Kafka's partitioner gives its id (records keyed otherwise are
+            # re-keyed there first).
+            n = self.cfg.partitions
+            ids = {customer_id: kafka_partition(customer_id.encode(), n) for customer_id in self.timers.pop_due(t)}
+            ids.update(self.changed)
+        cands, later = [], []
+        for customer_id, partition in ids.items():
+            if partition in evaluate:
+                cands.append(self._entry(customer_id, partition))
+            else:
+                later.append(customer_id)  # its partition ticked past t under a previous owner
+        self.assessor.assess(cands, "tick", models, self.out, at=t, rebuild_clv=rebuild_clv)
+        self.counters["tick"] += len(cands)
+        for c in cands:
+            self.changed.pop(c.customer_id, None)
+            self.unscored.discard(c.customer_id)
+            self.timers.set(c.customer_id, self.assessor.due(c.state))
+        for customer_id in later:
+            self.timers.set(customer_id, t + self.tick_ms)
+        self.in_force = models
+
+    def _idle(self) -> None:
+        """Once the stream is idle, score every customer not scored since the last tick as of its latest event."""
+        clock = self.clock
+        latest = clock.latest()
+        if latest is None or not clock.all_idle():
+            return
+        if self.completed_at is not None and latest <= self.completed_at and not self.since_idle:
+            return
+        models = self._models_at(latest)
+        if models is None:
+            return
+        fresh_from = latest - self.tick_ms
+        cands = []
+        for p, entries in list(self.table.partitions.items()):
+            for key, data in entries.items():
+                if key == CLOCK_KEY or not data:
+                    continue
+                customer_id = key.decode()
+                entry = self.entries.get(customer_id)
+                state = entry.state if entry is not None else CustomerState.from_bytes(data)
+                if state.as_of >= fresh_from and state.tick_version == state.version:
+                    continue  # scored at the last tick: that score stands
+                cands.append(entry or self._entry(customer_id, p, state))
+        self.assessor.assess(cands, "idle", models, self.out, at=latest)
+        self.counters["idle"] += len(cands)
+        for c in cands:
+            self.unscored.discard(c.customer_id)
+        self.completed_at = latest
+        self.since_idle.clear()
+        if cands:
+            log.info("stream idle at %d: %d customers scored as of it", latest, len(cands))
+
+    def _finish(self) -> None:
+        """Event scores, then outputs → table → commit; pause what waits for a tick."""
+        if self.unscored:
+            cands = [self.entries[c] for c in self.unscored if c in self.entries]
+            self.assessor.assess(cands, "event", self._latest_models(), self.out)
+            self.counters["event"] += len(cands)
+            self.unscored.clear()
+        self._send_outputs()
+        self._flush()
+        written: set[int] = set()
+        for entry in self.entries.values():
+            self.table.put(entry.partition, entry.customer_id.encode(), entry.state.to_bytes())
+            written.add(entry.partition)
+        self.entries.clear()
+        clocks = dict(self.clock.clocks)
+        moved = {p: c for p, c in clocks.items() if c is not None and self.reported.get(p) != c}
+        for p, c in moved.items():
+            self.table.put(p, CLOCK_KEY, _CLOCK.pack(c))
+            written.add(p)
+        idle = self.clock.idle_partitions()
+        if moved or idle != self.reported_idle:
+            self._report(clocks, idle)
+        self._flush()
+        if written and self.cfg.embedded_broker:
+            self.table.seal(written)
+            self._flush()
+        self.reported.update(moved)
+        self.reported_idle = idle
+        self._commit(self.clock.commit_positions())
+        self._flow()
+
+    # --- models ----------------------------------------------------------------------------------------------------
+
+    def _models_at(self, t: int) -> InForce | None:
+        """The models valid at stream time ``t``; ``None`` while the learner has not published them yet."""
+        if not self.models.covers(t):
+            now = self.monotonic()
+            if self.waiting_since is None:
+                self.waiting_since = now
+            if now - self.waiting_since < self.cfg.model_wait_s:
+                return None
+            self.counters["model_wait_timeouts"] += 1
+            log.warning(
+                "the learner has not published the models of stream time %d for %.0f s: going on with the newest "
+                "(this stretch of scores will not be reproduced exactly by a replay)",
+                t,
+                now - self.waiting_since,
+            )
+        self.waiting_since = None
+        return self._in_force(self.models.at("clv", t), self.models.at("churn", t))
+
+    def _latest_models(self) -> InForce:
+        return self._in_force(self.models.get("clv"), self.models.get("churn"))
+
+    def _in_force(self, clv: Found, churn: Found) -> InForce:
+        clv_model = churn_model = None
+        clv_version = churn_version = 0
+        if clv is not None:
+            clv_version = int(clv[0]["version"])
+            clv_model = self._cached("clv", clv_version, lambda: self._clv_model(clv[0]))
+        if churn is not None:
+            churn_version, blob = int(churn[0]["version"]), churn[1]
+            churn_model = self._cached(
+                "churn", churn_version, lambda: ChurnModel.from_bytes(unpack_churn(blob)["model"])
+            )
+        return InForce(clv_model, clv_version, churn_model, churn_version)
+
+    def _cached(self, kind: str, version: int, build: Callable[[], Any]) -> Any:
+        key = (kind, version)
+        if key not in self._model_cache:
+            if len(self._model_cache) >= 8:
+                self._model_cache.pop(next(iter(self._model_cache)))
+            self._model_cache[key] = build()
+        return self._model_cache[key]
+
+    def _clv_model(self, meta: dict[str, Any]) -> ClvModel:
+        gg = meta.get("gamma_gamma") or {}
+        return ClvModel(
+            BGNBD.from_dict(meta["bgnbd"]),
+            GammaGamma.from_dict(gg) if "p" in gg else None,
+            horizon_days=self.cfg.clv_horizon_days,
+            discount_rate=self.cfg.clv_discount_rate,
+        )
+
+    # --- state -----------------------------------------------------------------------------------------------------
+
+    def _entry(self, customer_id: str, partition: int, state: CustomerState | None = None) -> Candidate:
+        """This batch's view of a customer: its state, decoded once per batch, and what the population holds."""
+        entry = self.entries.get(customer_id)
+        if entry is None:
+            if state is None:
+                data = self.table.get(partition, customer_id.encode())
+                state = CustomerState.from_bytes(data) if data else CustomerState()
+            entry = Candidate(customer_id, partition, state, ranked(state))
+            self.entries[customer_id] = entry
+        return entry
+
+    def _rebuild(self) -> None:
+        """After a rebalance: the population, the timers and the changed customers, from the table's entries."""
+        values, self.changed = [], {}
+        self.timers.clear()
+        for p, entries in self.table.partitions.items():
+            for key, data in entries.items():
+                if key == CLOCK_KEY or not data:
+                    continue
+                state = CustomerState.from_bytes(data)
+                customer_id = key.decode()
+                values.append(ranked(state))
+                self.timers.set(customer_id, self.assessor.due(state))
+                if state.version != state.tick_version:
+                    self.changed[customer_id] = p
+        self.population.rebuild(values)
+        self.in_force = InForce()  # the first tick scores everyone under the models of its time
+        self.completed_at = None
+
+    # --- sending ---------------------------------------------------------------------------------------------------
+
+    def _send_outputs(self) -> None:
+        out, cfg, produce = self.out, self.cfg, self.producer.produce
+        for topic, items in (
+            (cfg.topic("customer-scores"), out.scores),
+            (cfg.topic("late-events"), out.late),
+            (cfg.topic("alerts"), out.alerts),
+        ):
+            for customer_id, value in items:
+                produce(topic, key=customer_id.encode(), value=dumps(value))
+        for raw_key, letter in out.dead_letters:
+            produce(cfg.topic("dead-letters"), key=raw_key, value=dumps(letter))
+        # In event-time order: the re-key topic interleaves several partitions' records, and lateness is measured
+        # within its order.
+        for _, key, raw in sorted(out.rekeyed, key=lambda r: r[0]):
+            produce(self.rekey_topic, key=key, value=raw)
+        learn = self.learn_producer.produce
+        for customer_id, summary in out.summaries:
+            learn(cfg.topic("clv-summaries"), key=customer_id.encode(), value=dumps(summary), on_delivery=self._summary)
+        for customer_id, pair in out.labels:
+            learn(cfg.topic("churn-labels"), key=customer_id.encode(), value=dumps(pair), on_delivery=self._delivered)
+        if out.dead_letters:
+            log.warning("%d records sent to dead-letters", len(out.dead_letters))
+        self.fates.update(out.fates)
+        out.clear()
+
+    def _report(self, clocks: dict[int, int | None], idle: set[int]) -> None:
+        """Tell the learner how far our partitions have ticked (after the labels of those ticks were acknowledged)."""
+        message = {
+            "kind": "progress",
+            "partitions": {str(p): c for p, c in clocks.items() if c is not None},
+            "idle": sorted(idle),
+            "summaries": self.summaries_offset,
+        }
+        self.learn_producer.produce(self.cfg.topic("churn-labels"), key=b"progress", value=dumps(message))
+
+    def _flush(self) -> None:
+        """Wait until everything sent so far is acknowledged; :class:`DeliveryFailed` if the broker refused any.
+
+        Kafka unreachable: the wait lasts until the writes time out (``message.timeout.ms``), or 10 s once the
+        worker is stopping. Either way the batch is not committed, and is delivered again later.
+        """
+        for producer in (self.producer, self.learn_producer):
+            waited = 0
+            while producer.flush(1.0):
+                waited += 1
+                if waited == 10:
+                    log.warning("Kafka has not acknowledged this batch's writes for 10 s: waiting")
+                if self.stopping.is_set() and waited >= 10:
+                    raise DeliveryFailed(f"{len(producer)} writes not acknowledged at shutdown; not committed")
+        if self.failed:
+            first, n = self.failed[0], len(self.failed)
+            self.failed.clear()
+            raise DeliveryFailed(f"{n} writes were not acknowledged by Kafka ({first}); the batch is not committed")
+
+    def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        """Delivery report of the output producer (errors only)."""
+        self._delivered(err, msg)
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed.append(f"{msg.topic()}: {err.str()}")
+
+    def _summary(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivered(err, msg)
+        elif msg.offset() > self.summaries_offset:
+            self.summaries_offset = msg.offset()
+
+    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
+        if not positions or self.consumer is None:
+            return
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()], asynchronous=False
+            )
+        except KafkaException as exc:  # e.g. a rebalance took the partitions: the new owner re-applies (no-ops)
+            log.warning("offsets not committed (%s): the records will be delivered again", exc.args[0])
+
+    def _flow(self) -> None:
+        """Pause the sources that hold records for a later tick; resume those that caught up."""
+        held = self.clock.holding()
+        pause = held - self.paused
+        resume = self.paused - held
+        if pause:
+            self.consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if resume:
+            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
+            self.clock.touch(resume)  # a source we held is not idle: it has not been asked for records
+        self.paused = held
+
+    def _consumer_error(self, msg: Message) -> None:
+        err = msg.error()
+        if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 - its public name
+            log.warning("consumer: %s", err.str())
+
+
+def _clock_of(data: bytes | None) -> int | None:
+    return _CLOCK.unpack(data)[0] if data else None
+
+
+def _versions(models: InForce) -> tuple[int, int]:
+    return models.clv_version, models.churn_version

@@ -1,0 +1,274 @@
+"""The worker's batch loop (streams.scorer.Scorer) on in-memory clients: the order of its writes, ticks on stream
+time, re-scoring of silent customers, labels and alerts at ticks, models of their stream time, re-keying, the fate of
+every record, and the same results whatever the batch sizes and the interleaving of partitions."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from cvm.codec import Codec
+from cvm.config import Config
+from cvm.kafka import encode_model
+from scoring.churn import ChurnModel
+from scoring.state import CustomerState
+from streams.models import pack_churn
+from streams.scorer import CLOCK_KEY, Scorer
+from tests.streams import fakes
+from tests.streams.fakes import DAY, Feed, Log, Table
+
+CODEC = Codec()
+T0 = 1_700_006_400_000 // DAY * DAY - 400 * DAY  # a day boundary, 400 days before the simulated "now"
+CFG = Config.load(
+    env={
+        "CVM_TICK_S": "86400",
+        "CVM_MODEL_EVERY_DAYS": "7",
+        "CVM_IDLE_PARTITION_S": "10",
+        "CVM_PARTITIONS": "2",
+        "CVM_WORKER_BATCH": "1000",
+        "CVM_ALLOWED_LATENESS_S": "86400",
+        "CVM_CHURN_SILENCE_DAYS": "30",
+        "CVM_CHURN_SNAPSHOT_EVERY_DAYS": "10",
+    }
+)
+BG = {"r": 0.5, "alpha": 6.0, "a": 0.7, "b": 3.0}
+GG = {"p": 6.0, "q": 4.0, "gamma": 15.0}
+
+
+def publish(log: Log, kind: str, cid: str, day: float, eid: str, key: bytes | None = b"", **fields: object) -> None:
+    rec: dict[str, object] = {"event_id": eid, "customer_id": cid, "event_time": T0 + int(day * DAY)}
+    if kind == "transactions":
+        rec["amount"] = 10.0
+    elif kind == "contacts":
+        rec.update(channel="email", reason="information")
+    else:
+        rec.update(invoice_id=eid, amount_due=5.0, amount_paid=5.0, status="paid", due_date=rec["event_time"])
+    rec.update(fields)
+    log.append(CFG.topic(kind), cid.encode() if key == b"" else key, CODEC.encode(kind, rec))
+
+
+def drain(s: Scorer) -> None:
+    """Steps until every record is consumed and processed, then lets the sources go idle (idle scoring)."""
+    clock, consumer = s.monotonic, s.consumer
+    assert isinstance(clock, fakes.Clock) and isinstance(consumer, fakes.Consumer)
+
+    def ends() -> dict:
+        return {tp: len(part) for tp, part in consumer.log.records.items() if tp[0] in s.sources}
+
+    def done() -> bool:
+        return all(consumer.position.get(tp, 0) >= n for tp, n in ends().items()) and not s.clock.holding()
+
+    def starved() -> bool:  # nothing the consumer could deliver now: time passes (a real consumer waits)
+        return all(tp in consumer.paused or consumer.position.get(tp, 0) >= n for tp, n in ends().items())
+
+    for _ in range(100_000):
+        if not s.step() and starved():
+            clock.now += 11  # the sources that hold nothing go idle
+        if consumer.assigned and done():
+            break
+    clock.now += 11
+    s.step()
+    s.step()
+
+
+def scores(log: Log, scored_by: str | None = None) -> list[dict]:
+    out = [json.loads(v) for v in log.values(CFG.topic("customer-scores"))]
+    return [m for m in out if scored_by is None or m["scored_by"] == scored_by]
+
+
+def history(log: Log, in_time_order: bool = True) -> None:
+    """Ten customers over 120 days: steady buyers, one who goes silent, contacts, a cancellation, a late event.
+
+    Published in event-time order as a replay does, or customer by customer (every partition far out of time order).
+    """
+    events: list[tuple[float, str, str, str, dict]] = []
+    for c in range(10):
+        cid = f"c{c}"
+        last = 120 if c != 3 else 20  # c3 goes silent after day 20
+        for d in range(0, last, 3 + c):
+            events.append((d + 0.3, "transactions", cid, f"t{c}-{d}", {"amount": 5.0 + 4 * c}))
+        reason = "complaint" if c % 2 else "information"
+        events.append((10.0 + c, "contacts", cid, f"k{c}", {"reason": reason}))
+        events.append((15.0 + c, "payments", cid, f"p{c}", {}))
+    events.append((60.5, "contacts", "c9", "cancel", {"reason": "cancellation_request"}))
+    if in_time_order:
+        events.sort(key=lambda e: e[0])
+    for day, kind, cid, eid, fields in events:
+        publish(log, kind, cid, day, eid, **fields)
+    publish(log, "transactions", "c1", 50.0, "straggler")  # far behind c1's stream time: late
+
+
+def feed_with_models() -> Feed:
+    feed = Feed(CFG)
+    feed.offer(encode_model({"kind": "clv", "version": 1, "valid_from": 0, "bgnbd": BG, "gamma_gamma": GG}))
+    model = ChurnModel()
+    for i in range(300):
+        model.learn_one({"recency_days": float(i % 90), "frequency": float(i % 6)}, int(i % 90 > 40))
+    blob = pack_churn(model.to_bytes(), b"")
+    feed.offer(encode_model({"kind": "churn", "version": 1, "valid_from": T0 + 30 * DAY}, blob))
+    return feed
+
+
+def run(seed: int, batch: int, in_time_order: bool = True) -> tuple[Log, Scorer]:
+    log = Log(CFG.partitions)
+    history(log, in_time_order)
+    s = fakes.scorer(CFG.replace(worker_batch=batch), log, seed=seed, feed=feed_with_models())
+    drain(s)
+    return log, s
+
+
+def test_every_record_meets_one_fate_and_the_fates_add_up() -> None:
+    log, s = run(seed=1, batch=1000)
+    consumed = Counter({(t, p): len(part) for (t, p), part in log.records.items() if t in s.sources})
+    fates: Counter = Counter()
+    for (t, p, _), n in s.fates.items():
+        fates[(t, p)] += n
+    assert fates == consumed
+    totals = Counter()
+    for (_, _, fate), n in s.fates.items():
+        totals[fate] += n
+    assert totals["late"] == 1 and totals["applied"] == sum(consumed.values()) - 1
+
+
+@pytest.mark.parametrize("in_time_order", [True, False])
+def test_ticks_alerts_labels_and_final_states_do_not_depend_on_batches_or_interleaving(in_time_order: bool) -> None:
+    results = []
+    for seed, batch in ((1, 1000), (2, 7), (3, 1), (4, 64)):
+        log, s = run(seed, batch, in_time_order)
+        ticks = sorted(json.dumps(m, sort_keys=True) for m in scores(log, "tick") + scores(log, "idle"))
+        alerts = sorted(log.values(CFG.topic("alerts")))
+        labels = sorted(log.values(CFG.topic("churn-labels")))
+        labels = [v for v in labels if b'"progress"' not in v]
+        states = {k: v for p in s.table.partitions.values() for k, v in p.items()}
+        results.append((ticks, alerts, labels, states))
+    first = results[0]
+    assert first[0] and first[2], "the history must produce tick scores and labels"
+    for other in results[1:]:
+        assert other[0] == first[0]
+        assert other[1] == first[1]
+        assert other[2] == first[2]
+        assert other[3] == first[3]
+
+
+def test_silent_customers_are_rescored_as_stream_time_passes() -> None:
+    log, _ = run(seed=1, batch=1000)
+    silent = [m for m in scores(log, "tick") if m["customer_id"] == "c3" and m["as_of"] > T0 + 25 * DAY]
+    assert len(silent) >= 5, "c3 bought last on day 18: it must be re-scored without events of its own"
+    recency = [m["recency_days"] for m in silent]
+    p_alive = [m["p_alive"] for m in silent]
+    assert recency == sorted(recency) and p_alive == sorted(p_alive, reverse=True) and p_alive[0] > p_alive[-1]
+    assert {m["last_event_time"] for m in silent} == {silent[0]["last_event_time"]}  # no event of its own
+    final = scores(log, "idle")
+    assert {m["as_of"] for m in final} == {T0 + 119 * DAY + int(0.3 * DAY)}  # the latest event time
+
+
+def test_labels_mature_at_ticks_once_and_carry_the_tick_they_became_known() -> None:
+    log, _ = run(seed=1, batch=1000)
+    labels = [json.loads(v) for v in log.values(CFG.topic("churn-labels"))]
+    pairs = [m for m in labels if m.get("kind") != "progress"]
+    assert len({(m["customer_id"], m["snapshot_ms"]) for m in pairs}) == len(pairs)  # once each
+    silent = [m for m in pairs if m["customer_id"] == "c3" and m["label"] == 1]
+    assert silent and all(m["known_ms"] % DAY == 0 and m["known_ms"] > m["label_ms"] for m in silent)
+    progress = [m for m in labels if m.get("kind") == "progress"]
+    assert progress and max(int(t) for m in progress for t in m["partitions"].values()) >= T0 + 119 * DAY
+
+
+def test_alerts_are_raised_at_ticks_as_of_the_tick() -> None:
+    log, _ = run(seed=1, batch=1000)
+    alerts = [json.loads(v) for v in log.values(CFG.topic("alerts"))]
+    cancel = [a for a in alerts if a["rule"] == "cancellation_request"]
+    assert [a["customer_id"] for a in cancel] == ["c9"]
+    assert cancel[0]["alert_time"] == T0 + 61 * DAY  # the tick closing the day of the request
+
+
+def test_outputs_then_table_then_commit() -> None:
+    log = Log(CFG.partitions)
+    history(log)
+    s = fakes.scorer(CFG, log, feed=feed_with_models())
+    drain(s)
+    journal = [j for j in log.journal if j[0] != "consume"]
+    commits = [i for i, j in enumerate(journal) if j[0] == "commit"]
+    assert commits
+    start = 0
+    for c in commits:
+        step = [name for name, _ in journal[start:c]]
+        if "table.put" in step:
+            first_put = step.index("table.put")
+            assert "producer.flush" in step[:first_put] and "learn.flush" in step[:first_put]
+            assert all(n != "producer.produce" or topic == "cvm-customers-changelog" for n, topic in journal[start + first_put : c])  # fmt: skip
+            assert step[-1].endswith("flush")
+        start = c + 1
+
+
+def test_records_held_for_a_later_tick_are_not_committed() -> None:
+    log = Log(1)
+    cfg = CFG.replace(partitions=1)
+    for d in range(5):
+        publish(log, "transactions", "a", d, f"a{d}")
+    publish(log, "contacts", "a", 0.5, "k0")  # contacts stop at day 0.5: the tick of day 1 waits for them
+    s = fakes.scorer(cfg, log)
+    s.step()
+    committed = s.consumer.committed
+    assert committed[(cfg.topic("transactions"), 0)] == 1  # day 0 applied, days 1-4 held
+    assert (cfg.topic("transactions"), 0) in s.consumer.paused
+
+
+def test_models_of_a_tick_wait_for_the_learner() -> None:
+    log = Log(CFG.partitions)
+    for d in range(20):
+        publish(log, "transactions", "a", d + 0.5, f"a{d}")
+    feed = Feed(CFG)
+    feed.offer(encode_model({"kind": "clock", "through": None, "grid_ms": 7 * DAY, "seq": 1}))
+    s = fakes.scorer(CFG.replace(model_wait_s=1e9), log, feed=feed)
+    drain(s)
+    assert not scores(log, "tick")  # the learner has not said where it is: no tick can be scored
+    progress = [json.loads(v) for v in log.values(CFG.topic("churn-labels"))]
+    assert progress and progress[-1]["kind"] == "progress"
+    feed.offer(encode_model({"kind": "clock", "through": T0 + 28 * DAY, "grid_ms": 7 * DAY, "seq": 2}))
+    drain(s)
+    assert scores(log, "tick")
+
+
+def test_records_keyed_otherwise_are_rekeyed_and_applied_once() -> None:
+    log = Log(CFG.partitions)
+    for i in range(30):
+        key = [None, f"order-{i}".encode(), b""][i % 3]
+        publish(log, "transactions", "c42", i * 0.1, f"e{i}", key=key, amount=1.0)
+    s = fakes.scorer(CFG, log)
+    drain(s)
+    data = s.table.get(1 if s.table.get(1, b"c42") else 0, b"c42")
+    assert data is not None and CustomerState.from_bytes(data).revenue_cents == 3000
+    fates = Counter()
+    for (t, _, fate), n in s.fates.items():
+        fates[(t.split("-")[-1], fate)] += n
+    assert fates[("transactions", "rekeyed")] == 20 and fates[("rekey", "applied")] == 20
+    assert fates[("transactions", "applied")] == 10
+
+
+def test_a_restart_from_the_table_and_committed_offsets_counts_nothing_twice() -> None:
+    log = Log(CFG.partitions)
+    history(log)
+    s = fakes.scorer(CFG, log, feed=feed_with_models())
+    drain(s)
+    before = {k: v for p in s.table.partitions.values() for k, v in p.items()}
+    again = fakes.scorer(CFG, log, feed=feed_with_models(), table=Table(log, s.table.partitions))  # offsets from 0
+    drain(again)
+    after = {k: v for p in again.table.partitions.values() for k, v in p.items()}
+    for key, data in before.items():
+        if key != CLOCK_KEY:
+            a, b = CustomerState.from_bytes(data), CustomerState.from_bytes(after[key])
+            assert (a.version, a.revenue_cents, a.n_contacts) == (b.version, b.revenue_cents, b.n_contacts)
+    assert sum(n for (_, _, fate), n in again.fates.items() if fate == "redelivered") > 100
+
+
+@pytest.mark.parametrize("batch", [1000, 5])
+def test_a_churn_model_version_is_used_from_its_stream_time(batch: int) -> None:
+    log, _ = run(seed=5, batch=batch)
+    ticks = scores(log, "tick")
+    before = [m for m in ticks if m["as_of"] <= T0 + 30 * DAY]
+    after = [m for m in ticks if m["as_of"] > T0 + 30 * DAY]
+    assert before and after
+    assert all(m.get("churn_probability") is None for m in before)
+    assert all(m["churn_model_version"] == 1 for m in after)
