@@ -21,7 +21,7 @@ import threading
 import uuid
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from cvm.config import Config
 from cvm.kafka import decode_model, make_consumer
@@ -117,13 +117,23 @@ class ModelFeed:
 
     def _run(self) -> None:
         consumer = make_consumer(self.cfg, f"{self.cfg.app_id}-model-feed-{uuid.uuid4().hex[:8]}")
-        consumer.assign([TopicPartition(self.cfg.topic("models"), 0, OFFSET_BEGINNING)])
+        tp = TopicPartition(self.cfg.topic("models"), 0, OFFSET_BEGINNING)
+        consumer.assign([tp])
+        # Ready once what the topic held at the start is read. Tansu reports as high watermark the base offset of
+        # the last record batch, not its end: there, the record at the watermark must have been read too.
+        try:
+            end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        except KafkaException:
+            end = 0
+        end += 1 if end and self.cfg.embedded_broker else 0
+        position = 0
         try:
             while not self._stop.is_set():
-                msgs = consumer.consume(100, timeout=0.2)
-                if not msgs:
-                    self.ready.set()
+                msg = consumer.poll(0.2)
+                msgs = ([msg] if msg is not None else []) + consumer.consume(1000, timeout=0)
                 for msg in msgs:
+                    if not msg.error():
+                        position = msg.offset() + 1
                     value = msg.value()
                     if msg.error() or not value:
                         continue
@@ -132,6 +142,8 @@ class ModelFeed:
                     except (ValueError, KeyError, TypeError) as exc:  # not a model message: nothing to take
                         self.refused += 1
                         log.warning("models offset %s refused: %s", msg.offset(), exc)
+                if position >= end:
+                    self.ready.set()
         finally:
             consumer.close()
 
