@@ -21,7 +21,7 @@ Every rate is "events after the first batch / time from the first batch to the l
 and the consumer group join are left out, as a long-running processor never pays them again. For the pipeline
 the clock is the ``customer-scores`` records' timestamps (set by the worker when it sends them): from the first
 score record to the one that makes every published event visible — the sum over customers of the latest
-``version`` (events applied) equals the events published. ``docs/benchmarks.md`` says more, and holds results.
+``n_events`` (events applied) equals the events published. ``docs/benchmarks.md`` says more, and holds results.
 
 Faust settings reach the workers and the Faust peer through Faust's own environment variables
 (``STREAM_BUFFER_MAXSIZE=8192 cvm bench``); cvm's through ``CVM_*`` (``CVM_WORKER_BATCH``).
@@ -596,7 +596,7 @@ class Bench:
                     if msg.error() is not None:
                         continue
                     try:
-                        version, key = int(json.loads(msg.value())["version"]), msg.key() or b""
+                        version, key = int(json.loads(msg.value())["n_events"]), msg.key() or b""
                     except (ValueError, TypeError, KeyError):
                         continue
                     records.append((msg.timestamp()[1], key, version))

@@ -190,6 +190,7 @@ class Assessor:
         out["customer_id"] = customer_id
         out["scored_by"] = scored_by
         out["version"] = score_version(s.version, as_of, scored_by)
+        out["n_events"] = s.version
         out.update(self.clv_statistics(s, as_of))
         return out
 
