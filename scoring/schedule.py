@@ -5,16 +5,19 @@ decay, P(alive) falls (for fixed purchase history, P(alive) only falls as time p
 tier and alerts move. Re-scoring every customer at every tick would cost the whole population per tick; re-scoring
 never leaves a silent customer with the scores of its last active day. The schedule in between re-scores a customer
 as its silence crosses steps that grow geometrically — in days, and in multiples of the customer's own typical gap
-between purchases — so a silence is re-scored about twenty times in its first year whatever the population size,
-densely while it is still ambiguous and sparsely once it is long.
+between purchases — so a silence is re-scored about fifteen times in its first year whatever the population size,
+densely while it is still ambiguous and sparsely once it is long, and a customer who keeps to its rhythm is
+re-scored about once between two purchases.
 
 >>> DAY = 86_400_000
->>> next_rescore_ms(last_ms=0, gap_days=None, after_ms=0) // DAY  # one day of silence first
-1
+>>> next_rescore_ms(last_ms=0, gap_days=None, after_ms=0) // DAY  # a week of silence first
+7
 >>> next_rescore_ms(last_ms=0, gap_days=None, after_ms=40 * DAY) // DAY
 45
 >>> next_rescore_ms(last_ms=0, gap_days=12.0, after_ms=10 * DAY) // DAY  # the customer's own gap counts too
 12
+>>> next_rescore_ms(last_ms=0, gap_days=2.0, after_ms=3 * DAY) // DAY  # a daily buyer's silence is news sooner
+4
 >>> next_rescore_ms(last_ms=0, gap_days=None, after_ms=400 * DAY) // DAY  # after a year: every 90 days
 455
 """
@@ -25,11 +28,11 @@ __all__ = ["GAP_MULTIPLES", "SILENCE_DAYS", "next_rescore_ms"]
 
 DAY_MS = 86_400_000
 
-#: Silences (days since the last activity) at which a customer is scored again.
-SILENCE_DAYS = (1, 2, 3, 5, 7, 10, 14, 21, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 365)
+#: Silences (days since the last purchase) at which a customer is scored again.
+SILENCE_DAYS = (7, 14, 30, 45, 60, 90, 120, 180, 240, 300, 365)
 
 #: Silences in multiples of the customer's typical gap between purchases at which it is scored again.
-GAP_MULTIPLES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+GAP_MULTIPLES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 _LATE_EVERY_DAYS = 90  # past the last step: once a quarter
 

@@ -84,7 +84,7 @@ REKEYED = 3
 CHANNELS = ("phone", "email", "chat", "web", "store")
 
 #: How many recent event ids of each kind (:data:`KIND_INDEX` order) a customer remembers (module docstring).
-RECENT_IDS = (6, 3, 3)
+RECENT_IDS = (8, 4, 4)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -156,7 +156,9 @@ _SECTIONS = struct.Struct("<BH")  # lengths of the alert and churn sections
 _HEAD_LOCAL = struct.Struct(_HEAD_LAYOUT.replace("4q3q3q3q3Q", "4q3q3q3Q"))
 _HEAD_LOCAL_NARROW = struct.Struct(_HEAD_NARROW.format.replace("4i3q3q3q3Q", "4i3q3q3Q"))
 _FORMAT_VERSION = 7  # 7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW
-_FORMAT_BYTES = {(wide, local): bytes([_FORMAT_VERSION + 2 * local + (not wide)]) for wide in (0, 1) for local in (0, 1)}
+_FORMAT_BYTES = {
+    (wide, local): bytes([_FORMAT_VERSION + 2 * local + (not wide)]) for wide in (0, 1) for local in (0, 1)
+}
 _HEADS = {7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW}
 _NO_REKEY = (0, 0, 0)
 _RECENT_N = [struct.Struct("<" + "IQ" * n) for n in range(256)]  # n entries of _RECENT at once

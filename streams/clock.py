@@ -12,14 +12,18 @@ evaluates the same ticks on the same states as live processing did.
 **Out-of-order records.** A record older than a tick already evaluated (within the allowed lateness) belongs to
 the next phase: where it falls is still decided by its position in its partition, so it is deterministic too.
 
-**Idle sources.** A source that has delivered nothing for ``CVM_IDLE_PARTITION_S`` seconds (wall clock) and holds
-nothing is idle: it does not hold stream time back. When every source is idle, ticks go up to the latest event
-time seen. This is the one place wall-clock time enters, and so the one difference between a replay and live
-processing: a partition that falls silent for longer than that mid-stream lets the others' ticks go ahead.
+**Idle sources.** A source that holds nothing and has nothing more to read — the broker has no record past its
+position — for a second (``catch_up_s``), or that has delivered nothing for ``CVM_IDLE_PARTITION_S`` seconds, is
+idle: it does not hold stream time back. When every source is idle, ticks go up to the latest event
+time seen. When the stream wakes up (a first delivery after every source was idle, or after the assignment),
+every source gets that long again to deliver before it is left out: a replay published after a pause is aligned
+from its first record. This is the one place wall-clock time enters, and so the one difference between a replay
+and live processing: a partition that falls silent for longer than that mid-stream lets the others' ticks go
+ahead.
 
 **Start.** A partition's clock (the last tick it evaluated) is kept in the worker's table, so a restarted or
-reassigned partition continues where it was. A fresh worker starts its grid at the earliest event of its sources,
-once each of them has delivered one or is idle.
+reassigned partition continues where it was. A fresh worker starts its grid at the earliest event its sources
+delivered in their first second (a history is published from its start: its first records come first).
 
 >>> from streams.records import Event, RawRecord
 >>> def ev(t, off):
@@ -38,7 +42,6 @@ once each of them has delivered one or is idle.
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -71,6 +74,7 @@ class Source:
     latest: int | None = None  # latest event time delivered
     seen: float = 0.0  # monotonic time of the latest delivery (or of the assignment)
     next_offset: int | None = None  # the offset after the latest record delivered
+    caught_up: float | None = None  # since when the broker has had nothing past its position (monotonic)
 
     def passed(self, t: int) -> bool:
         """Whether it delivered an event at or after ``t`` (held, as the head of what is left)."""
@@ -80,28 +84,33 @@ class Source:
 class StreamClock:
     """The worker's ticks, its sources' held records, and the clock of each of its partitions."""
 
-    def __init__(self, tick_ms: int, idle_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        tick_ms: int,
+        idle_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        start_s: float = 1.0,
+        catch_up_s: float = 1.0,
+    ) -> None:
         self.tick_ms = tick_ms
         self.idle_s = idle_s
+        self.catch_up_s = min(catch_up_s, idle_s)
+        self.start_s = start_s
         self.monotonic = monotonic
         self.sources: dict[tuple[str, int], Source] = {}
         self.clocks: dict[int, int | None] = {}  # partition number -> the last tick it evaluated
+        self.awake = monotonic()  # when the stream last woke up: every source has idle_s from then to deliver
+        self.first_delivery: float | None = None  # of events since the clock was last unset
 
     # --- assignment ------------------------------------------------------------------------------------------------
 
-    def assign(
-        self,
-        sources: Iterable[tuple[str, int]],
-        clocks: Mapping[int, int | None],
-        empty: Iterable[tuple[str, int]] = (),
-    ) -> None:
-        """Take new source partitions, with their partitions' clocks as recovered (``None``: never ticked); the
-        ``empty`` ones (that never held a record) are idle from the start."""
+    def assign(self, sources: Iterable[tuple[str, int]], clocks: Mapping[int, int | None]) -> None:
+        """Take new source partitions, with their partitions' clocks as recovered (``None``: never ticked)."""
         now = self.monotonic()
-        never = set(empty)
         for key in sources:
-            self.sources[key] = Source(seen=-math.inf if key in never else now)
+            self.sources[key] = Source(seen=now)
         self.clocks.update(clocks)
+        self.awake = now
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Forget the sources of these partition numbers, and what they held (it was not committed)."""
@@ -118,9 +127,12 @@ class StreamClock:
         src = self.sources.get((topic, partition))
         if src is None or not items:
             return
+        now = self.monotonic()
+        if self.all_idle():
+            self.awake = now  # the stream wakes up: every source gets its time to deliver again
         src.items.extend(items)
         _strip(src.items)
-        src.seen = self.monotonic()
+        src.seen = now
         last = items[-1]
         src.next_offset = (last.offset if isinstance(last, RawRecord) else last.rec.offset) + 1
         for item in items:
@@ -128,6 +140,8 @@ class StreamClock:
                 t = item.time
                 if src.first_time is None or t < src.first_time:
                     src.first_time = t
+                if self.first_delivery is None:
+                    self.first_delivery = now
                 if src.latest is None or t > src.latest:
                     src.latest = t
 
@@ -140,7 +154,21 @@ class StreamClock:
                 src.seen = now
 
     def idle(self, src: Source, now: float) -> bool:
-        return not src.items and now - src.seen >= self.idle_s
+        if src.items:
+            return False
+        if src.caught_up is not None and now - max(src.caught_up, self.awake) >= self.catch_up_s:
+            return True
+        return now - max(src.seen, self.awake) >= self.idle_s
+
+    def read_to_end(self, key: tuple[str, int], at_end: bool) -> None:
+        """Whether the broker has a record past the source's position (``at_end``: none), as the consumer knows."""
+        src = self.sources.get(key)
+        if src is None:
+            return
+        if not at_end:
+            src.caught_up = None
+        elif src.caught_up is None:
+            src.caught_up = self.monotonic()
 
     def all_idle(self) -> bool:
         now = self.monotonic()
@@ -162,8 +190,8 @@ class StreamClock:
         """Start the clocks of partitions that have none; True once every partition has one.
 
         A partition without a clock takes the others' when there are any; otherwise the grid starts at the tick
-        before the earliest event, once every source has delivered or is idle (the earliest event is the same
-        whatever the order of delivery).
+        before the earliest event delivered, once every source has delivered one or a second has passed since the
+        first delivery.
         """
         if all(c is not None for c in self.clocks.values()):
             return bool(self.clocks)
@@ -171,11 +199,11 @@ class StreamClock:
         if known:
             start = min(known)
         else:
-            now = self.monotonic()
-            if not all(s.first_time is not None or self.idle(s, now) for s in self.sources.values()):
-                return False
             firsts = [s.first_time for s in self.sources.values() if s.first_time is not None]
-            if not firsts:
+            if not firsts or self.first_delivery is None:
+                return False
+            waited = self.monotonic() - self.first_delivery
+            if len(firsts) < len(self.sources) and waited < self.start_s:
                 return False
             start = min(firsts) // self.tick_ms * self.tick_ms
         for p, c in self.clocks.items():

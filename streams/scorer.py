@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from cvm.codec import Codec
 from cvm.config import EVENT_TOPICS, Config
@@ -130,6 +130,9 @@ class Scorer:
         self.stopping = threading.Event()
         self.rebalanced = False
         self.paused: set[tuple[str, int]] = set()
+        self.resume_after_assign: set[tuple[str, int]] = set()
+        self.assigned_now: set[tuple[str, int]] = set()  # assigned during the poll in progress
+        self._next_status = 0.0
 
     # --- group membership ----------------------------------------------------------------------------------------
 
@@ -160,26 +163,25 @@ class Scorer:
         fresh = partitions - set(self.table.partitions)
         read = self.table.recover(fresh)
         clocks = {p: _clock_of(self.table.get(p, CLOCK_KEY)) for p in partitions}
-        empty = set()
-        for tp in assigned:  # a partition that never held a record cannot hold stream time back
-            try:
-                if consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1] == 0:
-                    empty.add((tp.topic, tp.partition))
-            except KafkaException:
-                pass
-        self.clock.assign([(tp.topic, tp.partition) for tp in assigned], clocks, empty)
-        log.info("assigned partitions %s (%d changelog records read)", sorted(partitions), read)
+        self.clock.assign([(tp.topic, tp.partition) for tp in assigned], clocks)
+        log.info("assigned partitions %s", " ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "none")
+        log.info("table ready: %d partitions, %d changelog records read", len(partitions), read)
         self.rebalanced = True
-        self.paused -= {(tp.topic, tp.partition) for tp in assigned}
+        # A partition paused before the rebalance may still be paused in the client: resume them all, after the
+        # callback (the assignment takes effect when it returns).
+        self.resume_after_assign |= {(tp.topic, tp.partition) for tp in assigned}
+        self.assigned_now |= {(tp.topic, tp.partition) for tp in assigned}
+        self.paused -= self.resume_after_assign
 
     def _on_revoke(self, consumer: Any, revoked: list[TopicPartition]) -> None:
         partitions = {tp.partition for tp in revoked}
-        log.info("revoked partitions %s", sorted(partitions))
+        log.info("revoked partitions %s", " ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked) or "none")
         self.table.drop(partitions)
         self.clock.revoke(partitions)
         for p in partitions:
             self.reported.pop(p, None)
         self.paused -= {(tp.topic, tp.partition) for tp in revoked}
+        self.assigned_now -= {(tp.topic, tp.partition) for tp in revoked}
         self.rebalanced = True
 
     def close(self) -> None:
@@ -198,8 +200,11 @@ class Scorer:
     def step(self) -> int:
         """Consume and process one batch; the number of records it held."""
         msgs = self.consumer.consume(num_messages=self.cfg.worker_batch, timeout=self.cfg.worker_batch_s)
+        if self.assigned_now:
+            msgs = self._from_committed(msgs)
         now_ms = int(time.time() * 1000)
         n = self._take(msgs, now_ms)
+        self._positions()
         if self.rebalanced:
             self.rebalanced = False
             self._rebuild()
@@ -208,7 +213,23 @@ class Scorer:
             self._open_phase(now_ms)
             self._idle()
         self._finish()
+        now = self.monotonic()
+        if now >= self._next_status:
+            self._next_status = now + 10.0
+            log.info("%s", self.status())
         return n
+
+    def status(self) -> str:
+        """One line on where the worker stands in stream time (logged every 10 s)."""
+        clock, tick = self.clock, self.clock.tick
+        held = sum(len(s.items) for s in clock.sources.values())
+        idle = sorted(f"{t}[{p}]" for (t, p), src in clock.sources.items() if clock.idle(src, self.monotonic()))
+        return (
+            f"stream time: tick {tick}, latest event {clock.latest()}, {held} records held, "
+            f"{len(self.paused)} partitions paused, idle: {' '.join(idle) or 'none'}, "
+            f"waiting for models: {self.waiting_since is not None}, customers changed since their tick: "
+            f"{len(self.changed)}, timers: {len(self.timers)}, scored {dict(self.counters)}"
+        )
 
     def _take(self, msgs: list[Message], now_ms: int) -> int:
         """Decode a batch's records into their sources' queues; poison and re-keyed records are dealt with now."""
@@ -234,6 +255,51 @@ class Scorer:
         for (topic, partition), items in by_source.items():
             self.clock.offer(topic, partition, items)
         return n
+
+    def _from_committed(self, msgs: list[Message]) -> list[Message]:
+        """After an assignment, start each assigned partition exactly at its committed offset.
+
+        Records fetched before the rebalance can come out of the same poll as the assignment, ahead of the committed
+        offset: folding those first would make the records between the committed offset and them look re-delivered
+        (a hole). They are dropped and the partitions read again from their committed offsets.
+        """
+        fresh, self.assigned_now = self.assigned_now, set()
+        kept = [m for m in msgs if (m.topic(), m.partition()) not in fresh]
+        committed = self.consumer.committed([TopicPartition(t, p) for t, p in fresh], timeout=10)
+        for tp in committed:
+            self.consumer.seek(
+                TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+            )
+        if len(kept) < len(msgs):
+            log.info("%d records fetched before the rebalance dropped: read again from the committed offsets",
+                     len(msgs) - len(kept))  # fmt: skip
+        return kept
+
+    def _positions(self) -> None:
+        """Which sources have read everything the broker holds (from the consumer's own figures, no round trip).
+
+        Tansu reports as high watermark the base offset of a partition's last record batch: there, the record at
+        the watermark must have been read too (fetches return whole batches).
+        """
+        empty = [tp for tp, src in self.clock.sources.items() if not src.items]
+        if not empty:
+            return
+        try:
+            positions = self.consumer.position([TopicPartition(t, p) for t, p in empty])
+        except KafkaException:
+            return
+        extra = 1 if self.cfg.embedded_broker else 0
+        for tp in positions:
+            key = (tp.topic, tp.partition)
+            try:
+                high = self.consumer.get_watermark_offsets(tp, cached=True)[1]
+            except KafkaException:
+                high = None
+            if high is None or high < 0:
+                self.clock.read_to_end(key, False)
+                continue
+            position = tp.offset if tp.offset >= 0 else self.clock.commit_positions().get(key, 0)
+            self.clock.read_to_end(key, high == 0 or position >= high + extra)
 
     def _ticks(self, now_ms: int) -> None:
         """Evaluate every tick that every source has passed, each after folding its phase."""
@@ -557,6 +623,9 @@ class Scorer:
     def _flow(self) -> None:
         """Pause the sources that hold records for a later tick; resume those that caught up."""
         held = self.clock.holding()
+        if self.resume_after_assign:
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.resume_after_assign])
+            self.resume_after_assign.clear()
         pause = held - self.paused
         resume = self.paused - held
         if pause:

@@ -18,7 +18,7 @@ from cvm.config import Config
 from cvm.events import to_json
 from cvm.replay import HistoryFile
 from cvm.verify import Actual, Expectation, Totals, compare, expect_file
-from scoring.state import CustomerState, FoldRules
+from scoring.state import RECENT_IDS, CustomerState, FoldRules
 
 DAY = 86_400_000
 T0 = 1_750_000_000_000  # 2025-06-15
@@ -199,12 +199,17 @@ _KINDS = st.sampled_from(["transactions", "contacts", "payments"])
 @st.composite
 def streams(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
     """A few customers' events in publish order: each kind in time order with some stragglers (some beyond the
-    lateness), and upstream duplicates; at most 8 events per customer, below the worker's id-memory bound."""
+    lateness), and upstream duplicates; per customer, at most as many events of a kind as the worker's id memory
+    holds (scoring.state.RECENT_IDS)."""
     events: list[tuple[str, dict[str, Any]]] = []
     for c in range(draw(st.integers(1, 4))):
         cid = f"c{c}"
-        for i in range(draw(st.integers(1, 8))):
+        room = dict(zip(("transactions", "contacts", "payments"), RECENT_IDS, strict=True))
+        for i in range(draw(st.integers(1, 12))):
             kind = draw(_KINDS)
+            if not room[kind]:
+                continue
+            room[kind] -= 1
             t = T0 + draw(st.integers(0, 20 * DAY))
             eid = f"{cid}-{i}" if not events or draw(st.integers(0, 4)) else events[-1][1]["event_id"]
             if kind == "transactions":

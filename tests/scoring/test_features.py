@@ -250,4 +250,5 @@ def test_state_stays_compact_for_a_busy_customer() -> None:
     events = [make(i, rnd.choice(["transactions", "contacts", "payments"]), T0 + i * 3600_000, rnd.randint(0, 10**6))
               for i in range(2000)]  # fmt: skip
     s = fold(events)[0]
-    assert len(s.to_bytes()) <= 512
+    # 16 remembered event ids (8 transactions, 4 contacts, 4 payments: 12 bytes each) fill up here; the rest is fixed
+    assert len(s.to_bytes()) <= 560

@@ -90,8 +90,8 @@ class Consumer:
     def __init__(self, log: Log, seed: int = 0) -> None:
         self.log = log
         self.rng = random.Random(seed)
-        self.position: dict[tuple[str, int], int] = {}
-        self.committed: dict[tuple[str, int], int] = {}
+        self.position_of: dict[tuple[str, int], int] = {}
+        self.committed_offsets: dict[tuple[str, int], int] = {}
         self.paused: set[tuple[str, int]] = set()
         self.topics: list[str] = []
         self.callbacks: dict[str, Any] = {}
@@ -106,6 +106,11 @@ class Consumer:
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
         return 0, len(self.log.records[(tp.topic, tp.partition)])
 
+    def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        return [
+            TopicPartition(tp.topic, tp.partition, self.position_of.get((tp.topic, tp.partition), -1001)) for tp in tps
+        ]
+
     def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         self.topics, self.callbacks = topics, {"assign": on_assign, "revoke": on_revoke}
 
@@ -114,24 +119,33 @@ class Consumer:
         if not self.assigned:
             self.assigned = True
             self.callbacks["assign"](self, [TopicPartition(t, p) for t, p in parts])
-            self.position = {tp: self.committed.get(tp, 0) for tp in parts}
+            self.position_of = {tp: self.committed_offsets.get(tp, 0) for tp in parts}
         out: list[Message] = []
         while len(out) < num_messages:
-            ready = [tp for tp in parts if tp not in self.paused and self.position[tp] < len(self.log.records[tp])]
+            ready = [tp for tp in parts if tp not in self.paused and self.position_of[tp] < len(self.log.records[tp])]
             if not ready:
                 break
             tp = self.rng.choice(ready)
             take = min(self.rng.randint(1, 50), num_messages - len(out))
             part = self.log.records[tp]
-            chunk = part[self.position[tp] : self.position[tp] + take]
-            self.position[tp] += len(chunk)
+            chunk = part[self.position_of[tp] : self.position_of[tp] + take]
+            self.position_of[tp] += len(chunk)
             out.extend(chunk)
         self.log.journal.append(("consume", len(out)))
         return out
 
+    def committed(self, tps: list[TopicPartition], timeout: float = 0) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.committed_of(tp)) for tp in tps]
+
+    def committed_of(self, tp: TopicPartition) -> int:
+        return self.committed_offsets.get((tp.topic, tp.partition), -1001)
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.position_of[(tp.topic, tp.partition)] = max(tp.offset, 0)
+
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = False) -> None:
         for tp in offsets:
-            self.committed[(tp.topic, tp.partition)] = tp.offset
+            self.committed_offsets[(tp.topic, tp.partition)] = tp.offset
         self.log.journal.append(("commit", {(tp.topic, tp.partition): tp.offset for tp in offsets}))
 
     def pause(self, tps: list[TopicPartition]) -> None:
