@@ -7,6 +7,7 @@ partition number whichever client wrote them — the co-partitioning the workers
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -228,7 +229,9 @@ class ModelKey:
         return hmac.new(self.keys[0], payload, hashlib.sha256).hexdigest().encode()
 
     def verify(self, payload: bytes, tag: bytes) -> bool:
-        return any(hmac.compare_digest(hmac.new(k, payload, hashlib.sha256).hexdigest().encode(), tag) for k in self.keys)
+        return any(
+            hmac.compare_digest(hmac.new(k, payload, hashlib.sha256).hexdigest().encode(), tag) for k in self.keys
+        )
 
 
 def _data_dir_key(path: Path) -> bytes:
@@ -258,22 +261,30 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
-def encode_model(meta: dict[str, Any], blob: bytes = b"", *, key: ModelKey) -> bytes:
+@functools.cache
+def _process_key() -> ModelKey:
+    return ModelKey.from_config(Config.load())
+
+
+def encode_model(meta: dict[str, Any], blob: bytes = b"", *, key: ModelKey | None = None) -> bytes:
     """A signed ``models`` / ``model-metrics`` message: the signature line, one JSON line of metadata, the blob.
 
-    ``signed_at`` (epoch seconds) is added to the metadata: :func:`cvm.metrics.model_in_force` takes the model's
-    age from it.
+    Pass ``key=ModelKey.from_config(cfg)``; without it, the key of this process's own configuration (its
+    environment and ``CVM_CONFIG``) is used. ``signed_at`` (epoch seconds) is added to the metadata:
+    :func:`cvm.metrics.model_in_force` takes the model's age from it.
     """
+    key = key or _process_key()
     payload = json.dumps({**meta, "signed_at": round(time.time(), 3)}, separators=(",", ":")).encode() + b"\n" + blob
     return MODEL_SIGNATURE + b" " + key.sign(payload) + b"\n" + payload
 
 
-def decode_model(value: bytes, *, key: ModelKey) -> tuple[dict[str, Any], bytes]:
-    """The metadata and blob of a signed model message.
+def decode_model(value: bytes, *, key: ModelKey | None = None) -> tuple[dict[str, Any], bytes]:
+    """The metadata and blob of a signed model message (``key`` as for :func:`encode_model`).
 
     Raises :class:`ModelRejected` (and counts it in ``cvm_model_messages_refused_total{reason}``) when the message
     is unsigned, forged or malformed: nothing of it is unpickled or used.
     """
+    key = key or _process_key()
     head, _, payload = value.partition(b"\n")
     tag_name, _, tag = head.partition(b" ")
     if tag_name != MODEL_SIGNATURE:

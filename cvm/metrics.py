@@ -119,7 +119,9 @@ records = Counter(
 batch_records = Histogram("cvm_batch_records", "Records per batch.", buckets=_SIZES)
 batch_seconds = Histogram("cvm_batch_seconds", "Seconds from consuming a batch to committing it.", buckets=_SECONDS)
 consumer_lag = Gauge(
-    "cvm_consumer_lag_records", "Records between the consumer's position and the partition's end.", ["topic", "partition"]
+    "cvm_consumer_lag_records",
+    "Records between the consumer's position and the partition's end.",
+    ["topic", "partition"],
 )
 
 # --- worker state and models ---------------------------------------------------------------------------------------
@@ -169,7 +171,9 @@ class _ModelsInForce(Collector):
 
     def collect(self) -> Iterator[Metric]:
         version = GaugeMetricFamily("cvm_model_version", "Model version in force.", labels=["kind"])
-        age = GaugeMetricFamily("cvm_model_age_seconds", "Seconds since the model in force was signed.", labels=["kind"])
+        age = GaugeMetricFamily(
+            "cvm_model_age_seconds", "Seconds since the model in force was signed.", labels=["kind"]
+        )
         now = time.time()
         with self._lock:
             for kind, (number, signed_at) in sorted(self._models.items()):
@@ -305,7 +309,11 @@ def serve(cfg: Config, port: int, setting: str, registry: CollectorRegistry = RE
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(f"port {port} (/metrics) is in use: set {setting} to a free port, or 0 for none") from None
-        raise ConfigError(f"cannot serve /metrics on {host}:{port} ({exc.strerror or exc}): check CVM_METRICS_HOST") from None
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="cvm-metrics", daemon=True)
+        raise ConfigError(
+            f"cannot serve /metrics on {host}:{port} ({exc.strerror or exc}): check CVM_METRICS_HOST"
+        ) from None
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="cvm-metrics", daemon=True
+    )
     thread.start()
     return MetricsServer(server, thread, host)

@@ -65,7 +65,5 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._restore()

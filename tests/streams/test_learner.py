@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cvm.config import Config
-from cvm.kafka import create_topics, make_producer
+from cvm.kafka import create_topics, decode_model, make_producer
 from scoring import clv
 from streams.learner import ClvFitter, Learner
 from streams.models import ModelFeed
@@ -121,7 +121,7 @@ def test_the_trainer_learns_each_pair_once_and_resumes_from_its_publication(cfg:
     restored = ChurnTrainer(cfg, feed.get("churn"))
     assert restored.model.n_learned == 800 and restored.offset == 900 and restored.model.version == 4
     assert [restored.offer(p, 901 + i) for i, p in enumerate(data[795:805])] == [False] * 5 + [True] * 5
-    metrics = json.loads(metrics_msg.split(b"\n", 1)[0])
+    metrics, _ = decode_model(metrics_msg)  # signed: the metadata follows the signature line
     assert metrics["model_version"] == 4 and metrics["metrics"]["roc_auc"] > 0.8
 
 
