@@ -52,10 +52,11 @@ class NothingToFit(CvmError):
     """There are no transactions (or no repeat purchases) to fit the CLV models on."""
 
 
-class ModelRejected(CvmError):
+class ModelRejected(CvmError, ValueError):
     """A model message is unsigned, forged (its HMAC does not match CVM_MODEL_KEY) or malformed: refused, not loaded.
 
-    ``reason`` is ``unsigned``, ``forged`` or ``malformed`` (the label of ``cvm_model_messages_refused_total``).
+    ``reason`` is ``unsigned``, ``forged`` or ``malformed`` (the label of ``cvm_model_messages_refused_total``). It
+    is a ``ValueError`` too, so a reader that skips malformed messages skips a refused one.
     """
 
     def __init__(self, reason: str, message: str) -> None:

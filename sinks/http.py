@@ -224,7 +224,9 @@ class ApiServer:
 
     def _serve(self, ready: threading.Event, failed: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()
-        runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        # An unread body (a 405, a 401) is drained for up to lingering_time before the connection serves the next
+        # request; past it, or on a 413, the connection closes.
+        runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False, lingering_time=2.0)
         try:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.cfg.http_host or None, self.cfg.http_port)
