@@ -56,9 +56,8 @@ def test_the_sinks_metrics_account_for_every_record(cfg: Config, tmp_path: Path)
     )
     try:
         assert _read_line(sink, 60).startswith("cvm sink: HTTP API"), sink.poll()
-        sent = _produce(
-            cfg
-        )  # 22 transactions (a duplicate, one not Avro), 5 contacts, 5 scores, a dead letter, a late event
+        # 22 transactions (a duplicate, one not Avro), 5 contacts, 5 scores, a dead letter, a late event
+        sent = _produce(cfg)
         producer = make_producer(cfg)
         key = ModelKey.from_config(cfg)
         signed = {"kind": "metrics", "time": 1_700_000_000_000, "model_version": 3, "metrics": {"roc_auc": 0.8}}
