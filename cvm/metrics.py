@@ -158,6 +158,13 @@ http_request_seconds = Histogram(
 )
 
 
+# Labels known in advance are exposed at zero from the start: "none yet" reads 0 on a dashboard, not "no data".
+for _reason in ("unsigned", "forged", "malformed"):
+    model_refused.labels(reason=_reason)
+for _outcome in ("delivered", "failed", "dropped"):
+    webhook_alerts.labels(outcome=_outcome)
+
+
 class _ModelsInForce(Collector):
     """``cvm_model_version{kind}`` and ``cvm_model_age_seconds{kind}``, the age computed when scraped."""
 
