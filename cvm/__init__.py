@@ -1,8 +1,8 @@
 """cvm: streaming customer-value scoring.
 
 The `cvm` package holds what every process shares: the configuration, the Avro wire codec, the errors, the
-embedded broker and the command line. The data path itself lives in `schemas/` → `streams/` → `scoring/` →
-`sinks/`.
+metrics, the stop signals, logging, the embedded broker and the command line.
+The data path itself lives in `schemas/` → `streams/` → `scoring/` → `sinks/`.
 """
 
 from __future__ import annotations

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 
 from cvm.config import Config
 from cvm.exceptions import ConfigError
+from cvm.signals import StopSignals
 
 __all__ = ["main"]
 
@@ -24,23 +23,21 @@ def _broker(cfg: Config, args: argparse.Namespace) -> int:
 
     if not cfg.embedded_broker:
         raise ConfigError(f"CVM_KAFKA_BOOTSTRAP={cfg.kafka_bootstrap} names an external broker: unset it to run Tansu")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    broker = Broker(cfg.broker_port).start()
-    try:
-        create_topics(cfg)
-        print(
-            f"cvm broker: Tansu listening on {cfg.bootstrap} (memory storage: topics are lost on restart)",
-            file=sys.stderr,
-            flush=True,
-        )
-        while not stop.wait(0.5):
-            if broker.proc is not None and broker.proc.poll() is not None:
-                print(f"cvm broker: Tansu exited with code {broker.proc.returncode}", file=sys.stderr)
-                return 1
-    finally:
-        broker.stop()
+    with StopSignals() as stop:
+        broker = Broker(cfg.broker_port).start()
+        try:
+            create_topics(cfg)
+            print(
+                f"cvm broker: Tansu listening on {cfg.bootstrap} (memory storage: topics are lost on restart)",
+                file=sys.stderr,
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                if broker.proc is not None and broker.proc.poll() is not None:
+                    print(f"cvm broker: Tansu exited with code {broker.proc.returncode}", file=sys.stderr)
+                    return 1
+        finally:
+            broker.stop()
     return 0
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from cvm.config import Config
 from cvm.exceptions import CvmError
+from cvm.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -156,10 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = Config.load(args.config)
-        logging.basicConfig(
-            level=getattr(logging, cfg.log_level.upper(), logging.WARNING),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        setup_logging(cfg)
         module = importlib.import_module(COMMANDS[args.command])
         return int(module.main(cfg, args) or 0)
     except CvmError as exc:

@@ -62,7 +62,11 @@ class Config:
     app_id: str = _f("cvm", "CVM_APP_ID", "Application id: the workers' consumer group and changelog topic prefix.")
     http_host: str = _f("127.0.0.1", "CVM_HTTP_HOST", "Address the sink's HTTP API binds to.")
     http_port: int = _f(8080, "CVM_HTTP_PORT", "Port of the sink's HTTP API and dashboard.")
-    http_token: str = _f("", "CVM_HTTP_TOKEN", "Bearer token required by /api/sql when bound beyond loopback.")
+    http_token: str = _f(
+        "",
+        "CVM_HTTP_TOKEN",
+        "Bearer token every /api route and /metrics require when bound beyond loopback (sink, workers, learner).",
+    )
     default_margin_rate: float = _f(
         0.30, "CVM_DEFAULT_MARGIN_RATE", "Gross margin rate applied to a transaction that carries no margin."
     )
@@ -176,6 +180,23 @@ class Config:
     alert_webhook_queue: int = _f(
         1000, "CVM_ALERT_WEBHOOK_QUEUE", "Alerts waiting for the webhook at most; when full the oldest is dropped."
     )
+    # Operations (README "Operations"): metrics, model signing, logs.
+    metrics_host: str = _f(
+        "127.0.0.1",
+        "CVM_METRICS_HOST",
+        "Address the /metrics of workers and the learner bind to (the sink serves /metrics on its HTTP API).",
+    )
+    worker_metrics_port: int = _f(
+        9110, "CVM_WORKER_METRICS_PORT", "Port of a worker's /metrics (cvm up: worker N gets it + N - 1); 0 = off."
+    )
+    learner_metrics_port: int = _f(9109, "CVM_LEARNER_METRICS_PORT", "Port of the learner's /metrics; 0 = off.")
+    model_key: str = _f(
+        "",
+        "CVM_MODEL_KEY",
+        "HMAC key(s) of model messages, comma-separated: the first signs, any verifies; empty = a key generated in "
+        "$CVM_DATA_DIR/model.key (embedded broker only).",
+    )
+    log_format: str = _f("text", "CVM_LOG_FORMAT", "Log lines as text, or json (one JSON object per line).")
 
     def __post_init__(self) -> None:
         if not 0 <= self.allowed_lateness_s <= 49 * 86400:
@@ -207,6 +228,8 @@ class Config:
             raise ConfigError("alert_webhook_url must start with http:// or https://")
         if self.alert_webhook_attempts < 1 or self.alert_webhook_queue < 1:
             raise ConfigError("alert_webhook_attempts and alert_webhook_queue must be at least 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format={self.log_format!r}: must be text or json (CVM_LOG_FORMAT)")
 
     # --- construction -------------------------------------------------------------------------------------------
 
@@ -301,7 +324,7 @@ class Config:
         shown = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("kafka_sasl_password", "http_token") and value:
+            if f.name in ("kafka_sasl_password", "http_token", "model_key") and value:
                 value = "***"
             shown[f.name] = str(value)
         shown["clickhouse_url"] = _mask_url(self.clickhouse_dsn)

@@ -9,6 +9,7 @@ __all__ = [
     "CvmError",
     "DecodeError",
     "InvalidEvent",
+    "ModelRejected",
     "NothingToFit",
     "PortInUse",
     "QueryError",
@@ -49,3 +50,15 @@ class InvalidEvent(CvmError):
 
 class NothingToFit(CvmError):
     """There are no transactions (or no repeat purchases) to fit the CLV models on."""
+
+
+class ModelRejected(CvmError, ValueError):
+    """A model message is unsigned, forged (its HMAC does not match CVM_MODEL_KEY) or malformed: refused, not loaded.
+
+    ``reason`` is ``unsigned``, ``forged`` or ``malformed`` (the label of ``cvm_model_messages_refused_total``). It
+    is a ``ValueError`` too, so a reader that skips malformed messages skips a refused one.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

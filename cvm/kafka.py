@@ -7,19 +7,29 @@ partition number whichever client wrote them — the co-partitioning the workers
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from cvm import metrics
 from cvm.config import Config
-from cvm.exceptions import BrokerUnavailable
+from cvm.exceptions import BrokerUnavailable, ConfigError, ModelRejected
 
 __all__ = [
+    "MODEL_SIGNATURE",
+    "ModelKey",
     "TOPICS",
     "TopicSpec",
     "check_broker",
@@ -181,16 +191,121 @@ def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:
     return Consumer(conf)
 
 
-def encode_model(meta: dict[str, Any], blob: bytes = b"") -> bytes:
-    """A ``models`` message: one JSON line of metadata (``kind``, ``version``, ...), then an optional blob.
+# --- model messages: signed, so that whoever can write the models topic cannot run code on the workers -------------
 
-    >>> decode_model(encode_model({"kind": "clv", "version": 3}, b"\\x00\\n"))
-    ({'kind': 'clv', 'version': 3}, b'\\x00\\n')
+#: First line of a signed model message: this tag, a space, the hex HMAC-SHA256 of everything after the line.
+MODEL_SIGNATURE = b"cvm-model-hmac-sha256"
+_MIN_KEY_CHARS = 16
+_KEY_FILE = "model.key"
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """The HMAC keys of model messages: the first signs, any of them verifies (so a key can be rotated).
+
+    Build it once per process with :meth:`from_config`. ``CVM_MODEL_KEY`` holds one key or several, comma-separated.
+    Without it, on the embedded broker, the key is ``$CVM_DATA_DIR/model.key``, generated (mode 0600) by the first
+    process that needs it, so ``cvm up`` works out of the box; with an external Kafka a key must be configured.
+
+    >>> key = ModelKey((b"k" * 32,))
+    >>> decode_model(encode_model({"kind": "clv", "version": 3}, b"\\x00\\n", key=key), key=key)[1]
+    b'\\x00\\n'
     """
-    return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + blob
+
+    keys: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys or any(len(k) < _MIN_KEY_CHARS for k in self.keys):
+            raise ConfigError(f"every CVM_MODEL_KEY needs at least {_MIN_KEY_CHARS} characters")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ModelKey:
+        """The keys of ``CVM_MODEL_KEY``, else the data directory's (embedded broker only); :class:`ConfigError`."""
+        if cfg.model_key:
+            return cls(tuple(k.strip().encode() for k in cfg.model_key.split(",") if k.strip()))
+        if not cfg.embedded_broker:
+            raise ConfigError(
+                "set CVM_MODEL_KEY (the same secret on the learner, every worker and the sink, e.g. from "
+                "'python -c \"import secrets; print(secrets.token_hex(32))\"'): model messages are signed with it"
+            )
+        return cls((_data_dir_key(cfg.data_path / _KEY_FILE),))
+
+    def sign(self, payload: bytes) -> bytes:
+        return hmac.new(self.keys[0], payload, hashlib.sha256).hexdigest().encode()
+
+    def verify(self, payload: bytes, tag: bytes) -> bool:
+        return any(
+            hmac.compare_digest(hmac.new(k, payload, hashlib.sha256).hexdigest().encode(), tag) for k in self.keys
+        )
 
 
-def decode_model(value: bytes) -> tuple[dict[str, Any], bytes]:
-    """The metadata and blob of a ``models`` message."""
-    head, _, blob = value.partition(b"\n")
-    return json.loads(head), blob
+def _data_dir_key(path: Path) -> bytes:
+    """The key stored at ``path``, created first if missing; concurrent first starts agree on one key."""
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spare = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(spare, path)  # atomic, and fails when another process got there first: its key wins
+    except FileExistsError:
+        pass
+    finally:
+        spare.unlink()
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_text().strip().encode()
+    if len(key) < _MIN_KEY_CHARS:
+        raise ConfigError(f"{path} holds no usable model key: delete it (a new one is made) or set CVM_MODEL_KEY")
+    return key
+
+
+@functools.cache
+def _process_key() -> ModelKey:
+    return ModelKey.from_config(Config.load())
+
+
+def encode_model(meta: dict[str, Any], blob: bytes = b"", *, key: ModelKey | None = None) -> bytes:
+    """A signed ``models`` / ``model-metrics`` message: the signature line, one JSON line of metadata, the blob.
+
+    Pass ``key=ModelKey.from_config(cfg)``; without it, the key of this process's own configuration (its
+    environment and ``CVM_CONFIG``) is used. ``signed_at`` (epoch seconds) is added to the metadata:
+    :func:`cvm.metrics.model_in_force` takes the model's age from it.
+    """
+    key = key or _process_key()
+    payload = json.dumps({**meta, "signed_at": round(time.time(), 3)}, separators=(",", ":")).encode() + b"\n" + blob
+    return MODEL_SIGNATURE + b" " + key.sign(payload) + b"\n" + payload
+
+
+def decode_model(value: bytes, *, key: ModelKey | None = None) -> tuple[dict[str, Any], bytes]:
+    """The metadata and blob of a signed model message (``key`` as for :func:`encode_model`).
+
+    Raises :class:`ModelRejected` (and counts it in ``cvm_model_messages_refused_total{reason}``) when the message
+    is unsigned, forged or malformed: nothing of it is unpickled or used.
+    """
+    key = key or _process_key()
+    head, _, payload = value.partition(b"\n")
+    tag_name, _, tag = head.partition(b" ")
+    if tag_name != MODEL_SIGNATURE:
+        raise _refuse("unsigned", "a model message without cvm's signature line: refused")
+    if not key.verify(payload, tag):
+        raise _refuse("forged", "a model message whose signature does not match CVM_MODEL_KEY: refused")
+    line, _, blob = payload.partition(b"\n")
+    try:
+        meta = json.loads(line)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise _refuse("malformed", "a signed model message whose metadata is not a JSON object: refused")
+    return meta, blob
+
+
+def _refuse(reason: str, message: str) -> ModelRejected:
+    metrics.model_refused.labels(reason=reason).inc()
+    return ModelRejected(reason, message)

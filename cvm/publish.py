@@ -15,17 +15,16 @@ event times as record timestamps would fall straight out of the topics' time-bas
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any, TextIO
 
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import BrokerUnavailable, CvmError
 from cvm.kafka import check_broker, create_topics, make_producer
+from cvm.signals import StopSignals  # re-exported: simulate and replay take it from here
 
 __all__ = ["Progress", "Publisher", "RateLimiter", "StopSignals", "format_counts"]
 
@@ -111,31 +110,6 @@ def format_counts(counts: dict[str, int]) -> str:
     'transactions 1,200, payments 3'
     """
     return ", ".join(f"{kind} {n:,}" for kind, n in counts.items() if n) or "none"
-
-
-class StopSignals:
-    """While active, SIGTERM and SIGINT set :attr:`requested` instead of killing the process, so that a publishing
-    loop can stop between two events and flush what it produced."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals keep their handlers
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class Publisher:

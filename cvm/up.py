@@ -25,6 +25,7 @@ from typing import Any
 from cvm.broker import port_free, wait_port
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError, PortInUse
+from cvm.signals import StopSignals
 
 __all__ = ["main"]
 
@@ -42,6 +43,8 @@ class Child:
     restarts: int = 0
     done: bool = False  # exited on its own with code 0 (the simulator after --duration)
     log: Path = field(default_factory=Path)
+    env: dict[str, str] = field(default_factory=dict)  # settings of this child only (its /metrics port)
+    metrics: str = ""  # where its /metrics answers
 
     def start(self, env: dict[str, str], logs: Path) -> None:
         self.log = logs / f"{self.name}.log"
@@ -50,7 +53,7 @@ class Child:
             [sys.executable, "-m", "cvm.cli", *self.argv],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**env, **self.env},
             start_new_session=True,  # Ctrl-C reaches cvm up only: children are stopped in order
             preexec_fn=_die_with_parent,
         )
@@ -82,8 +85,9 @@ class Status:
         self._consumer: Any = None
 
     def sink(self) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.cfg.http_token}"} if self.cfg.http_token else {}
         try:
-            with urllib.request.urlopen(self.url, timeout=1.0) as resp:
+            with urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=1.0) as resp:
                 return dict(json.loads(resp.read()))
         except (OSError, ValueError):
             return {}
@@ -138,9 +142,18 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     children: list[Child] = []
     if cfg.embedded_broker:
         children.append(Child("broker", ["broker"], restartable=False))
-    children.append(Child("sink", ["sink", "--port", str(port)]))
-    children.append(Child("learner", ["learner"]))
-    children += [Child(f"worker-{i + 1}", ["worker", "--id", f"w{i + 1}"]) for i in range(args.workers)]
+    children.append(Child("sink", ["sink", "--port", str(port)], metrics=f"http://127.0.0.1:{port}/metrics"))
+    children.append(Child("learner", ["learner"], metrics=_metrics_url(cfg, cfg.learner_metrics_port)))
+    for i in range(args.workers):
+        worker_port = cfg.worker_metrics_port + i if cfg.worker_metrics_port else 0
+        children.append(
+            Child(
+                f"worker-{i + 1}",
+                ["worker", "--id", f"w{i + 1}"],
+                env={"CVM_WORKER_METRICS_PORT": str(worker_port)},
+                metrics=_metrics_url(cfg, worker_port),
+            )
+        )
     if not args.no_simulate:
         sim = ["simulate", "--customers", str(args.customers), "--days", str(args.days), "--seed", str(args.seed)]
         if args.rate:
@@ -149,29 +162,37 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         sim += ["--duration", str(args.duration or 10**9)]
         children.append(Child("simulator", sim))
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     status = Status(cfg, port)
     code = 0
-    try:
-        print(f"cvm up: logs in {logs}; dashboard http://127.0.0.1:{port}/ ; Ctrl-C stops", file=sys.stderr)
-        for child in children:
-            child.start(env, logs)
-            if child.name == "broker" and not wait_port(cfg.broker_port, timeout=15):
-                raise CvmError(f"the embedded broker did not start: see {child.log}")
-            if child.name == "sink" and not _wait_http(port, child, timeout=60):
-                raise CvmError(f"the sink did not start: {child.tail()} (log {child.log})")
-        code = _supervise(cfg, args, children, env, logs, status, stop, started)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        status.close()
-        print("cvm up: stopping ...", file=sys.stderr)
-        for child in reversed(children):
-            child.stop(timeout=30 if child.name == "sink" else 15)
-        print(f"cvm up: stopped after {time.monotonic() - started:.0f}s", file=sys.stderr)
+    with StopSignals() as signals:
+        try:
+            print(f"cvm up: logs in {logs}; dashboard http://127.0.0.1:{port}/ ; Ctrl-C stops", file=sys.stderr)
+            for child in children:
+                if child.metrics:
+                    print(f"cvm up: {child.name} metrics on {child.metrics}", file=sys.stderr)
+            for child in children:
+                child.start(env, logs)
+                if child.name == "broker" and not wait_port(cfg.broker_port, timeout=15):
+                    raise CvmError(f"the embedded broker did not start: see {child.log}")
+                if child.name == "sink" and not _wait_http(port, child, timeout=60):
+                    raise CvmError(f"the sink did not start: {child.tail()} (log {child.log})")
+            code = _supervise(cfg, args, children, env, logs, status, signals.event, started)
+        finally:
+            status.close()
+            print("cvm up: stopping ...", file=sys.stderr)
+            # After a Ctrl-C, a second one interrupts this orderly stop (the children die with this process).
+            for child in reversed(children):
+                child.stop(timeout=30 if child.name == "sink" else 15)
+            print(f"cvm up: stopped after {time.monotonic() - started:.0f}s", file=sys.stderr)
     return code
+
+
+def _metrics_url(cfg: Config, port: int) -> str:
+    if not port:
+        return ""
+    host = "127.0.0.1" if cfg.metrics_host in ("", "0.0.0.0") else cfg.metrics_host
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
 
 def _die_with_parent() -> None:

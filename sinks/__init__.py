@@ -1,8 +1,9 @@
 """The sinks: where scores and events leave the stream.
 
 ``sinks.writer`` consumes cvm's topics and writes them to ClickHouse in batches (``sinks.clickhouse`` holds the
-connection, migrations and inserts); ``sinks.http`` serves the analytics API and dashboard; ``sinks.service`` is
-``cvm sink`` and ``sinks.query`` is ``cvm sql``. Importing this package loads none of them.
+connection, migrations and inserts); ``sinks.http`` serves the analytics API, the dashboard and ``/metrics``
+(``sinks.openapi`` describes it); ``sinks.service`` is ``cvm sink`` and ``sinks.query`` is ``cvm sql``.
+Importing this package loads none of them.
 """
 
 from __future__ import annotations

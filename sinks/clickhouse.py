@@ -45,6 +45,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.insert import InsertContext
 
+from cvm import metrics
 from cvm.config import Config
 from cvm.events import parse_time
 from cvm.exceptions import ClickHouseUnavailable, ConfigError, QueryError
@@ -84,7 +85,7 @@ _OPENED: set[str] = set()
 
 
 class InsertFailed(ClickHouseUnavailable):
-    """An insert still failed after its retries; try again after ``retry_after`` seconds."""
+    """ClickHouse refused an insert; the writer tries it again, not before ``retry_after`` seconds."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
@@ -196,46 +197,35 @@ class ClickHouse:
             except Exception:  # any failure means "not healthy"; /health reports it, it does not raise
                 return False
 
-    def insert(
-        self,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        token: str,
-        attempts: int = 3,
-        backoff: float = 0.1,
-    ) -> None:
-        """Insert one batch into ``{database}.{table}``, retried with exponential backoff.
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str) -> None:
+        """Insert one batch into ``{database}.{table}``, once: :class:`InsertFailed` when ClickHouse refuses it.
 
-        ``token`` becomes the ``insert_deduplication_token``: a retry of an insert that did reach ClickHouse is a
-        no-op. Raises :class:`InsertFailed` once ``attempts`` are spent.
+        ``token`` becomes the ``insert_deduplication_token``, so the caller's retry of an insert that did reach
+        ClickHouse is a no-op. Retrying is the caller's (the writer pauses consuming and tries again with backoff):
+        one retry layer, not one inside another.
         """
         if not rows:
             return
         key = (table, tuple(columns))
-        delay = backoff
-        for attempt in range(1, attempts + 1):
-            try:
-                with self._locked():
-                    ctx = self._insert_contexts.get(key)
-                    if ctx is None:
-                        # Built once per table and column set: building one asks ClickHouse for the column types.
-                        ctx = self.client.create_insert_context(table, list(columns), database=self.database)
-                        self._insert_contexts[key] = ctx
-                    ctx.settings["insert_deduplication_token"] = token
-                    ctx.data = rows
-                    try:
-                        self.client.insert(context=ctx)
-                    finally:
-                        ctx.data = None
-                return
-            except ClickHouseError as exc:
-                message = condense_error(exc)
-                if attempt == attempts:
-                    raise InsertFailed(f"insert into {self.database}.{table} failed: {message}", delay) from exc
-                log.warning("insert into %s.%s failed (attempt %d): %s", self.database, table, attempt, message)
-                time.sleep(delay)
-                delay *= 2
+        started = time.perf_counter()
+        try:
+            with self._locked():
+                ctx = self._insert_contexts.get(key)
+                if ctx is None:
+                    # Built once per table and column set: building one asks ClickHouse for the column types.
+                    ctx = self.client.create_insert_context(table, list(columns), database=self.database)
+                    self._insert_contexts[key] = ctx
+                ctx.settings["insert_deduplication_token"] = token
+                ctx.data = rows
+                try:
+                    self.client.insert(context=ctx)
+                finally:
+                    ctx.data = None
+        except ClickHouseError as exc:
+            metrics.insert_failures.labels(table=table).inc()
+            raise InsertFailed(f"insert into {self.database}.{table} failed: {condense_error(exc)}", 0.5) from exc
+        finally:
+            metrics.insert_seconds.labels(table=table).observe(time.perf_counter() - started)
 
     def close(self) -> None:
         with self._locked():

@@ -50,12 +50,14 @@ from sinks.query import jsonable
 
 __all__ = [
     "ApiError",
+    "Context",
+    "ENDPOINTS",
+    "Endpoint",
     "PERIODS",
     "QUERIES",
     "STATIC_DIR",
     "alerts",
     "customer",
-    "handle",
     "kpis",
     "matrix",
     "migration",
@@ -326,6 +328,11 @@ class _Int:
     default: int
     low: int
     high: int
+    doc: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        """The parameter's JSON Schema (OpenAPI)."""
+        return {"type": "integer", "minimum": self.low, "maximum": self.high, "default": self.default}
 
     def parse(self, name: str, text: str) -> int:
         try:
@@ -344,6 +351,10 @@ class _Float:
     default: float
     low: float
     high: float
+    doc: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "number", "minimum": self.low, "maximum": self.high, "default": self.default}
 
     def parse(self, name: str, text: str) -> float:
         try:
@@ -361,6 +372,10 @@ class _Float:
 class _Choice:
     default: str
     choices: Mapping[str, Any]
+    doc: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.choices), "default": self.default}
 
     def parse(self, name: str, text: str) -> str:
         if text not in self.choices:
@@ -368,10 +383,10 @@ class _Choice:
         return text
 
 
-_Spec = _Int | _Float | _Choice
+Spec = _Int | _Float | _Choice
 
 
-def parse_params(query_string: str, spec: Mapping[str, _Spec]) -> dict[str, Any]:
+def parse_params(query_string: str, spec: Mapping[str, Spec]) -> dict[str, Any]:
     """The parameters ``spec`` names, parsed and range-checked (defaults for absent ones); others are ignored."""
     given = {k: v[-1] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
     return {name: kind.parse(name, given[name]) if name in given else kind.default for name, kind in spec.items()}
@@ -600,52 +615,87 @@ def model(ch: ClickHouse, points: int = 500) -> dict:
 
 # --- routing ---------------------------------------------------------------------------------------------------------
 
-_Handler = Callable[[ClickHouse, dict[str, Any], "_Context"], Any]
+
+@dataclass(frozen=True)
+class Context:
+    """What an endpoint may need besides ClickHouse and its parameters."""
+
+    margin_rate: float = 0.3
+    status: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
-class _Context:
-    margin_rate: float
-    status: Callable[[], dict[str, Any]] | None
+class Endpoint:
+    """One ``GET`` endpoint: its path (``{id}`` is a path parameter), query parameters, answer and summary.
+
+    ``sinks.http`` routes it and ``sinks.openapi`` describes it, both from this table.
+    """
+
+    path: str
+    summary: str
+    params: Mapping[str, Spec]
+    run: Callable[[ClickHouse, dict[str, Any], Context], Any]
+
+    def answer(self, ch: ClickHouse, query_string: str, ctx: Context, **path: str) -> Any:
+        """The JSON answer; :class:`ApiError` for a bad parameter."""
+        return self.run(ch, {**parse_params(query_string, self.params), **path}, ctx)
 
 
-_ROUTES: dict[str, tuple[dict[str, _Spec], _Handler]] = {
-    "/api/kpis": (
-        {"period": _Choice("30d", PERIODS)},
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "/api/kpis",
+        "Headline figures: customers, revenue and margin over the period, value at risk, alerts today, events/s, lag",
+        {"period": _Choice("30d", PERIODS, "Event-time period ending at the latest transaction")},
         lambda ch, p, ctx: kpis(ch, p["period"], ctx.margin_rate, ctx.status() if ctx.status else None),
     ),
-    "/api/whale": ({"points": _Int(200, 10, 5000)}, lambda ch, p, ctx: whale(ch, **p)),
-    "/api/matrix": ({"low": _Float(0.3, 0.0, 1.0), "high": _Float(0.6, 0.0, 1.0)}, lambda ch, p, ctx: matrix(ch, **p)),
-    "/api/alerts": ({"limit": _Int(50, 1, 1000)}, lambda ch, p, ctx: alerts(ch, **p)),
-    "/api/migration": ({"days": _Int(90, 0, 36500)}, lambda ch, p, ctx: migration(ch, **p)),
-    "/api/model": ({"points": _Int(500, 1, 10000)}, lambda ch, p, ctx: model(ch, **p)),
-}
-_CUSTOMER = "/api/customer/"
-_CUSTOMER_SPEC: dict[str, _Spec] = {"points": _Int(500, 1, 10000), "limit": _Int(20, 1, 500)}
+    Endpoint(
+        "/api/whale",
+        "The whale curve: cumulative profit over customers sorted by profitability, sampled in SQL, with its peak",
+        {"points": _Int(200, 10, 5000, "About this many points")},
+        lambda ch, p, ctx: whale(ch, **p),
+    ),
+    Endpoint(
+        "/api/matrix",
+        "Value tier x churn band: customers, value at risk and expected loss in every cell",
+        {
+            "low": _Float(0.3, 0.0, 1.0, "Churn probability where the medium band starts"),
+            "high": _Float(0.6, 0.0, 1.0, "Churn probability where the high band starts (above low)"),
+        },
+        lambda ch, p, ctx: matrix(ch, **p),
+    ),
+    Endpoint(
+        "/api/alerts",
+        "The latest alerts, newest first, with tier, value, churn probability and reasons",
+        {"limit": _Int(50, 1, 1000, "Alerts at most")},
+        lambda ch, p, ctx: alerts(ch, **p),
+    ),
+    Endpoint(
+        "/api/customer/{id}",
+        "One customer: every feature, score history, its latest events of each kind, its alerts",
+        {
+            "points": _Int(500, 1, 10000, "Score history points at most (the latest)"),
+            "limit": _Int(20, 1, 500, "Events of each kind and alerts at most (the latest)"),
+        },
+        lambda ch, p, ctx: customer(ch, p.pop("id"), **p),
+    ),
+    Endpoint(
+        "/api/migration",
+        "Per day, customers moving up or down a value tier, and the totals per move",
+        {"days": _Int(90, 0, 36500, "Days back from the latest score (0: all)")},
+        lambda ch, p, ctx: migration(ch, **p),
+    ),
+    Endpoint(
+        "/api/model",
+        "Each model-quality metric over time and its latest value",
+        {"points": _Int(500, 1, 10000, "Evaluations per metric at most (the latest)")},
+        lambda ch, p, ctx: model(ch, **p),
+    ),
+)
 
 
 def routes() -> list[str]:
-    """The dashboard's endpoint paths (``/api/customer/<id>`` included as a prefix)."""
-    return [*_ROUTES, _CUSTOMER + "<id>"]
-
-
-def handle(
-    ch: ClickHouse,
-    path: str,
-    query_string: str,
-    margin_rate: float = 0.3,
-    status: Callable[[], dict[str, Any]] | None = None,
-) -> Any:
-    """The JSON answer of a dashboard endpoint; :class:`ApiError` for an unknown path or a bad parameter."""
-    ctx = _Context(margin_rate, status)
-    if path.startswith(_CUSTOMER):
-        customer_id = unquote(path[len(_CUSTOMER) :])
-        return customer(ch, customer_id, **parse_params(query_string, _CUSTOMER_SPEC))
-    found = _ROUTES.get(path.rstrip("/") or path)
-    if found is None:
-        raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path} (try {', '.join(routes())})")
-    spec, run = found
-    return run(ch, parse_params(query_string, spec), ctx)
+    """The dashboard's endpoint paths."""
+    return [e.path for e in ENDPOINTS]
 
 
 # --- the page's files ------------------------------------------------------------------------------------------------

@@ -1,147 +1,261 @@
-"""The sink's analytics HTTP API (stdlib ``ThreadingHTTPServer``), on ``cfg.http_host:cfg.http_port``.
+"""The sink's HTTP API on aiohttp, served from a background thread on ``cfg.http_host:cfg.http_port``.
 
-Endpoints:
+Routes (described, with their parameters, at ``GET /api/openapi.json``):
 
 * ``GET /`` — the dashboard (``sinks/static/index.html``), its files under ``/static/``;
-* ``GET /api/kpis``, ``/api/whale``, ``/api/matrix``, ``/api/alerts``, ``/api/customer/<id>``, ``/api/migration``,
-  ``/api/model`` — the dashboard's data as JSON (``sinks.dashboard``);
-* ``GET /health`` — ``{"status": "ok", "clickhouse": true, ...}``;
+* ``GET /api/kpis``, ``/api/whale``, ``/api/matrix``, ``/api/alerts``, ``/api/customer/{id}``, ``/api/migration``,
+  ``/api/model`` — the dashboard's data as JSON (:data:`sinks.dashboard.ENDPOINTS`);
 * ``GET /api/status`` — rows per table, customers, the writer's counters and lag;
 * ``GET|POST /api/sql`` — a read-only query: ``?query=...`` or the POST body (plain text, or JSON
   ``{"query": ..., "format": ...}``); ``format=json`` (default: a list with one object per row) or ``tsv``
   (header line, then rows). Column names and types also come as JSON in the ``X-Cvm-Columns`` and
-  ``X-Cvm-Types`` headers. Errors are HTTP 400 with ``{"error": "<one line>"}``.
+  ``X-Cvm-Types`` headers;
+* ``GET /metrics`` — the sink's Prometheus metrics (:mod:`cvm.metrics`);
+* ``GET /health`` — liveness, always open.
 
-Bound beyond loopback, ``/api/sql`` and the dashboard's data endpoints require
-``Authorization: Bearer <CVM_HTTP_TOKEN>``, and the server refuses to start without a token.
-
->>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0")
-(True, True, True, False)
+Every refusal is JSON ``{"error": "<one line>"}`` with its status (400, 401, 404, 405, 413, 503). Bound beyond
+loopback, every ``/api`` route and ``/metrics`` require ``Authorization: Bearer <CVM_HTTP_TOKEN>`` (one
+middleware), and the server refuses to start without a token. Bodies are limited to 1 MiB; a body the API does
+not read (a 405, a 401) is drained by aiohttp before the connection serves the next request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import hmac
-import ipaddress
 import json
 import logging
-import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from aiohttp import web
 from clickhouse_connect.driver.exceptions import ClickHouseError
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
 
+from cvm import metrics
 from cvm.config import Config
 from cvm.exceptions import ConfigError, CvmError, PortInUse
-from sinks import dashboard
+from sinks import dashboard, openapi
 from sinks.clickhouse import ClickHouse, condense_error
 from sinks.query import Result, run_query, to_tsv
 
-__all__ = ["ApiServer", "check_exposure", "is_loopback"]
+__all__ = ["MAX_BODY", "ApiServer", "build_app", "check_exposure"]
 
 log = logging.getLogger("cvm.sink.http")
 
-_MAX_BODY = 1 << 20
+#: Largest request body accepted (a query's text).
+MAX_BODY = 1 << 20
 StatusFn = Callable[[], dict[str, Any]]
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything, so it counts as exposed
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_API: web.AppKey[ApiServer] = web.AppKey("api")
 
 
 def check_exposure(cfg: Config) -> None:
-    """Refuse to serve ``/api/sql`` beyond loopback without a token (:class:`ConfigError` says what to do)."""
-    if not is_loopback(cfg.http_host) and not cfg.http_token:
+    """Refuse to serve the API beyond loopback without a token (:class:`ConfigError` says what to do)."""
+    if not metrics.is_loopback(cfg.http_host) and not cfg.http_token:
         raise ConfigError(
             f"the HTTP API would listen on {cfg.http_host or 'every address'}, beyond this machine, without a "
             "token: set CVM_HTTP_TOKEN (clients send 'Authorization: Bearer <token>'), or bind 127.0.0.1"
         )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    api: ApiServer
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    body = json.dumps({"error": " ".join(str(message).split())}, ensure_ascii=False)
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers or None)
 
 
-class _V6Server(_Server):
-    address_family = socket.AF_INET6
+def _json(obj: Any, headers: dict[str, str] | None = None) -> web.Response:
+    body = json.dumps(obj, default=str, ensure_ascii=False)
+    return web.Response(text=body, content_type="application/json", headers=headers)
+
+
+# --- middlewares: outermost first --------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _measured(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every answer, labelled by route pattern (a customer id is not a label)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        metrics.http_requests.labels(route=route, method=request.method, status=str(status)).inc()
+        metrics.http_request_seconds.labels(route=route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every refusal and failure as one JSON line; the API answers, it never dies."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, _explain(request, exc), **{k: v for k, v in exc.headers.items() if k == "Allow"})
+        if exc.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            response.force_close()  # the rest of a huge body is not worth reading
+        return response
+    except dashboard.ApiError as exc:
+        return _error(exc.status, exc.message)
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # one line to the client, details to the log
+        log.warning("%s %s failed", request.method, request.path, exc_info=True)
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+def _explain(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == HTTPStatus.NOT_FOUND:
+        if request.path.startswith("/api/"):
+            return f"no such endpoint: {request.path} (try {', '.join(dashboard.routes())})"
+        return f"no such file or endpoint: {request.path}"
+    if exc.status == HTTPStatus.METHOD_NOT_ALLOWED:
+        return f"{request.method} is not allowed on {request.path}"
+    if exc.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        return f"request body over {MAX_BODY} bytes"
+    return exc.text or exc.reason
+
+
+def _guarded_path(path: str) -> bool:
+    return path == "/metrics" or path == "/api" or path.startswith("/api/")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Beyond loopback, ``/api/*`` and ``/metrics`` need the bearer token."""
+    api = request.app[_API]
+    if api.require_token and _guarded_path(request.path):
+        if not metrics.bearer_ok(request.headers.get("Authorization"), api.cfg.http_token):
+            return _error(
+                HTTPStatus.UNAUTHORIZED,
+                "send 'Authorization: Bearer <token>' (the sink's CVM_HTTP_TOKEN)",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def _no_store(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# --- the server --------------------------------------------------------------------------------------------------
 
 
 class ApiServer:
     """The HTTP API over a read-only ClickHouse client; :meth:`start` serves it on a background thread.
 
     ``status`` returns the writer's counters for ``/api/status`` (None when no writer runs in this process).
+    ClickHouse calls run on a small thread pool: the client is synchronous and holds a lock per call.
     """
 
-    def __init__(self, cfg: Config, reader: ClickHouse, status: StatusFn | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        reader: ClickHouse,
+        status: StatusFn | None = None,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
         if not reader.readonly:
             raise ValueError("the HTTP API needs a client from connect(cfg, readonly=True)")
         check_exposure(cfg)
         self.cfg = cfg
         self.reader = reader
         self.status = status
-        self.require_token = not is_loopback(cfg.http_host)
+        self.registry = registry
+        self.require_token = not metrics.is_loopback(cfg.http_host)
         self.started = time.time()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.index_html = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
+        self.context = dashboard.Context(cfg.default_margin_rate, status)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cvm-http")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._port = cfg.http_port
 
     @property
     def port(self) -> int:
         """The port actually bound (``http_port=0`` picks a free one)."""
-        return int(self._httpd.server_address[1]) if self._httpd else self.cfg.http_port
+        return self._port
 
     @property
     def url(self) -> str:
         host = self.cfg.http_host
-        if host in ("", "0.0.0.0", "::"):
+        if host in ("", "0.0.0.0"):
             host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
+    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking call (ClickHouse) on the API's thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     def start(self) -> ApiServer:
-        """Bind and serve; :class:`PortInUse` when the port is taken."""
-        host, port = self.cfg.http_host, self.cfg.http_port
-        server_cls = _V6Server if ":" in host else _Server
-        try:
-            httpd = server_cls((host, port), _Handler)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
+        """Bind and serve; :class:`PortInUse` when the port is taken, :class:`ConfigError` for a bad address."""
+        ready = threading.Event()
+        failed: list[BaseException] = []
+        self._thread = threading.Thread(target=self._serve, args=(ready, failed), name="cvm-http", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failed:
+            self._thread.join(5)
+            self._thread = None
+            exc = failed[0]
+            host, port = self.cfg.http_host, self.cfg.http_port
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
                 raise PortInUse(
                     f"port {port} is in use: stop what listens there, or pick another with --port or CVM_HTTP_PORT"
                 ) from None
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): check CVM_HTTP_HOST") from None
-        httpd.api = self
-        self._httpd = httpd
-        # A short poll interval makes stop() quick; the idle cost is negligible.
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="cvm-http", daemon=True
-        )
-        self._thread.start()
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"cannot listen on {host}:{port} ({reason}): check CVM_HTTP_HOST") from None
         return self
 
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+    def _serve(self, ready: threading.Event, failed: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        # An unread body (a 405, a 401) is drained for up to lingering_time before the connection serves the next
+        # request; past it, or on a 413, the connection closes.
+        runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False, lingering_time=2.0)
+        try:
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self.cfg.http_host or None, self.cfg.http_port)
+            loop.run_until_complete(site.start())
+            self._port = int(runner.addresses[0][1])
+        except (OSError, ValueError) as exc:
+            failed.append(exc)
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+            ready.set()
+            return
+        self._loop = loop
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
 
-    # --- endpoint bodies (called from handler threads) -------------------------------------------------------------
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._loop = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- endpoint bodies (on the thread pool) ---------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         ok = self.reader.ping()
@@ -149,7 +263,6 @@ class ApiServer:
             "status": "ok" if ok else "degraded",
             "clickhouse": ok,
             "database": self.reader.database,
-            "clickhouse_url": self.cfg.describe()["clickhouse_url"],
             "writer": self.status is not None,
             "uptime_s": round(time.time() - self.started, 1),
         }
@@ -177,140 +290,103 @@ class ApiServer:
     def sql(self, query: str) -> Result:
         return run_query(self.reader, query)
 
-    def authorized(self, header: str | None) -> bool:
-        if not self.require_token:
-            return True
-        expected = f"Bearer {self.cfg.http_token}"
-        return header is not None and hmac.compare_digest(header.strip().encode(), expected.encode())
+
+# --- routes ------------------------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "cvm-sink"
+def build_app(api: ApiServer) -> web.Application:
+    """The aiohttp application of ``api``: middlewares, then one route per endpoint."""
+    app = web.Application(middlewares=[_measured, _errors, _guard, _no_store], client_max_size=MAX_BODY)
+    app[_API] = api
+    spec = openapi.document()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(body=api.index_html, content_type="text/html", charset="utf-8")
 
-    # --- responses -------------------------------------------------------------------------------------------------
+    async def static(request: web.Request) -> web.Response:
+        found = dashboard.static_file(request.path)
+        if found is None:
+            raise web.HTTPNotFound()
+        body, kind = found
+        content_type, _, charset = kind.partition("; charset=")
+        return web.Response(body=body, content_type=content_type, charset=charset or None)
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    async def health(request: web.Request) -> web.Response:
+        return _json(await api.blocking(api.health))
 
-    def _json(self, status: int, obj: Any) -> None:
-        body = json.dumps(obj, default=str, ensure_ascii=False).encode()
-        self._send(status, body, "application/json; charset=utf-8")
+    async def status(request: web.Request) -> web.Response:
+        return _json(await api.blocking(api.api_status))
 
-    def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": " ".join(message.split())})
+    async def served_metrics(request: web.Request) -> web.Response:
+        body = await api.blocking(metrics.exposition, api.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    # --- routing ---------------------------------------------------------------------------------------------------
+    async def openapi_json(request: web.Request) -> web.Response:
+        return _json(spec)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        self._route()
+    app.router.add_get("/", index)
+    app.router.add_get("/index.html", index)
+    app.router.add_get("/static/{path:.*}", static)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", served_metrics)
+    app.router.add_get("/api/openapi.json", openapi_json)
+    app.router.add_get("/api/status", status)
+    app.router.add_route("GET", "/api/sql", lambda request: _sql(api, request))
+    app.router.add_route("POST", "/api/sql", lambda request: _sql(api, request))
+    for endpoint in dashboard.ENDPOINTS:
+        app.router.add_get(_aiohttp_path(endpoint.path), _dashboard_handler(api, endpoint))
+    return app
 
-    def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
-        self._route()
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        self._route()
+def _aiohttp_path(path: str) -> str:
+    # A customer id may be empty (400, said by the endpoint) or hold any character.
+    return path.replace("{id}", "{id:.*}")
 
-    def _route(self) -> None:
-        api = self.server.api
-        url = urlsplit(self.path)
-        try:
-            if url.path == "/api/sql":
-                self._sql(api, url.query)
-            elif self.command == "POST":
-                self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"POST is not allowed on {url.path}")
-            elif url.path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, api.index_html, "text/html; charset=utf-8")
-            elif url.path == "/health":
-                self._json(HTTPStatus.OK, api.health())
-            elif url.path == "/api/status":
-                self._json(HTTPStatus.OK, api.api_status())
-            elif url.path.startswith("/api/"):
-                self._dashboard(api, url.path, url.query)
-            elif url.path.startswith("/static/"):
-                found = dashboard.static_file(url.path)
-                if found is None:
-                    self._error(HTTPStatus.NOT_FOUND, f"no such file: {url.path}")
-                else:
-                    self._send(HTTPStatus.OK, found[0], found[1])
-            else:
-                self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception as exc:  # the API must answer, never die: one line to the client, details to the log
-            log.warning("%s %s failed", self.command, self.path, exc_info=True)
+
+def _dashboard_handler(api: ApiServer, endpoint: dashboard.Endpoint) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        path = dict(request.match_info)
+        answer = await api.blocking(lambda: endpoint.answer(api.reader, request.query_string, api.context, **path))
+        return _json(answer)
+
+    return handle
+
+
+async def _sql(api: ApiServer, request: web.Request) -> web.Response:
+    query = request.query.getall("query", [""])[-1]
+    fmt = request.query.getall("format", [""])[-1]
+    if request.method == "POST":
+        if (request.content_length or 0) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length or 0)
+        body = (await request.read()).decode("utf-8", "replace")
+        if "json" in request.content_type and body.strip():
             try:
-                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
-            except OSError:
-                pass
-
-    def _dashboard(self, api: ApiServer, path: str, query_string: str) -> None:
-        if not api.authorized(self.headers.get("Authorization")):
-            self._error(HTTPStatus.UNAUTHORIZED, "send 'Authorization: Bearer <token>' (the sink's CVM_HTTP_TOKEN)")
-            return
-        try:
-            answer = dashboard.handle(api.reader, path, query_string, api.cfg.default_margin_rate, api.status)
-        except dashboard.ApiError as exc:
-            self._error(exc.status, exc.message)
-            return
-        self._json(HTTPStatus.OK, answer)
-
-    def _sql(self, api: ApiServer, query_string: str) -> None:
-        if not api.authorized(self.headers.get("Authorization")):
-            self._error(HTTPStatus.UNAUTHORIZED, "send 'Authorization: Bearer <token>' (the sink's CVM_HTTP_TOKEN)")
-            return
-        params = {k: v[-1] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
-        query = params.get("query", "")
-        fmt = params.get("format", "")
-        if self.command == "POST":
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > _MAX_BODY:
-                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"query body over {_MAX_BODY} bytes")
-                return
-            body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-            if "json" in (self.headers.get("Content-Type") or "") and body.strip():
-                try:
-                    doc = json.loads(body)
-                except ValueError:
-                    self._error(HTTPStatus.BAD_REQUEST, "the body is not valid JSON")
-                    return
-                if not isinstance(doc, dict):
-                    self._error(HTTPStatus.BAD_REQUEST, 'expected a JSON object {"query": "..."}')
-                    return
-                query = str(doc.get("query") or query)
-                fmt = str(doc.get("format") or fmt)
-            elif body.strip():
-                query = body
-        fmt = (fmt or "json").lower()
-        if fmt not in ("json", "tsv"):
-            self._error(HTTPStatus.BAD_REQUEST, f"format must be json or tsv, not {fmt}")
-            return
-        try:
-            result = api.sql(query)
-        except CvmError as exc:
-            self._error(HTTPStatus.BAD_REQUEST, str(exc))
-            return
-        # The columns travel in headers, so that an empty JSON answer still names them (ASCII JSON: header-safe).
-        meta = {
-            "X-Cvm-Columns": json.dumps(result.columns),
-            "X-Cvm-Types": json.dumps(result.types),
-            "X-Cvm-Elapsed-Ms": str(result.elapsed_ms),
-        }
-        if fmt == "tsv":
-            body_out = to_tsv(result.columns, result.rows).encode()
-            self._send(HTTPStatus.OK, body_out, "text/tab-separated-values; charset=utf-8", meta)
-            return
-        body_out = json.dumps(result.records(), ensure_ascii=False).encode()
-        self._send(HTTPStatus.OK, body_out, "application/json; charset=utf-8", meta)
+                doc = json.loads(body)
+            except ValueError:
+                return _error(HTTPStatus.BAD_REQUEST, "the body is not valid JSON")
+            if not isinstance(doc, dict):
+                return _error(HTTPStatus.BAD_REQUEST, 'expected a JSON object {"query": "..."}')
+            query = str(doc.get("query") or query)
+            fmt = str(doc.get("format") or fmt)
+        elif body.strip():
+            query = body
+    fmt = (fmt or "json").lower()
+    if fmt not in ("json", "tsv"):
+        return _error(HTTPStatus.BAD_REQUEST, f"format must be json or tsv, not {fmt}")
+    try:
+        result: Result = await api.blocking(api.sql, query)
+    except CvmError as exc:
+        return _error(HTTPStatus.BAD_REQUEST, str(exc))
+    # The columns travel in headers, so that an empty JSON answer still names them (ASCII JSON: header-safe).
+    meta = {
+        "X-Cvm-Columns": json.dumps(result.columns),
+        "X-Cvm-Types": json.dumps(result.types),
+        "X-Cvm-Elapsed-Ms": str(result.elapsed_ms),
+    }
+    if fmt == "tsv":
+        return web.Response(
+            text=to_tsv(result.columns, result.rows), content_type="text/tab-separated-values", headers=meta
+        )
+    return web.Response(
+        text=json.dumps(result.records(), ensure_ascii=False), content_type="application/json", headers=meta
+    )

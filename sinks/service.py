@@ -1,4 +1,4 @@
-"""``cvm sink``: migrate ClickHouse, serve the HTTP API, and run the writer until SIGTERM/SIGINT.
+"""``cvm sink``: migrate ClickHouse, serve the HTTP API (and ``/metrics``), and run the writer until SIGTERM/SIGINT.
 
 Start-up fails fast, each failure on one line: ClickHouse unavailable, HTTP port taken or exposed without a token,
 broker unreachable. On SIGTERM or SIGINT the writer stops consuming, writes what it holds, commits, and closes;
@@ -7,13 +7,11 @@ then the HTTP API stops and the command exits 0. A second signal interrupts a sl
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
 from typing import Any
 
 from cvm.config import Config
-from cvm.kafka import check_broker, create_topics
+from cvm.kafka import ModelKey, check_broker, create_topics
+from cvm.signals import StopSignals
 from sinks.clickhouse import connect, migrate
 from sinks.http import ApiServer, check_exposure
 from sinks.webhook import WebhookDeliverer
@@ -29,6 +27,7 @@ def main(cfg: Config, args: Any) -> int:
     if getattr(args, "host", None) is not None:
         cfg = cfg.replace(http_host=args.host)
     check_exposure(cfg)  # before opening anything: a refusal should cost nothing
+    ModelKey.from_config(cfg)  # likewise: model-metrics messages are verified with it
 
     ch = connect(cfg)
     reader = None
@@ -51,22 +50,13 @@ def main(cfg: Config, args: Any) -> int:
         check_broker(cfg)
         create_topics(cfg)
 
-        stop = threading.Event()
-        previous: dict[int, Any] = {}
-
-        def _stop(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-            for sig, handler in previous.items():  # a second signal takes the default way out
-                signal.signal(sig, handler)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, _stop)
-        print(
-            f"cvm sink: HTTP API on {server.url} (dashboard /, SQL /api/sql); writing to "
-            f"{cfg.describe()['clickhouse_url']} database {cfg.clickhouse_database}",
-            flush=True,
-        )
-        writer.run(stop)
+        with StopSignals() as stop:
+            print(
+                f"cvm sink: HTTP API on {server.url} (dashboard /, SQL /api/sql, metrics /metrics); writing to "
+                f"{cfg.describe()['clickhouse_url']} database {cfg.clickhouse_database}",
+                flush=True,
+            )
+            writer.run(stop.event)
     finally:
         if webhook is not None:
             webhook.stop()

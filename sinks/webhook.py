@@ -9,8 +9,9 @@ Each POST carries the alert as JSON (``alert_time`` in ISO-8601 UTC, ``customer_
 header ``Idempotency-Key: <episode>``. A 2xx answer is success. Connection errors, time-outs, 408, 429 and 5xx are
 retried with exponential backoff (0.5 s, 1 s, 2 s, … at most 30 s, or the server's ``Retry-After`` within that),
 up to ``attempts`` tries; any other answer is final. A failure is counted and logged with the URL's origin only
-(webhook URLs often carry their secret in the path). Delivery is best effort (the queue is in memory) and a post
-may arrive twice (an answer that came too late is retried): receivers de-duplicate on the episode.
+(webhook URLs often carry their secret in the path). Posts go through one pooled httpx client. Delivery is best
+effort (the queue is in memory) and a post may arrive twice (an answer that came too late is retried):
+receivers de-duplicate on the episode.
 
 >>> payload({"alert_time": 1_772_409_600_000, "customer_id": "c42", "rule": "high_value_at_risk",
 ...          "severity": "high", "reasons": ["≈3 complaints in 30 days"], "scores": '{"clv": 5400.0}',
@@ -25,8 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -34,6 +33,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
+from cvm import metrics
 from cvm.config import Config
 
 __all__ = ["WebhookDeliverer", "origin", "payload"]
@@ -136,12 +138,18 @@ class WebhookDeliverer:
         self._busy = False
         self._counts = {"submitted": 0, "delivered": 0, "failed": 0, "dropped": 0, "retries": 0}
         self._last_error: str | None = None
+        self._client: httpx.Client | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> WebhookDeliverer:
         return cls(cfg.alert_webhook_url, attempts=cfg.alert_webhook_attempts, queue_size=cfg.alert_webhook_queue)
 
     def start(self) -> WebhookDeliverer:
+        self._client = httpx.Client(
+            timeout=self.timeout_s,
+            headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": "cvm-sink"},
+            follow_redirects=False,
+        )
         self._thread = threading.Thread(target=self._run, name="cvm-webhook", daemon=True)
         self._thread.start()
         return self
@@ -152,8 +160,10 @@ class WebhookDeliverer:
             for alert in alerts:
                 if len(self._queue) == self._queue.maxlen:
                     self._counts["dropped"] += 1
+                    metrics.webhook_alerts.labels(outcome="dropped").inc()
                 self._queue.append(alert)  # a full deque drops its oldest item itself
                 self._counts["submitted"] += 1
+            metrics.webhook_queued.set(len(self._queue) + (1 if self._busy else 0))
             self._cond.notify_all()
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -171,6 +181,11 @@ class WebhookDeliverer:
             left = len(self._queue)
             self._queue.clear()
             self._counts["dropped"] += left
+            metrics.webhook_alerts.labels(outcome="dropped").inc(left)
+            metrics.webhook_queued.set(0)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if left:
             log.warning("stopping with %d alerts not delivered to the webhook at %s", left, self.origin)
 
@@ -206,9 +221,11 @@ class WebhookDeliverer:
                 log.warning("could not deliver an alert to the webhook at %s", self.origin, exc_info=True)
                 with self._cond:
                     self._counts["failed"] += 1
+                metrics.webhook_alerts.labels(outcome="failed").inc()
             finally:
                 with self._cond:
                     self._busy = False
+                    metrics.webhook_queued.set(len(self._queue))
                     self._cond.notify_all()
 
     def _deliver(self, alert: Mapping[str, Any]) -> None:
@@ -222,41 +239,44 @@ class WebhookDeliverer:
             if ok:
                 with self._cond:
                     self._counts["delivered"] += 1
+                metrics.webhook_alerts.labels(outcome="delivered").inc()
                 return
             if not retry or attempt == self.attempts:
                 break
             with self._cond:
                 self._counts["retries"] += 1
+            metrics.webhook_retries.inc()
             if self._abort.wait(min(self.max_backoff_s, max(delay, wait or 0.0))):
                 break
             delay *= 2
         with self._cond:
             self._counts["failed"] += 1
             self._last_error = error
+        metrics.webhook_alerts.labels(outcome="failed").inc()
         log.warning(
             "alert %s not delivered to the webhook at %s after %d attempt(s): %s", episode, self.origin, attempt, error
         )
 
     def _post(self, body: bytes, episode: str) -> tuple[bool, bool, str, float | None]:
         """One POST: (delivered, worth retrying, error text, seconds the server asked to wait)."""
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json; charset=utf-8",
-                "User-Agent": "cvm-sink",
-                "Idempotency-Key": episode,
-            },
-        )
+        assert self._client is not None, "start() first"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310 - http(s) only
-                answer.read()
-                return True, False, "", None
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            return False, exc.code in _RETRIED, f"HTTP {exc.code}", _retry_after(exc.headers.get("Retry-After"))
-        except urllib.error.URLError as exc:  # refused, unresolvable, TLS: the reason names no part of the URL
-            return False, True, f"{type(exc.reason).__name__}: {exc.reason}", None
-        except (TimeoutError, OSError) as exc:
-            return False, True, f"{type(exc).__name__}: {exc}", None
+            answer = self._client.post(self.url, content=body, headers={"Idempotency-Key": episode})
+        except httpx.TransportError as exc:  # refused, unresolvable, TLS, time-out: the text names no part of the URL
+            return False, True, _reason(exc), None
+        if answer.is_success:
+            return True, False, "", None
+        return (
+            False,
+            answer.status_code in _RETRIED,
+            f"HTTP {answer.status_code}",
+            _retry_after(answer.headers.get("Retry-After")),
+        )
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """The innermost reason of a transport error (``ConnectionRefusedError: [Errno 111] ...``), without the URL."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())}"[:200]

@@ -11,9 +11,9 @@ At-least-once, never lossy:
   takes a partition away from a sealed INSERT, the rest keeps the token: if the failed attempt had in fact
   landed, the retry of the rest is still a no-op (the partition taken away is re-read by its new owner);
 * offsets are committed only after ClickHouse acknowledged every batch holding them;
-* while inserts keep failing, the consumer is paused and the writer retries with growing delays; nothing is
-  dropped. Partitions taken away by a rebalance before their batches were written are simply not committed:
-  their new owner reads them again.
+* while inserts keep failing, the consumer is paused and the writer retries with growing delays (the one retry
+  layer: an INSERT is tried once per flush); nothing is dropped. Partitions taken away by a rebalance before
+  their batches were written are simply not committed: their new owner reads them again.
 
 Raw events are decoded with the Avro codec; records that fail to decode or validate are skipped here — the worker
 sends them to ``dead-letters``, which this writer stores. Score, alert, dead-letter and late-event messages are
@@ -39,11 +39,12 @@ import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from cvm import metrics
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
 from cvm.events import validate
-from cvm.exceptions import DecodeError, InvalidEvent
-from cvm.kafka import decode_model, make_consumer
+from cvm.exceptions import DecodeError, InvalidEvent, ModelRejected
+from cvm.kafka import ModelKey, decode_model, make_consumer
 from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table, condense_error
 
 __all__ = ["SCORE_TABLES", "Writer"]
@@ -105,6 +106,7 @@ class Writer:
         self.ch = ch
         self.consumer = consumer
         self.codec = Codec(make_registry(cfg.schema_registry_url))
+        self.model_key = ModelKey.from_config(cfg)
         names = (*EVENT_TOPICS, *SCORE_TABLES, "alerts", "dead_letters", "late_events", "clv_params", "model_metrics")
         self.tables = {name: Table.load(ch, name) for name in names}
         self._routes: dict[str, Route] = {cfg.topic(kind): self._raw for kind in EVENT_TOPICS}
@@ -141,6 +143,9 @@ class Writer:
         self._last_error: str | None = None
         self._lag: dict[str, int] = {}
         self._pending_seen = 0
+        # Records taken into batches and not yet written, per partition: their fate (written or released) is
+        # counted when a flush or a rebalance settles it (cvm_records_total).
+        self._held: Counter[tuple[str, int]] = Counter()
 
     @property
     def topics(self) -> list[str]:
@@ -152,21 +157,27 @@ class Writer:
     def add(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None) -> bool:
         """Put one Kafka record into its batches; False when it was skipped (undecodable, invalid, unknown)."""
         self._consumed += 1
+        label = metrics.topic_label(self.cfg, topic)
+        metrics.records_consumed.labels(topic=label).inc()
         pos = (topic, partition)
         if offset > self._positions.get(pos, -1):
             self._positions[pos] = offset
         route = self._routes.get(topic)
         if route is None or value is None:
             self._skipped += 1
+            metrics.records.labels(topic=label, fate="skipped").inc()
+            log.debug("skipped %s[%d]@%d: %s", topic, partition, offset, "no value" if route else "unknown topic")
             return False
         try:
             rows = route(topic, partition, offset, value, key)
-        except (DecodeError, InvalidEvent, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (DecodeError, InvalidEvent, ModelRejected, ValueError, TypeError, KeyError, AttributeError) as exc:
             # "Skip this record" is not a failure: the worker dead-letters raw events, and a malformed JSON
             # message cannot become valid by retrying.
             self._skipped += 1
+            metrics.records.labels(topic=label, fate="skipped").inc()
             log.debug("skipped %s[%d]@%d: %s", topic, partition, offset, exc)
             return False
+        self._held[pos] += 1
         limit = self.cfg.sink_batch_rows
         for table, row in rows:
             bkey = (table, topic, partition)
@@ -232,7 +243,11 @@ class Writer:
         self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
     ) -> list[tuple[str, Row]]:
         """A CLV fit becomes a row of ``clv_params``; churn metrics one row per metric of ``model_metrics``."""
-        meta, _ = decode_model(value)
+        try:
+            meta, _ = decode_model(value, key=self.model_key)
+        except ModelRejected as exc:  # counted by decode_model; skipped by add()
+            log.warning("%s[%d]@%d: %s", topic, partition, offset, exc)
+            raise
         if meta.get("kind") == "clv":
             bg, gg = meta.get("bgnbd") or {}, meta.get("gamma_gamma") or {}
             record = {**meta, **bg, **{k: v for k, v in gg.items() if k in ("p", "q", "gamma")}}
@@ -317,10 +332,21 @@ class Writer:
                     log.warning("the alert listener failed", exc_info=True)
             with self._stats_lock:
                 self._written[ins.table] += len(records)
+            metrics.rows_written.labels(table=ins.table).inc(len(records))
         with self._stats_lock:
             self._last_flush_at = time.time()
             self._last_error = None
+        self._settle(self._held, "written")
         return True
+
+    def _settle(self, held: Counter[tuple[str, int]], fate: str) -> int:
+        """Count the fate of held records and forget them; the number of records settled."""
+        n = 0
+        for (topic, partition), count in list(held.items()):
+            metrics.records.labels(topic=metrics.topic_label(self.cfg, topic), fate=fate).inc(count)
+            n += count
+            del self._held[(topic, partition)]
+        return n
 
     def _seal(self) -> None:
         """Group the batches not yet in an INSERT into one INSERT per table, after the sealed ones.
@@ -355,9 +381,13 @@ class Writer:
 
     def flush_and_commit(self) -> bool:
         """:meth:`flush`, then :meth:`commit` when every batch was written."""
-        self._last_flush = time.monotonic()
+        self._last_flush = started = time.monotonic()
+        records = sum(self._held.values())
         if self.flush():
             self.commit()
+            if records:
+                metrics.batch_records.observe(records)
+                metrics.batch_seconds.observe(time.monotonic() - started)
             return True
         return False
 
@@ -378,6 +408,7 @@ class Writer:
                 time.sleep(0.5)
             else:
                 log.warning("stopping with %d rows not written: they will be read again", self.pending_rows)
+                self._settle(self._held, "released")
         finally:
             consumer.close()
 
@@ -464,6 +495,9 @@ class Writer:
         self._inserts = inserts
         for pos in gone:
             self._positions.pop(pos, None)
+        released = self._settle(Counter({pos: n for pos, n in self._held.items() if pos in gone}), "released")
+        if released:
+            log.info("%d records of partitions taken away not written: their new owner reads them again", released)
 
     # --- status ----------------------------------------------------------------------------------------------------
 
@@ -473,9 +507,15 @@ class Writer:
             while self._samples and now - self._samples[0][0] > _RATE_WINDOW_S:
                 self._samples.popleft()
             self._pending_seen = self.pending_rows  # read here, in the writer's thread, for stats()
+        metrics.sink_pending_rows.set(self._pending_seen)
+        metrics.sink_paused.set(1 if self._paused else 0)
         if consumer is not None and now - self._last_lag >= _LAG_EVERY_S:
             self._last_lag = now
-            lag = _lag(consumer)
+            per_partition = _lag(consumer)
+            lag: dict[str, int] = {}
+            for (topic, partition), n in per_partition.items():
+                lag[topic] = lag.get(topic, 0) + n
+                metrics.consumer_lag.labels(topic=metrics.topic_label(self.cfg, topic), partition=str(partition)).set(n)
             with self._stats_lock:
                 self._lag = lag
 
@@ -509,9 +549,9 @@ def _json_object(value: bytes) -> dict[str, Any]:
     return obj
 
 
-def _lag(consumer: Consumer) -> dict[str, int]:
-    """Records behind the end of each topic, from cached high watermarks (no broker round trip)."""
-    lag: dict[str, int] = {}
+def _lag(consumer: Consumer) -> dict[tuple[str, int], int]:
+    """Records behind the end of each assigned partition, from cached high watermarks (no broker round trip)."""
+    lag: dict[tuple[str, int], int] = {}
     try:
         positions = consumer.position(consumer.assignment())
     except KafkaException:
@@ -523,5 +563,5 @@ def _lag(consumer: Consumer) -> dict[str, int]:
             continue
         if high is None or high < 0 or tp.offset < 0:
             continue
-        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+        lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
     return lag

@@ -23,6 +23,7 @@ import faust
 from confluent_kafka import KafkaError, Message
 from mode import Service
 
+from cvm import metrics
 from cvm.codec import Codec, make_registry
 from cvm.config import Config
 from cvm.kafka import TopicSpec, create_topic, make_consumer, make_producer
@@ -83,6 +84,7 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
     app.boot_strategy = app.BootStrategy(app, enable_kafka=False, enable_web=False)
     models = ModelFeed(cfg)
     scorer = build_scorer(cfg, models)
+    server = metrics.serve(cfg, cfg.worker_metrics_port, "CVM_WORKER_METRICS_PORT")
     kafka = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvm-kafka")  # the Scorer's one thread
 
     async def on_kafka(fn: Any, *args: Any) -> Any:
@@ -107,5 +109,7 @@ def create_app(cfg: Config, worker_id: str = "") -> faust.App:
             scorer.stopping.set()
             await on_kafka(scorer.close)
             models.stop()
+            if server is not None:
+                server.stop()
 
     return app

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import threading
 import time
 import uuid
@@ -41,8 +40,10 @@ from typing import Any
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from cvm import metrics
 from cvm.config import Config
-from cvm.kafka import check_broker, create_topics, encode_model, make_consumer, make_producer
+from cvm.kafka import ModelKey, check_broker, create_topics, encode_model, make_consumer, make_producer
+from cvm.signals import StopSignals
 from scoring import clv
 from scoring.churn import ChurnModel
 from scoring.metrics import ProgressiveMetrics
@@ -165,7 +166,7 @@ class ChurnTrainer:
     def first_waiting_offset(self) -> int | None:
         return min((offset for offset, _ in self.waiting.values()), default=None)
 
-    def publication(self, version: int, valid_from: int) -> tuple[bytes, bytes]:
+    def publication(self, version: int, valid_from: int, key: ModelKey | None = None) -> tuple[bytes, bytes]:
         """The ``models`` message of this state as ``version``, and its ``model-metrics`` message."""
         self.model.version = version
         meta = {"kind": "churn", "version": version, "model": self.model.kind, "n_learned": self.model.n_learned}
@@ -173,7 +174,7 @@ class ChurnTrainer:
         blob = pack_churn(self.model.to_bytes(), self.metrics.to_bytes())
         metrics = {k: v for k, v in self.metrics.snapshot().items() if math.isfinite(v)}
         metrics_meta = {"kind": "metrics", "time": valid_from, "model_version": version, "metrics": metrics}
-        return encode_model(meta, blob), encode_model(metrics_meta)
+        return encode_model(meta, blob, key=key), encode_model(metrics_meta, key=key)
 
 
 class Learner:
@@ -183,7 +184,8 @@ class Learner:
         self.cfg = cfg
         self.grid_ms = int(cfg.model_every_days * 86_400_000)
         self.clv = ClvFitter(cfg.clv_period_days)
-        self.feed = ModelFeed(cfg)
+        self.key = ModelKey.from_config(cfg)
+        self.feed = ModelFeed(cfg, self.key)
         self.producer = make_producer(cfg)
         self.summaries = make_consumer(cfg, f"{cfg.app_id}-learner-{uuid.uuid4().hex[:8]}")
         self.summaries.assign([TopicPartition(cfg.topic("clv-summaries"), 0, OFFSET_BEGINNING)])
@@ -231,24 +233,30 @@ class Learner:
                 continue
             n += 1
             self.labels_read = msg.offset()
+            fate = "taken"
             try:
                 message = json.loads(msg.value())
                 if message.get("kind") == "progress":
                     self._progress(message)
                 else:
                     assert self.trainer is not None
-                    self.trainer.offer(message, msg.offset(), self.clock)
+                    fate = "taken" if self.trainer.offer(message, msg.offset(), self.clock) else "duplicate"
             except (ValueError, KeyError, TypeError, AssertionError):
+                fate = "malformed"
                 log.warning("ignoring a malformed churn-labels message at offset %s", msg.offset())
+            metrics.records.labels(topic="churn-labels", fate=fate).inc()
         for msg in self.summaries.consume(5000, timeout=0):
             if msg.error() or not msg.value() or not msg.key():
                 continue
             n += 1
             self.summaries_read = msg.offset()
+            fate = "taken"
             try:
                 self.clv.offer(msg.key().decode(), json.loads(msg.value()), self.clock)
             except (ValueError, KeyError, TypeError):
+                fate = "malformed"
                 log.warning("ignoring a malformed clv-summaries message at offset %s", msg.offset())
+            metrics.records.labels(topic="clv-summaries", fate=fate).inc()
         self.advance()
         return n
 
@@ -291,6 +299,7 @@ class Learner:
             self.clv.move_to(g)
             assert self.trainer is not None
             learned = self.trainer.learn_through(g)
+            metrics.records.labels(topic="churn-labels", fate="learned").inc(learned)
             if self.clv.due(self.cfg.clv_refit_min_customers, self.cfg.clv_refit_change):
                 self.publish_clv(g)
             if learned:
@@ -308,10 +317,11 @@ class Learner:
             log.warning("CLV fit failed, keeping the current version: %s", exc)
             return {}
         meta = {"kind": "clv", "version": self.next_version("clv"), "valid_from": at, "fit_time": at, **fit}
-        value = encode_model(meta)
+        value = encode_model(meta, key=self.key)
         self.producer.produce(self.cfg.topic("models"), key=f"clv:{meta['version']}".encode(), value=value)
         self.producer.produce(self.cfg.topic("model-metrics"), key=b"clv", value=value)
         self.feed.offer(value)  # our own next version must not wait for the feed to read it back
+        metrics.models_published.labels(kind="clv").inc()
         log.info("CLV version %s on %s customers (%.2fs)", meta["version"], meta["customers"], meta["fit_seconds"])
         return meta
 
@@ -319,10 +329,11 @@ class Learner:
         """Publish the churn model as it stands, valid from stream time ``at``, and its metrics."""
         assert self.trainer is not None
         version = self.next_version("churn")
-        model, metrics = self.trainer.publication(version, at)
+        model, figures = self.trainer.publication(version, at, self.key)
         self.producer.produce(self.cfg.topic("models"), key=f"churn:{version}".encode(), value=model)
-        self.producer.produce(self.cfg.topic("model-metrics"), key=b"churn", value=metrics)
+        self.producer.produce(self.cfg.topic("model-metrics"), key=b"churn", value=figures)
         self.feed.offer(model)
+        metrics.models_published.labels(kind="churn").inc()
         log.info("churn version %s after %s pairs", version, self.trainer.model.n_learned)
 
     def _publish_clock(self) -> None:
@@ -338,7 +349,7 @@ class Learner:
             "idle": sorted(self.idle),
             "labels_offset": first if first is not None else self.labels_read + 1,
         }
-        value = encode_model(meta)
+        value = encode_model(meta, key=self.key)
         self.producer.produce(self.cfg.topic("models"), key=b"clock", value=value)
         self.feed.offer(value)
 
@@ -357,8 +368,11 @@ class Learner:
 def main(cfg: Config, args: Any) -> int:
     check_broker(cfg)
     create_topics(cfg)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    Learner(cfg).run(stop)
+    server = metrics.serve(cfg, cfg.learner_metrics_port, "CVM_LEARNER_METRICS_PORT")
+    try:
+        with StopSignals() as stop:
+            Learner(cfg).run(stop.event)
+    finally:
+        if server is not None:
+            server.stop()
     return 0

@@ -23,8 +23,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
+from cvm import metrics
 from cvm.config import Config
-from cvm.kafka import decode_model, make_consumer
+from cvm.exceptions import ModelRejected
+from cvm.kafka import ModelKey, decode_model, make_consumer
 
 __all__ = ["KEEP", "ModelFeed", "grid_point", "pack_churn", "unpack_churn"]
 
@@ -46,8 +48,9 @@ def grid_point(t: int, grid_ms: int) -> int:
 class ModelFeed:
     """The versions on the ``models`` topic, kept current by a daemon thread."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, key: ModelKey | None = None) -> None:
         self.cfg = cfg
+        self.key = key or ModelKey.from_config(cfg)
         self._versions: dict[str, list[tuple[int, int, dict[str, Any], bytes]]] = {}  # (valid_from, version, ...)
         self._clock: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -98,8 +101,9 @@ class ModelFeed:
     # --- writing ---------------------------------------------------------------------------------------------------
 
     def offer(self, value: bytes) -> None:
-        """Take one ``models`` message (a version of a kind, or the learner's clock)."""
-        meta, blob = decode_model(value)
+        """Take one ``models`` message (a version of a kind, or the learner's clock); :class:`ModelRejected` when it
+        is not signed with ``CVM_MODEL_KEY`` (nothing of it is used)."""
+        meta, blob = decode_model(value, key=self.key)
         kind = str(meta.get("kind", ""))
         with self._lock:
             if kind == "clock":
@@ -114,6 +118,8 @@ class ModelFeed:
             found.append(entry)
             found.sort(key=lambda v: (v[0], v[1]))
             del found[:-KEEP]
+        if version == found[-1][1]:
+            metrics.model_in_force(kind, version, float(meta.get("signed_at", 0.0)))
 
     def _run(self) -> None:
         consumer = make_consumer(self.cfg, f"{self.cfg.app_id}-model-feed-{uuid.uuid4().hex[:8]}")
@@ -139,9 +145,12 @@ class ModelFeed:
                         continue
                     try:
                         self.offer(value)
-                    except (ValueError, KeyError, TypeError) as exc:  # not a model message: nothing to take
+                    except ModelRejected as exc:  # counted by decode_model: unsigned, forged or malformed
                         self.refused += 1
                         log.warning("models offset %s refused: %s", msg.offset(), exc)
+                    except (ValueError, KeyError, TypeError) as exc:  # signed, but not a model message we know
+                        self.refused += 1
+                        log.warning("models offset %s is not a model message: %s", msg.offset(), exc)
                 if position >= end:
                     self.ready.set()
         finally:

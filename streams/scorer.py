@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
+from cvm import metrics
 from cvm.codec import Codec
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import ConfigError
@@ -161,7 +162,9 @@ class Scorer:
     def _on_assign(self, consumer: Any, assigned: list[TopicPartition]) -> None:
         partitions = {tp.partition for tp in assigned}
         fresh = partitions - set(self.table.partitions)
-        read = self.table.recover(fresh)
+        with metrics.table_recovery_seconds.time():
+            read = self.table.recover(fresh)
+        metrics.table_recovered_records.inc(read)
         clocks = {p: _clock_of(self.table.get(p, CLOCK_KEY)) for p in partitions}
         self.clock.assign([(tp.topic, tp.partition) for tp in assigned], clocks)
         log.info("assigned partitions %s", " ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "none")
@@ -175,6 +178,16 @@ class Scorer:
 
     def _on_revoke(self, consumer: Any, revoked: list[TopicPartition]) -> None:
         partitions = {tp.partition for tp in revoked}
+        for tp in revoked:
+            try:
+                metrics.consumer_lag.remove(metrics.topic_label(self.cfg, tp.topic), str(tp.partition))
+            except KeyError:
+                pass
+        for p in partitions:
+            try:
+                metrics.customers_held.remove(str(p))
+            except KeyError:
+                pass
         log.info("revoked partitions %s", " ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked) or "none")
         self.table.drop(partitions)
         self.clock.revoke(partitions)
@@ -200,6 +213,7 @@ class Scorer:
     def step(self) -> int:
         """Consume and process one batch; the number of records it held."""
         msgs = self.consumer.consume(num_messages=self.cfg.worker_batch, timeout=self.cfg.worker_batch_s)
+        started = time.perf_counter()
         if self.assigned_now:
             msgs = self._from_committed(msgs)
         now_ms = int(time.time() * 1000)
@@ -213,11 +227,23 @@ class Scorer:
             self._open_phase(now_ms)
             self._idle()
         self._finish()
+        if n:
+            metrics.batch_records.observe(n)
+            metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._gauges()
         now = self.monotonic()
         if now >= self._next_status:
             self._next_status = now + 10.0
             log.info("%s", self.status())
         return n
+
+    def _gauges(self) -> None:
+        clock = self.clock
+        if clock.tick is not None:
+            metrics.stream_tick.set(clock.tick / 1000)
+        metrics.held_records.set(sum(len(s.items) for s in clock.sources.values()))
+        for p, entries in self.table.partitions.items():
+            metrics.customers_held.labels(partition=str(p)).set(len(entries) - (CLOCK_KEY in entries))
 
     def status(self) -> str:
         """One line on where the worker stands in stream time (logged every 10 s)."""
@@ -235,11 +261,13 @@ class Scorer:
         """Decode a batch's records into their sources' queues; poison and re-keyed records are dealt with now."""
         by_source: dict[tuple[str, int], list[Item]] = {}
         out, decoder, n = self.out, self.decoder, 0
+        consumed: Counter[str] = Counter()
         for msg in msgs:
             if msg.error() is not None:
                 self._consumer_error(msg)
                 continue
             n += 1
+            consumed[msg.topic()] += 1
             rec = RawRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
             item = decoder.decode(rec, now_ms)
             if isinstance(item, Event):
@@ -254,6 +282,8 @@ class Scorer:
                 by_source.setdefault((rec.topic, rec.partition), []).append(rec)
         for (topic, partition), items in by_source.items():
             self.clock.offer(topic, partition, items)
+        for topic, count in consumed.items():
+            metrics.records_consumed.labels(topic=metrics.topic_label(self.cfg, topic)).inc(count)
         return n
 
     def _from_committed(self, msgs: list[Message]) -> list[Message]:
@@ -281,14 +311,15 @@ class Scorer:
         Tansu reports as high watermark the base offset of a partition's last record batch: there, the record at
         the watermark must have been read too (fetches return whole batches).
         """
-        empty = [tp for tp, src in self.clock.sources.items() if not src.items]
-        if not empty:
+        sources = self.clock.sources
+        if not sources:
             return
         try:
-            positions = self.consumer.position([TopicPartition(t, p) for t, p in empty])
+            positions = self.consumer.position([TopicPartition(t, p) for t, p in sources])
         except KafkaException:
             return
         extra = 1 if self.cfg.embedded_broker else 0
+        committed = self.clock.commit_positions()
         for tp in positions:
             key = (tp.topic, tp.partition)
             try:
@@ -298,8 +329,11 @@ class Scorer:
             if high is None or high < 0:
                 self.clock.read_to_end(key, False)
                 continue
-            position = tp.offset if tp.offset >= 0 else self.clock.commit_positions().get(key, 0)
-            self.clock.read_to_end(key, high == 0 or position >= high + extra)
+            position = tp.offset if tp.offset >= 0 else committed.get(key, 0)
+            label = metrics.topic_label(self.cfg, tp.topic)
+            metrics.consumer_lag.labels(topic=label, partition=str(tp.partition)).set(max(0, high - position))
+            if not sources[key].items:
+                self.clock.read_to_end(key, high == 0 or position >= high + extra)
 
     def _ticks(self, now_ms: int) -> None:
         """Evaluate every tick that every source has passed, each after folding its phase."""
@@ -383,8 +417,13 @@ class Scorer:
                 cands.append(self._entry(customer_id, partition))
             else:
                 later.append(customer_id)  # its partition ticked past t under a previous owner
-        self.assessor.assess(cands, "tick", models, self.out, at=t, rebuild_clv=rebuild_clv)
-        self.counters["tick"] += len(cands)
+        self._assess(cands, "tick", models, at=t, rebuild_clv=rebuild_clv)
+        if _versions(models) != _versions(self.in_force):
+            for kind, old, new in (("clv", self.in_force.clv_version, models.clv_version),
+                                   ("churn", self.in_force.churn_version, models.churn_version)):  # fmt: skip
+                if old != new:
+                    metrics.rescorings.labels(kind=kind).inc()
+                    metrics.rescored_customers.labels(kind=kind).inc(len(cands))
         for c in cands:
             self.changed.pop(c.customer_id, None)
             self.unscored.discard(c.customer_id)
@@ -416,8 +455,7 @@ class Scorer:
                 if state.as_of >= fresh_from and state.tick_version == state.version:
                     continue  # scored at the last tick: that score stands
                 cands.append(entry or self._entry(customer_id, p, state))
-        self.assessor.assess(cands, "idle", models, self.out, at=latest)
-        self.counters["idle"] += len(cands)
+        self._assess(cands, "idle", models, at=latest)
         for c in cands:
             self.unscored.discard(c.customer_id)
         self.completed_at = latest
@@ -429,8 +467,7 @@ class Scorer:
         """Event scores, then outputs → table → commit; pause what waits for a tick."""
         if self.unscored:
             cands = [self.entries[c] for c in self.unscored if c in self.entries]
-            self.assessor.assess(cands, "event", self._latest_models(), self.out)
-            self.counters["event"] += len(cands)
+            self._assess(cands, "event", self._latest_models())
             self.unscored.clear()
         self._send_outputs()
         self._flush()
@@ -456,6 +493,13 @@ class Scorer:
         self._commit(self.clock.commit_positions())
         self._flow()
 
+    def _assess(self, cands: list[Candidate], scored_by: str, models: InForce, **at: Any) -> None:
+        cpu = time.process_time()
+        self.assessor.assess(cands, scored_by, models, self.out, **at)
+        self.counters[scored_by] += len(cands)
+        metrics.scorings.labels(scored_by=scored_by).inc(len(cands))
+        metrics.scoring_seconds.labels(scored_by=scored_by).inc(time.process_time() - cpu)
+
     # --- models ----------------------------------------------------------------------------------------------------
 
     def _models_at(self, t: int) -> InForce | None:
@@ -464,9 +508,11 @@ class Scorer:
             now = self.monotonic()
             if self.waiting_since is None:
                 self.waiting_since = now
+                metrics.model_waits.labels(outcome="waited").inc()
             if now - self.waiting_since < self.cfg.model_wait_s:
                 return None
             self.counters["model_wait_timeouts"] += 1
+            metrics.model_waits.labels(outcome="given_up").inc()
             log.warning(
                 "the learner has not published the models of stream time %d for %.0f s: going on with the newest "
                 "(this stretch of scores will not be reproduced exactly by a replay)",
@@ -565,6 +611,9 @@ class Scorer:
         if out.dead_letters:
             log.warning("%d records sent to dead-letters", len(out.dead_letters))
         self.fates.update(out.fates)
+        for (topic, _, fate), count in out.fates.items():
+            label = metrics.topic_label(self.cfg, topic)
+            metrics.records.labels(topic=label, fate="dead_lettered" if fate == "dead" else fate).inc(count)
         out.clear()
 
     def _report(self, clocks: dict[int, int | None], idle: set[int]) -> None:

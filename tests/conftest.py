@@ -16,6 +16,11 @@ import pytest
 from cvm.broker import Broker
 from cvm.config import Config
 
+#: The model signing key of every test: in this process's environment (code that signs without being handed a key
+#: uses it) and in every test configuration, so processes the tests start sign and verify with it too.
+MODEL_KEY = "tests-model-key-0123456789abcdef"
+os.environ["CVM_MODEL_KEY"] = MODEL_KEY
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -46,6 +51,10 @@ def cfg(broker_port: int, tmp_path: Path) -> Config:
             "CVM_LOG_LEVEL": "WARNING",
             "CVM_WORKER_BATCH_S": "0.05",
             "CVM_SINK_FLUSH_S": "0.2",
+            "CVM_MODEL_KEY": MODEL_KEY,
+            # tests start several workers and learners at once: /metrics only where a test asks for it
+            "CVM_WORKER_METRICS_PORT": "0",
+            "CVM_LEARNER_METRICS_PORT": "0",
         }
     )
 

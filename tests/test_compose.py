@@ -28,8 +28,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 
-INFRA = {"kafka", "schema-registry", "clickhouse", "grafana"}
-CVM_SERVICES = {"topics", "worker", "sink", "simulator"}
+INFRA = {"kafka", "schema-registry", "clickhouse", "prometheus", "grafana"}
+CVM_SERVICES = {"topics", "worker", "learner", "sink", "simulator"}
+PROMETHEUS_UID = "cvm-prometheus"
 CVM_TABLES = {"customers", "customer_scores", "transactions", "alerts", "model_metrics"}
 CLICKHOUSE_PLUGIN = "grafana-clickhouse-datasource"
 #: Settings every cvm container must agree on (the brief of the deployment).
@@ -187,7 +188,7 @@ def test_cvm_services_are_built_from_the_dockerfile(services: dict[str, Any]) ->
 
 
 def test_cvm_services_run_their_cvm_command(services: dict[str, Any]) -> None:
-    expected = {"topics": "topics", "worker": "worker", "sink": "sink", "simulator": "simulate"}
+    expected = {"topics": "topics", "worker": "worker", "learner": "learner", "sink": "sink", "simulator": "simulate"}
     for name, sub in expected.items():
         command = services[name]["command"]
         argv = command if isinstance(command, list) else command.split()
@@ -302,7 +303,7 @@ def test_depends_on_names_services_and_waits_on_health(services: dict[str, Any])
                 assert services[other].get("healthcheck"), f"{name} waits for {other} to be healthy: it has no check"
     deps = {name: services[name].get("depends_on") or {} for name in CVM_SERVICES}
     assert deps["topics"]["kafka"]["condition"] == "service_healthy"
-    for name in ("worker", "sink", "simulator"):
+    for name in ("worker", "learner", "sink", "simulator"):
         assert deps[name]["topics"]["condition"] == "service_completed_successfully", f"{name} starts before topics"
     assert deps["sink"]["clickhouse"]["condition"] == "service_healthy"
 
@@ -374,7 +375,7 @@ def test_datasource_points_at_clickhouse(services: dict[str, Any], datasource: d
 
 
 def test_dashboard_panels_query_cvm_tables(dashboard: dict[str, Any], datasource: dict[str, Any]) -> None:
-    queries = dashboard_queries()
+    queries = [q for q in dashboard_queries() if q[2]["datasource"]["uid"] != PROMETHEUS_UID]
     assert len(queries) >= 8
     for board, title, target in queries:
         sql = target.get("rawSql", "")
@@ -391,7 +392,11 @@ def test_dashboard_panels_query_cvm_tables(dashboard: dict[str, Any], datasource
 
 
 def test_dashboard_has_the_promised_panels(dashboard: dict[str, Any]) -> None:
-    sqls = {p["title"]: " ".join(t["rawSql"] for t in p["targets"]) for p in iter_panels(dashboard["panels"])}
+    sqls = {
+        p["title"]: " ".join(t["rawSql"] for t in p["targets"])
+        for p in iter_panels(dashboard["panels"])
+        if p.get("targets") and "rawSql" in p["targets"][0]
+    }
     everything = "\n".join(sqls.values())
     assert "metric = 'roc_auc'" in everything, "no latest-AUC KPI"
     whale = [sql for sql in sqls.values() if " OVER " in sql and "profitability" in sql and "DESC" in sql]
@@ -463,7 +468,11 @@ def expand_macros(sql: str, variables: dict[str, str]) -> str:
 def test_dashboard_sql_runs_on_clickhouse(dashboard: dict[str, Any], tmp_path: Path) -> None:
     pytest.importorskip("chdb")
     variables = {v["name"]: str(v.get("query", "")) for v in dashboard.get("templating", {}).get("list", [])}
-    queries = {f"{title} [{t['refId']}]": expand_macros(t["rawSql"], variables) for _, title, t in dashboard_queries()}
+    queries = {
+        f"{title} [{t['refId']}]": expand_macros(t["rawSql"], variables)
+        for _, title, t in dashboard_queries()
+        if "rawSql" in t
+    }
     # A child process: chDB allows one data path per process, and other tests may hold theirs.
     job = {"path": str(tmp_path / "chdb"), "schema": _SCHEMA, "queries": queries}
     proc = subprocess.run(
@@ -515,3 +524,85 @@ def test_dockerignore_keeps_what_pip_install_needs() -> None:
         assert not ignored(rel), f".dockerignore leaves {rel} out of the build context; `pip install .` needs it"
     for rel in (".venv/bin/python", ".git/HEAD", "data/clickhouse"):
         assert ignored(rel), f".dockerignore should keep {rel} out of the image"
+
+
+# --- Prometheus and the operations row ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()))
+
+
+def test_every_cvm_service_and_model_signing_share_the_secrets(services: dict[str, Any]) -> None:
+    for name in CVM_SERVICES:
+        env = env_of(services[name])
+        for secret in ("CVM_MODEL_KEY", "CVM_HTTP_TOKEN"):
+            assert re.fullmatch(rf"\$\{{{secret}:?\?[^}}]*\}}", env[secret]), f"{name}: {secret} must be required"
+        assert env["CVM_METRICS_HOST"] == "0.0.0.0", f"{name}: Prometheus scrapes over the compose network"
+
+
+def test_prometheus_scrapes_every_long_running_cvm_process(
+    services: dict[str, Any], prometheus_config: dict[str, Any]
+) -> None:
+    defaults = Config()
+    sink_port = int(interpolate(env_of(services["sink"])["CVM_HTTP_PORT"]))
+    expected = {"sink": ("sink", sink_port), "learner": ("learner", defaults.learner_metrics_port)}
+    jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
+    assert set(jobs) == {"sink", "learner", "worker"}
+    for name, (host, port) in expected.items():
+        targets = [t for c in jobs[name]["static_configs"] for t in c["targets"]]
+        assert targets == [f"{host}:{port}"], name
+    [dns] = jobs["worker"]["dns_sd_configs"]
+    assert dns["names"] == ["worker"] and dns["port"] == defaults.worker_metrics_port  # every replica
+    prometheus = services["prometheus"]
+    mounts = dict(bind_mounts(prometheus))
+    assert mounts["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    script = " ".join(prometheus["command"])
+    for job in jobs.values():
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        auth = job["authorization"]
+        assert auth["type"] == "Bearer" and auth["credentials_file"] in script, "the token file is written at start"
+    assert "$$CVM_HTTP_TOKEN" in script and "CVM_HTTP_TOKEN" in env_of(prometheus)  # $$: the shell's, not compose's
+    assert all(str(p).startswith("127.0.0.1:") for p in published_ports(prometheus))
+
+
+def test_grafana_has_the_prometheus_datasource(services: dict[str, Any]) -> None:
+    doc = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    [source] = doc["datasources"]
+    assert source["uid"] == PROMETHEUS_UID and source["type"] == "prometheus"
+    assert urlsplit(source["url"]).hostname == "prometheus" and urlsplit(source["url"]).port == 9090
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def _cvm_metric_names() -> set[str]:
+    from prometheus_client import REGISTRY
+
+    import cvm.metrics  # noqa: F401 - registers every metric
+
+    names = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("cvm_"):
+            names.add(family.name)
+            names.update(sample.name for sample in family.samples)
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(family.type, [])
+            names.update(family.name + s for s in suffixes)
+    return names
+
+
+def test_the_operations_row_reads_metrics_cvm_exposes(dashboard: dict[str, Any]) -> None:
+    known = _cvm_metric_names()
+    rows = [p for p in dashboard["panels"] if p.get("type") == "row"]
+    assert [r["title"] for r in rows] == ["Operations (Prometheus)"]
+    exprs = [(title, t["expr"]) for _, title, t in dashboard_queries() if t["datasource"]["uid"] == PROMETHEUS_UID]
+    assert len(exprs) >= 14
+    used = set()
+    for title, expr in exprs:
+        names = set(re.findall(r"\bcvm_[a-z_]+\b", expr))
+        assert names, f"{title!r} reads no cvm metric"
+        assert names <= known, f"{title!r} reads {sorted(names - known)}, which cvm/metrics.py does not define"
+        used |= names
+    for needed in ("cvm_records_total", "cvm_consumer_lag_records", "cvm_batch_seconds_bucket", "cvm_model_age_seconds",
+                   "cvm_rows_written_total", "cvm_insert_seconds_bucket", "cvm_webhook_alerts_total",
+                   "cvm_table_customers", "cvm_table_recovery_seconds_bucket", "cvm_rescorings_total"):  # fmt: skip
+        assert needed in used, f"the operations row shows no {needed}"

@@ -119,3 +119,87 @@ def test_port_in_use(cfg: Config, reader: ClickHouse) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(PortInUse, match=f"port {port} is in use.*--port"):
             ApiServer(cfg.replace(http_port=port), reader).start()
+
+
+# --- the guard, bodies and keep-alive (sinks/http.py on aiohttp) ----------------------------------------------------
+
+
+@pytest.fixture
+def exposed(cfg: Config, reader: ClickHouse) -> Iterator[ApiServer]:
+    """The API as if bound beyond loopback (0.0.0.0), with its token."""
+    server = ApiServer(cfg.replace(http_host="0.0.0.0", http_token="s3cret"), reader, status=lambda: {"x": 1}).start()
+    yield server
+    server.stop()
+
+
+def test_beyond_loopback_status_and_metrics_need_the_token(exposed: ApiServer) -> None:
+    for path in ("/api/status", "/metrics", "/api/openapi.json", "/api/kpis", "/api/nothing"):
+        answer = httpx.get(f"{exposed.url}{path}", timeout=30)
+        assert answer.status_code == 401, path
+        assert answer.headers["www-authenticate"] == "Bearer" and "CVM_HTTP_TOKEN" in answer.json()["error"]
+    good = {"Authorization": "Bearer s3cret"}
+    assert httpx.get(f"{exposed.url}/api/status", headers=good, timeout=30).json()["writer"] == {"x": 1}
+    assert "cvm_http_requests_total" in httpx.get(f"{exposed.url}/metrics", headers=good, timeout=30).text
+    assert httpx.get(f"{exposed.url}/health", timeout=30).status_code == 200  # liveness stays open
+
+
+def _exchange(sock: socket.socket, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one request on an open connection and read one response (Content-Length framed)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a response body"
+        rest += chunk
+    return int(status_line.split()[1]), headers, rest[:length]
+
+
+@pytest.mark.parametrize(
+    ("request_line", "expected"),
+    [
+        (b"POST /api/kpis HTTP/1.1", 405),  # a GET route
+        (b"POST /health HTTP/1.1", 405),
+        (b"POST /api/nothing HTTP/1.1", 404),
+    ],
+)
+def test_an_unread_body_does_not_corrupt_the_next_request(api: ApiServer, request_line: bytes, expected: int) -> None:
+    """Keep-alive: the refused request's body must not be read as the start of the next request."""
+    body = b"GET /api/sql?query=SELECT%201 HTTP/1.1\r\nHost: x\r\n\r\n" * 3  # looks like requests, is a body
+    with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:
+        refused = request_line + b"\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        status, _, answer = _exchange(sock, refused)
+        assert status == expected and "error" in json.loads(answer)
+        status, _, answer = _exchange(sock, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 200 and json.loads(answer)["status"] == "ok"
+
+
+def test_the_token_refusal_drains_the_body_too(exposed: ApiServer) -> None:
+    body = b"SELECT 1" * 100
+    with socket.create_connection(("127.0.0.1", exposed.port), timeout=30) as sock:
+        request = b"POST /api/sql HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        assert _exchange(sock, request)[0] == 401
+        assert _exchange(sock, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
+
+
+def test_an_oversized_body_is_413_and_the_connection_closes(api: ApiServer) -> None:
+    with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:
+        head = b"POST /api/sql HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 << 20)
+        status, headers, answer = _exchange(sock, head + b"SELECT 1 " * 100)
+        assert status == 413 and "over 1048576 bytes" in json.loads(answer)["error"]
+        assert headers.get("connection", "").lower() == "close"
+        sock.settimeout(15)
+        try:
+            rest = sock.recv(65536)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b""  # closed: the rest of the body is never read as a request
+    # Within the limit a POSTed query still works.
+    assert httpx.post(f"{api.url}/api/sql", content="SELECT 1 AS one", timeout=30).json() == [{"one": 1}]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cvm.config import Config
-from cvm.kafka import create_topics, make_producer
+from cvm.kafka import create_topics, decode_model, make_producer
 from scoring import clv
 from streams.learner import ClvFitter, Learner
 from streams.models import ModelFeed
@@ -109,7 +109,7 @@ def test_the_trainer_learns_the_pairs_of_each_grid_point_in_one_order_and_each_o
     restored = ChurnTrainer(cfg, feed.get("churn"))
     assert restored.model.n_learned == 1200 and restored.model.version == 4
     assert feed.at("churn", 20 * GRID) is None and feed.at("churn", 20 * GRID + 1) is not None
-    metrics = json.loads(metrics_msg.split(b"\n", 1)[0])
+    metrics = decode_model(metrics_msg)[0]
     assert metrics["model_version"] == 4 and metrics["metrics"]["roc_auc"] > 0.8
 
 

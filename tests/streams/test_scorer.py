@@ -16,6 +16,7 @@ from scoring.churn import ChurnModel
 from scoring.state import CustomerState
 from streams.models import pack_churn
 from streams.scorer import CLOCK_KEY, Scorer
+from tests.conftest import MODEL_KEY
 from tests.streams import fakes
 from tests.streams.fakes import DAY, Feed, Log, Table
 
@@ -31,6 +32,7 @@ CFG = Config.load(
         "CVM_ALLOWED_LATENESS_S": "86400",
         "CVM_CHURN_SILENCE_DAYS": "30",
         "CVM_CHURN_SNAPSHOT_EVERY_DAYS": "10",
+        "CVM_MODEL_KEY": MODEL_KEY,
     }
 )
 BG = {"r": 0.5, "alpha": 6.0, "a": 0.7, "b": 3.0}

@@ -1,0 +1,30 @@
+"""The one stop-signal helper: the first signal asks for a stop, the second takes the previous way out."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from cvm.signals import StopSignals
+
+
+def test_first_signal_stops_second_one_interrupts() -> None:
+    with StopSignals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.wait(5) and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):  # the previous handler is back: a slow stop can be interrupted
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.1)  # let Python run the handler here
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_handlers_are_restored_on_exit() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert signal.getsignal(signal.SIGTERM) != before
+        stop.set()
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) == before
