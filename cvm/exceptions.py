@@ -9,6 +9,7 @@ __all__ = [
     "CvmError",
     "DecodeError",
     "InvalidEvent",
+    "NoExchangeRate",
     "NothingToFit",
     "PortInUse",
     "QueryError",
@@ -44,7 +45,18 @@ class DecodeError(CvmError):
 
 
 class InvalidEvent(CvmError):
-    """A decoded event breaks a rule of its contract (missing customer_id, NaN amount, absurd time)."""
+    """A decoded event breaks a rule of its contract (missing customer_id, NaN amount, absurd time).
+
+    ``reason`` is the rule broken, without the values (``event_time before the floor``): what summaries count by.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class NoExchangeRate(InvalidEvent):
+    """A transaction's currency has no rate to the base currency at its event date (CVM_FX_RATES)."""
 
 
 class NothingToFit(CvmError):

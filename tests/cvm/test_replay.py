@@ -35,7 +35,7 @@ def bad(items: list[Parsed | Rejected]) -> list[Rejected]:
 
 
 def replay_args(path: Path, **overrides: Any) -> argparse.Namespace:
-    base: dict[str, Any] = dict(file=str(path), type=None, format=None, map=[], time_format=None, rate=None)
+    base: dict[str, Any] = dict(file=str(path), type=None, format=None, map=[], time_format=None, rate=None, max_bad=0)
     return argparse.Namespace(**(base | overrides))
 
 
@@ -274,11 +274,17 @@ def test_replay_publishes_through_the_live_topics(
                     ' "reason": "information"}')  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
 
-    assert main(cfg, replay_args(path)) == 0
+    with pytest.raises(CvmError, match=r"2 bad lines in history.jsonl, more than --max-bad 0: nothing published"):
+        main(cfg, replay_args(path))
     err = capsys.readouterr().err
     assert "line 3: bad time" in err
     assert "line 6: unknown contact channel 'pigeon'" in err
-    assert f"published {len(events):,}" in err and "skipped 2 (transactions 1, contacts 1)" in err
+    assert f"2 bad lines of {len(events) + 2:,} in history.jsonl: 1 bad time, 1 unknown contact channel" in err
+    assert not consume_all(cfg, 1, timeout=2), "nothing is published when there are too many bad rows"
+
+    assert main(cfg, replay_args(path, max_bad=2)) == 0
+    err = capsys.readouterr().err
+    assert f"published {len(events):,}" in err and "skipped 2 bad lines" in err
 
     messages = consume_all(cfg, len(events))
     assert len(messages) == len(events)
