@@ -63,7 +63,8 @@ days" with ROC AUC 0.88 (silent churners 0.66).
 Live mode
 ---------
 After the history, unless ``--out`` is given or ``--days`` is given without ``--duration``, the same customers go
-on living, new ones arrive at the history's acquisition rate, and events carry the wall clock as their time. Model
+on living, new ones arrive at the history's acquisition rate, and events carry the wall clock as their time (after
+a history that ended more than a day ago, its end plus the wall-clock time elapsed since live traffic began). Model
 time runs :data:`LIVE_SPEEDUP` times faster than the wall clock (one model hour a second) so that a live dashboard
 sees traffic and a few churns within minutes; the spacing of a payment's due and paid dates around its event time
 is kept as modelled. ``--rate`` caps the events per second; ``--duration`` (counted from the start of the command;
@@ -874,18 +875,23 @@ def _run_live(
 ) -> Callable[[int], int]:
     """Publish live events stamped with the wall clock until the deadline or a stop signal.
 
-    Returns the map from model time to published time, for the truth file.
+    A history that ended in the past (``--end 1998-06-30``, more than a day ago) goes on from its end instead: live
+    events are stamped with the time elapsed since live traffic started, added to the history's end, so event time
+    stays continuous (the customers do not fall silent for the years between). Returns the map from model time to
+    published time, for the truth file.
     """
-    wall0 = max(int(time.time() * 1000), sim.end_ms + 1)
+    now = int(time.time() * 1000)
     end = sim.end_ms
+    wall0 = max(now, end + 1)
+    shift = 0 if end >= now - DAY_MS else wall0 - (end + 1)  # stamps = the wall clock - shift
 
     def time_of(t: int) -> int:
-        return t if t <= end else wall0 + int((t - end) / LIVE_SPEEDUP)
+        return t if t <= end else wall0 - shift + int((t - end) / LIVE_SPEEDUP)
 
-    last = wall0
+    last = wall0 - shift
     n = 0
     for t, kind, rec in sim.live():
-        due = time_of(t)
+        due = time_of(t) + shift  # on the wall clock
         while True:
             if stop.requested or time.monotonic() >= deadline:
                 return time_of
@@ -894,12 +900,12 @@ def _run_live(
                 break
             pub.wait(min(ahead, 0.25, max(0.0, deadline - time.monotonic())))
             progress.update(pub.published, None, "live")
-        stamp = max(last, int(time.time() * 1000))
+        stamp = max(last, int(time.time() * 1000) - shift)
         last = stamp
-        shift = stamp - t
+        moved = stamp - t
         for name in TIME_FIELDS[kind]:
             if rec.get(name) is not None:
-                rec[name] += shift
+                rec[name] += moved
         pub.publish(kind, rec)
         n += 1
         if not n & 63:
