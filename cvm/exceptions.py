@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BrokenContract",
     "BrokerUnavailable",
     "ClickHouseUnavailable",
     "ConfigError",
@@ -57,6 +58,11 @@ class InvalidEvent(CvmError):
 
 class NoExchangeRate(InvalidEvent):
     """A transaction's currency has no rate to the base currency at its event date (CVM_FX_RATES)."""
+
+
+class BrokenContract(CvmError):
+    """A score message breaks schemas/customer_score.avsc (a required field missing or null, a value of the wrong
+    type)."""
 
 
 class NothingToFit(CvmError):

@@ -261,7 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.UNAUTHORIZED, "send 'Authorization: Bearer <token>' (the sink's CVM_HTTP_TOKEN)")
             return
         try:
-            answer = dashboard.handle(api.reader, path, query_string, api.cfg.default_margin_rate, api.status)
+            answer = dashboard.handle(
+                api.reader, path, query_string, api.cfg.default_margin_rate, api.status, api.cfg.base_currency
+            )
         except dashboard.ApiError as exc:
             self._error(exc.status, exc.message)
             return
