@@ -70,7 +70,7 @@ class ScoreContract:
         self.required = tuple(name for name in self.fields if name not in self.defaults)
         self.nullable = frozenset(name for name, t in self.fields.items() if isinstance(t, list) and "null" in t)
         self._required_values: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*self.required)
-        self._plans: dict[frozenset[str], _Plan] = {}
+        self._plans: dict[tuple[str, ...], _Plan] = {}
         self._parsed: Any = None
         #: Messages seen per unknown key, since start.
         self.unknown: Counter[str] = Counter()
@@ -87,10 +87,10 @@ class ScoreContract:
     def check(self, message: dict[str, Any]) -> dict[str, Any]:
         """The message itself, completed: missing fields with a default take it, unknown keys are removed (and
         counted). Raises :class:`~cvm.exceptions.BrokenContract` when a required field is missing or null."""
-        keys = frozenset(message)
+        keys = tuple(message)  # workers write their keys in one order: a tuple hashes faster than a frozenset
         plan = self._plans.get(keys)
         if plan is None:
-            plan = self._plan(keys)
+            plan = self._plans[keys] = self._plan(frozenset(keys))
         if plan.missing:
             reason = f"without {plan.missing[0]}"
             self.broken[reason] += 1
@@ -122,10 +122,9 @@ class ScoreContract:
         if missing:
             log.warning("score messages without %s: refused (required by %s)", ", ".join(missing), _SHOWN)
         fill = tuple((name, d) for name, d in self.defaults.items() if name not in keys)
-        plan = self._plans[keys] = _Plan(fill, unknown, missing)
-        if len(self._plans) > 1000:  # key sets come from a handful of worker versions; this guards against churn
+        if len(self._plans) > 1000:  # key lists come from a handful of worker versions; this guards against churn
             self._plans.clear()
-        return plan
+        return _Plan(fill, unknown, missing)
 
     def validate(self, message: dict[str, Any]) -> None:
         """Check every key and every value's type (Avro rules, times as integer milliseconds);
