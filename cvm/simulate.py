@@ -816,6 +816,18 @@ def _end_ms(args: argparse.Namespace) -> int:
     return int(time.time()) * 1000
 
 
+def _check_span(cfg: Config, sim: Simulation) -> None:
+    """Refuse a history the workers would only send to the dead letters: before the floor, or in the future."""
+    if sim.start_ms <= max(cfg.min_event_time_ms, 0):
+        floor = iso(cfg.min_event_time_ms)
+        raise CvmError(
+            f"the history would start on {iso(sim.start_ms)}, not after CVM_MIN_EVENT_TIME ({floor}): "
+            "give a later --end or fewer --days"
+        )
+    if sim.end_ms > time.time() * 1000 + 7 * DAY_MS:
+        raise CvmError(f"--end {iso(sim.end_ms)} is more than 7 days ahead: events from the future are refused")
+
+
 def _goes_live(args: argparse.Namespace) -> bool:
     """Live events follow the history unless writing a file, or ``--days`` was given without ``--duration``.
 
@@ -834,6 +846,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     days = args.days or 180
     live = _goes_live(args)
     sim = Simulation(args.customers, days, args.seed, _end_ms(args))
+    _check_span(cfg, sim)
     progress = Progress("cvm simulate")
     time_of: Callable[[int], int] | None = None
     with StopSignals() as stop, _RoomyGc():

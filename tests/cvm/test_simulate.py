@@ -306,3 +306,16 @@ def test_a_history_ending_in_1998_goes_on_from_its_end(
     assert min(rec["event_time"] for rec in history) >= end - 180 * DAY_MS
     assert live, "live events follow the history"
     assert all(end < rec["event_time"] <= end + 60_000 for rec in live), "continuing from 1998, not from today"
+
+
+def test_a_history_the_workers_would_refuse_is_refused(tmp_path: Path) -> None:
+    from cvm.exceptions import CvmError
+
+    out = str(tmp_path / "h.jsonl")
+    with pytest.raises(CvmError, match="would start on 1969-12-02.*not after CVM_MIN_EVENT_TIME"):
+        main(Config(), args(out=out, end="1970-03-01T00:00:00Z", days=89))
+    with pytest.raises(CvmError, match="not after CVM_MIN_EVENT_TIME \\(1990-01-01"):
+        main(Config(min_event_time="1990-01-01"), args(out=out, end="1990-03-01T00:00:00Z", days=90))
+    with pytest.raises(CvmError, match="more than 7 days ahead"):
+        main(Config(), args(out=out, end="2999-01-01T00:00:00Z", days=10))
+    assert main(Config(), args(out=out, end="1970-06-01T00:00:00Z", days=120)) == 0
