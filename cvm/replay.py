@@ -570,6 +570,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     publisher = Publisher(cfg, rate=args.rate)
     name, unit = source.path.name, source.unit
     bad = _BadRows(unit)
+    refused: set[int] = set()  # lines of parsed rows the check refused (beyond --max-bad nothing is published)
     rows = 0
     with StopSignals() as stop:
         progress = Progress(f"cvm replay: checking {name}")
@@ -582,6 +583,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             rejected = row if isinstance(row, Rejected) else check(row)
             if rejected is not None:
                 bad.add(rejected, progress.close)
+                if isinstance(row, Parsed) and len(refused) <= max_bad:
+                    refused.add(row.line)
         progress.close()
         if stop.requested:
             raise CvmError(f"stopped while checking {name}: nothing published")
@@ -606,7 +609,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 progress.update(publisher.published, source.position / max(source.size, 1))
                 if stop.requested:
                     break
-            if isinstance(row, Parsed) and check(row) is None:
+            if isinstance(row, Parsed) and row.line not in refused:  # checked in the first pass
                 publisher.publish(row.kind, row.record)
         progress.close()
         publisher.flush()
