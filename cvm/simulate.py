@@ -19,9 +19,10 @@ Around the segment means customers differ, as CLV models assume (BG/NBD, gamma-g
 rate is gamma-distributed and its purchases a Poisson process at that rate; its mean basket is lognormal and each
 basket lognormal around it. Each customer has a favourite shopping channel and two favourite categories; the
 category scales the basket and the margin. ``gross_margin`` is missing on about 20% of transactions (always on
-``partner`` sales): the default margin rate applies downstream. A purchase is refunded (75% fully, else partly)
-1-21 days later with the segment's refund probability: a negative amount and margin, same category; a third of
-refunds bring a "where is my refund?" contact.
+``partner`` sales): the default margin rate applies downstream. Money is in the base currency
+(``CVM_BASE_CURRENCY``, the table's € by default), and transactions say so. A purchase is refunded (75% fully,
+else partly) 1-21 days later with the segment's refund probability: a negative amount and margin, same category; a
+third of refunds bring a "where is my refund?" contact.
 
 Contacts are a Poisson process per customer too (gamma-distributed rates). The usual reasons are information,
 technical, billing, sales, some complaints (three times more for chronic *complainers*, who do not leave for it)
@@ -816,6 +817,17 @@ def _end_ms(args: argparse.Namespace) -> int:
     return int(time.time()) * 1000
 
 
+def _in_currency(events: Iterator[tuple[str, dict[str, Any]]], currency: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The simulated amounts are money of the base currency (``CVM_BASE_CURRENCY``): say so on each transaction."""
+    if currency == "EUR":  # what the model writes
+        yield from events
+        return
+    for kind, rec in events:
+        if kind == "transactions":
+            rec["currency"] = currency
+        yield kind, rec
+
+
 def _check_span(cfg: Config, sim: Simulation) -> None:
     """Refuse a history the workers would only send to the dead letters: before the floor, or in the future."""
     if sim.start_ms <= max(cfg.min_event_time_ms, 0):
@@ -851,12 +863,12 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     time_of: Callable[[int], int] | None = None
     with StopSignals() as stop, _RoomyGc():
         if args.out:
-            counts = write_jsonl(sim.history(), args.out, progress)
+            counts = write_jsonl(_in_currency(sim.history(), cfg.base_currency), args.out, progress)
         else:
             pub = Publisher(cfg, rate=args.rate)
             counts = pub.counts
             span = max(1, sim.end_ms - sim.start_ms)
-            for kind, rec in sim.history():
+            for kind, rec in _in_currency(sim.history(), cfg.base_currency):
                 pub.publish(kind, rec)
                 if not pub.published & 1023:
                     progress.update(pub.published, (rec["event_time"] - sim.start_ms) / span, "history")
@@ -866,7 +878,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 _write_truth(args.truth, sim.truth())
             if live and not stop.requested:
                 pub.flush()
-                time_of = _run_live(sim, pub, progress, stop, started + (args.duration or math.inf))
+                time_of = _run_live(sim, pub, progress, stop, started + (args.duration or math.inf), cfg.base_currency)
             progress.close()
             pub.flush()
     progress.close()
@@ -884,7 +896,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _run_live(
-    sim: Simulation, pub: Publisher, progress: Progress, stop: StopSignals, deadline: float
+    sim: Simulation, pub: Publisher, progress: Progress, stop: StopSignals, deadline: float, currency: str = "EUR"
 ) -> Callable[[int], int]:
     """Publish live events stamped with the wall clock until the deadline or a stop signal.
 
@@ -919,6 +931,8 @@ def _run_live(
         for name in TIME_FIELDS[kind]:
             if rec.get(name) is not None:
                 rec[name] += moved
+        if kind == "transactions":
+            rec["currency"] = currency
         pub.publish(kind, rec)
         n += 1
         if not n & 63:

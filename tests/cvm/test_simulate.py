@@ -319,3 +319,13 @@ def test_a_history_the_workers_would_refuse_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CvmError, match="more than 7 days ahead"):
         main(Config(), args(out=out, end="2999-01-01T00:00:00Z", days=10))
     assert main(Config(), args(out=out, end="1970-06-01T00:00:00Z", days=120)) == 0
+
+
+def test_the_simulated_money_is_in_the_base_currency(tmp_path: Path) -> None:
+    eur, usd = tmp_path / "eur.jsonl", tmp_path / "usd.jsonl"
+    assert main(Config(), args(out=str(eur))) == 0
+    assert main(Config(base_currency="USD"), args(out=str(usd))) == 0
+    a = [json.loads(line) for line in eur.read_text().splitlines()]
+    b = [json.loads(line) for line in usd.read_text().splitlines()]
+    assert {r["currency"] for r in b if r["type"] == "transactions"} == {"USD"}
+    assert [dict(r, currency=None) for r in a] == [dict(r, currency=None) for r in b], "the same events otherwise"
