@@ -31,7 +31,7 @@ lint: install-dev
 	$(BIN)/ruff format --check --quiet . || (echo "ruff format would change files: run '$(BIN)/ruff format .'"; exit 1)
 
 typecheck: install-dev
-	$(BIN)/mypy cvm streams scoring sinks
+	$(BIN)/mypy cvm streams scoring sinks schemas
 
 pytest: install-dev chromium
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -85,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=_positive_float, help="stop live traffic after this many seconds")
 
     p = sub.add_parser("replay", help="publish a history file through the live topics")
-    p.add_argument("file", help="JSON lines (simulator format), CSV or Avro container file")
+    p.add_argument("file", help="JSON lines (simulator format), CSV, Avro container or Parquet file")
     p.add_argument("--type", choices=["transactions", "contacts", "payments"], help="event type of every row")
-    p.add_argument("--format", choices=["jsonl", "csv", "avro"], help="file format (default: from the extension)")
+    p.add_argument(
+        "--format", choices=["jsonl", "csv", "avro", "parquet"], help="file format (default: from the extension)"
+    )
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="take FIELD from COLUMN")
     p.add_argument("--time-format", help="strptime format of time columns (default ISO-8601 or epoch)")
     p.add_argument("--rate", type=_positive_float, help="events per second at most (default: max)")
+    p.add_argument("--max-bad", type=int, default=0, help="publish despite up to this many bad rows (default 0: none)")
 
     p = sub.add_parser("up", help="run broker, sink, worker and simulator together with a live status screen")
     p.add_argument("--customers", type=_positive_int, default=2000, help="simulated customers (default 2000)")
@@ -105,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check ClickHouse against what a history file must add up to, exactly")
     p.add_argument("file", help="the file given to cvm replay (same reading options)")
     p.add_argument("--type", choices=["transactions", "contacts", "payments"], help="event type of every row")
-    p.add_argument("--format", choices=["jsonl", "csv", "avro"], help="file format (default: from the extension)")
+    p.add_argument(
+        "--format", choices=["jsonl", "csv", "avro", "parquet"], help="file format (default: from the extension)"
+    )
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="take FIELD from COLUMN")
     p.add_argument("--time-format", help="strptime format of time columns (default ISO-8601 or epoch)")
     p.add_argument("--replays", type=_positive_int, default=1, help="times the file was replayed, one after another")

@@ -31,18 +31,19 @@ _ROWS_PER_QUERY = 900_000
 
 def occasions_sql(database: str, as_of_ms: int, period_days: int, slices: int = 1, part: int = 0) -> str:
     """Per customer with a purchase occasion by ``as_of_ms``: first and last occasion period, number of occasions,
-    and the positive spend of every occasion but the first (see :mod:`scoring.clv` for the conventions).
+    and the positive spend of every occasion but the first (see :mod:`scoring.clv` for the conventions). Spend is
+    in the base currency (``amount_base``); a transaction without a rate to it counts nowhere, as in the workers.
 
     >>> "intDiv(toUnixTimestamp64Milli(event_time), 86400000)" in occasions_sql("cvm", 0, 1)
     True
     """
-    where = f"amount > 0 AND event_time <= fromUnixTimestamp64Milli(toInt64({int(as_of_ms)}), 'UTC')"
+    where = f"amount_base > 0 AND event_time <= fromUnixTimestamp64Milli(toInt64({int(as_of_ms)}), 'UTC')"
     if slices > 1:
         where += f" AND cityHash64(customer_id) % {int(slices)} = {int(part)}"
     return (
         "SELECT min(period) AS first, max(period) AS last, count() AS n, sum(spend) - argMin(spend, period) AS repeat "
         "FROM (SELECT customer_id, intDiv(toUnixTimestamp64Milli(event_time), "
-        f"{int(period_days) * 86_400_000}) AS period, sum(amount) AS spend "
+        f"{int(period_days) * 86_400_000}) AS period, sum(amount_base) AS spend "
         f"FROM {database}.transactions FINAL WHERE {where} GROUP BY customer_id, period) "
         "GROUP BY customer_id"
     )
@@ -80,7 +81,7 @@ def fit_as_of(cfg: Config, as_of: str | None = None) -> FitReport:
         period_days = cfg.clv_period_days
         count = _rows(
             reader,
-            f"SELECT uniqExact(customer_id) AS n FROM {db}.transactions FINAL WHERE amount > 0 AND "
+            f"SELECT uniqExact(customer_id) AS n FROM {db}.transactions FINAL WHERE amount_base > 0 AND "
             f"event_time <= fromUnixTimestamp64Milli(toInt64({as_of_ms}), 'UTC')",
         )
         slices = max(1, math.ceil(int(count[0][0]) / _ROWS_PER_QUERY))
@@ -90,7 +91,7 @@ def fit_as_of(cfg: Config, as_of: str | None = None) -> FitReport:
     finally:
         reader.close()
     if not rows:
-        raise NothingToFit(f"no purchase (transaction with amount > 0) by {iso(as_of_ms)}: nothing to fit")
+        raise NothingToFit(f"no purchase (transaction with amount_base > 0) by {iso(as_of_ms)}: nothing to fit")
     facts = np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
     as_of_period = as_of_ms // (period_days * 86_400_000)
     x, t_x, age, m = summaries(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvm.events import parse_time
 from cvm.exceptions import ConfigError
 
 __all__ = ["Config", "EVENT_TOPICS"]
@@ -197,6 +198,22 @@ class Config:
         "$CVM_DATA_DIR/model.key (embedded broker only).",
     )
     log_format: str = _f("text", "CVM_LOG_FORMAT", "Log lines as text, or json (one JSON object per line).")
+    # Upstream as it is (issue 15): how far back history goes, and money in other currencies (scoring.currency).
+    min_event_time: str = _f(
+        "1970-01-01T00:00:00Z",
+        "CVM_MIN_EVENT_TIME",
+        "Earliest event time accepted as history (ISO-8601, 1970-01-01 or later); earlier events are dead letters.",
+    )
+    base_currency: str = _f("EUR", "CVM_BASE_CURRENCY", "Currency of every money figure cvm computes (ISO 4217 code).")
+    fx_rates: str = _f(
+        "",
+        "CVM_FX_RATES",
+        "CSV file of exchange rates (date,currency,rate_to_base); empty: other currencies than the base are dead "
+        "letters.",
+    )
+    fx_max_age_days: float = _f(
+        7.0, "CVM_FX_MAX_AGE_DAYS", "Days a rate stays in use after its date when no newer one exists."
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.allowed_lateness_s <= 49 * 86400:
@@ -216,6 +233,7 @@ class Config:
         if self.churn_silence_days <= 0 or self.churn_cancel_grace_days < 0 or self.churn_max_pending < 1:
             raise ConfigError("churn_silence_days must be > 0, churn_cancel_grace_days >= 0, churn_max_pending >= 1")
         self._check_alerts()
+        self._check_upstream()
 
     def _check_alerts(self) -> None:
         from scoring.alerts import AlertRules  # pure and dependency-free: the rules own their validation
@@ -230,6 +248,21 @@ class Config:
             raise ConfigError("alert_webhook_attempts and alert_webhook_queue must be at least 1")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format={self.log_format!r}: must be text or json (CVM_LOG_FORMAT)")
+
+    def _check_upstream(self) -> None:
+        try:
+            floor = self.min_event_time_ms
+        except ValueError:
+            raise ConfigError(
+                f"min_event_time={self.min_event_time!r} is not an ISO-8601 time, e.g. 1990-01-01T00:00:00Z"
+            ) from None
+        if floor < 0:
+            raise ConfigError(f"min_event_time={self.min_event_time!r}: must be 1970-01-01 or later")
+        code = self.base_currency
+        if len(code) != 3 or not code.isalpha() or not code.isupper():
+            raise ConfigError(f"base_currency={code!r}: expected a 3-letter ISO 4217 code in capitals, e.g. EUR")
+        if self.fx_max_age_days < 0:
+            raise ConfigError(f"fx_max_age_days={self.fx_max_age_days}: must be at least 0")
 
     # --- construction -------------------------------------------------------------------------------------------
 
@@ -297,6 +330,11 @@ class Config:
         if self.clickhouse_url:
             return self.clickhouse_url
         return f"chdb://{self.data_path / 'clickhouse'}"
+
+    @property
+    def min_event_time_ms(self) -> int:
+        """The floor of event times in milliseconds (``cvm.events.validate``'s ``floor_ms``)."""
+        return parse_time(self.min_event_time)
 
     @property
     def embedded_clickhouse(self) -> bool:

@@ -13,6 +13,15 @@ ISO-8601 strings.
 >>> validate("transactions", {"event_id": "e1", "customer_id": "", "event_time": 0, "amount": 1.0})
 Traceback (most recent call last):
 cvm.exceptions.InvalidEvent: missing customer_id
+
+History is any event time from the floor on (``CVM_MIN_EVENT_TIME``, default 1970-01-01): a purchase of 1997 is
+history like one of last week. Two limits stay: event time 0 itself (1970-01-01T00:00:00.000Z) is refused as the
+value of an unset time, and times more than 7 days ahead of the wall clock are clock errors.
+
+>>> validate("transactions", {"event_id": "e1", "customer_id": "c1", "event_time": 852_076_800_000, "amount": 1.0})
+>>> validate("transactions", {"event_id": "e1", "customer_id": "c1", "event_time": -1, "amount": 1.0})
+Traceback (most recent call last):
+cvm.exceptions.InvalidEvent: event_time 1969-12-31T23:59:59.999Z is before 1970-01-01T00:00:00.000Z (CVM_MIN_EVENT_TIME)
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from cvm.exceptions import InvalidEvent
 __all__ = [
     "CONTACT_CHANNELS",
     "CONTACT_REASONS",
+    "MIN_EVENT_TIME_MS",
     "PAYMENT_STATUSES",
     "TIME_FIELDS",
     "from_json",
@@ -51,7 +61,9 @@ _NUMBER_FIELDS = {
     "contacts": ("handle_time_s", "cost"),
     "payments": ("amount_due", "amount_paid"),
 }
-_MIN_TIME_MS = 946_684_800_000  # 2000-01-01: earlier event times are typos, not history
+#: The default floor of event times (``CVM_MIN_EVENT_TIME``): 1970-01-01. Earlier times cannot be history for cvm:
+#: customer states count time in non-negative milliseconds since the epoch.
+MIN_EVENT_TIME_MS = 0
 _MAX_FUTURE_MS = 7 * 86_400_000  # a week ahead of the wall clock: clock skew, not a future event
 _MAX_AMOUNT = 1e9
 
@@ -68,7 +80,9 @@ def iso(ms: int) -> str:
 def parse_time(value: Any, fmt: str | None = None) -> int:
     """Milliseconds since the epoch from ISO-8601 text, a ``strptime`` format, or a number of ms/s.
 
-    Times without a zone are UTC.
+    Times without a zone are UTC. Numbers are seconds or milliseconds, told apart by magnitude (1e11 s is the year
+    5138), except eight digits that make a date: ``19970101`` is the basic ISO-8601 form of 1997-01-01 (what many
+    exports write), not 19,970,101 seconds after the epoch.
 
     >>> parse_time("2023-11-14T22:13:20.123Z")
     1700000000123
@@ -76,22 +90,40 @@ def parse_time(value: Any, fmt: str | None = None) -> int:
     1699920000000
     >>> parse_time(1700000000), parse_time(1700000000123)
     (1700000000000, 1700000000123)
+    >>> iso(parse_time("19970101")), iso(parse_time(19970101)), iso(parse_time("1997-01-01"))
+    ('1997-01-01T00:00:00.000Z', '1997-01-01T00:00:00.000Z', '1997-01-01T00:00:00.000Z')
+    >>> iso(parse_time("-86400"))
+    '1969-12-31T00:00:00.000Z'
     """
     if isinstance(value, bool):
         raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, int) and 10_000_000 <= value <= 99_999_999:
+        day = _basic_date(str(value))
+        if day is not None:
+            return day
     if isinstance(value, int | float):
-        # Seconds and milliseconds are told apart by magnitude: 1e11 s is the year 5138.
         return int(round(value * 1000)) if abs(value) < 1e11 else int(value)
     text = str(value).strip()
     if fmt:
         dt = datetime.strptime(text, fmt)
     else:
-        if text.replace(".", "", 1).isdigit():
-            return parse_time(float(text))
+        digits = text[1:] if text[:1] in "+-" else text
+        if digits.replace(".", "", 1).isdigit():
+            day = _basic_date(text) if len(text) == 8 else None
+            return day if day is not None else parse_time(float(text))
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(round(dt.timestamp() * 1000))
+
+
+def _basic_date(text: str) -> int | None:
+    """Midnight UTC of an eight-digit ``YYYYMMDD`` date, or None when the digits are no date."""
+    try:
+        dt = datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return None
+    return int(dt.replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def to_json(kind: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -117,10 +149,11 @@ def from_json(obj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return kind, record
 
 
-def validate(kind: str, record: dict[str, Any], now_ms: int | None = None) -> None:
+def validate(kind: str, record: dict[str, Any], now_ms: int | None = None, floor_ms: int = MIN_EVENT_TIME_MS) -> None:
     """Raise :class:`InvalidEvent` when a decoded event breaks its contract.
 
     ``now_ms`` is the wall clock, used only to reject absurd future times (clock errors), never for features.
+    ``floor_ms`` is the earliest event time accepted (``Config.min_event_time_ms``; default 1970-01-01).
     """
     if not record.get("customer_id"):
         raise InvalidEvent("missing customer_id")
@@ -128,22 +161,38 @@ def validate(kind: str, record: dict[str, Any], now_ms: int | None = None) -> No
         raise InvalidEvent("missing event_id")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     t = record.get("event_time")
-    if not isinstance(t, int) or t < _MIN_TIME_MS:
-        raise InvalidEvent(f"event_time {t!r} is before 2000-01-01")
+    if not isinstance(t, int) or isinstance(t, bool):
+        raise InvalidEvent(f"event_time {t!r} is not a time in milliseconds", "event_time not a time")
+    if t < floor_ms:
+        raise InvalidEvent(
+            f"event_time {_shown(t)} is before {iso(floor_ms)} (CVM_MIN_EVENT_TIME)", "event_time before the floor"
+        )
+    if t == 0:
+        raise InvalidEvent("event_time is 0 (1970-01-01T00:00:00Z): an unset time, not history", "event_time is 0")
     if t > now_ms + _MAX_FUTURE_MS:
-        raise InvalidEvent(f"event_time {iso(t)} is more than 7 days in the future")
+        raise InvalidEvent(
+            f"event_time {_shown(t)} is more than 7 days in the future", "event_time more than 7 days ahead"
+        )
     for name in _NUMBER_FIELDS[kind]:
         v = record.get(name)
         if v is None:
             continue
         if not math.isfinite(v):
-            raise InvalidEvent(f"{name} is {v}")
+            raise InvalidEvent(f"{name} is {v}", f"{name} not finite")
         if abs(v) > _MAX_AMOUNT:
-            raise InvalidEvent(f"{name}={v} is beyond ±1e9")
+            raise InvalidEvent(f"{name}={v} is beyond ±1e9", f"{name} beyond ±1e9")
     if kind == "contacts":
         if record["channel"] not in CONTACT_CHANNELS:
-            raise InvalidEvent(f"unknown contact channel {record['channel']!r}")
+            raise InvalidEvent(f"unknown contact channel {record['channel']!r}", "unknown contact channel")
         if record["reason"] not in CONTACT_REASONS:
-            raise InvalidEvent(f"unknown contact reason {record['reason']!r}")
+            raise InvalidEvent(f"unknown contact reason {record['reason']!r}", "unknown contact reason")
     elif kind == "payments" and record["status"] not in PAYMENT_STATUSES:
-        raise InvalidEvent(f"unknown payment status {record['status']!r}")
+        raise InvalidEvent(f"unknown payment status {record['status']!r}", "unknown payment status")
+
+
+def _shown(ms: int) -> str:
+    """ISO text of a time when it has one, else the number."""
+    try:
+        return iso(ms)
+    except (OverflowError, OSError, ValueError):
+        return str(ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BrokenContract",
     "BrokerUnavailable",
     "ClickHouseUnavailable",
     "ConfigError",
@@ -10,6 +11,7 @@ __all__ = [
     "DecodeError",
     "InvalidEvent",
     "ModelRejected",
+    "NoExchangeRate",
     "NothingToFit",
     "PortInUse",
     "QueryError",
@@ -45,7 +47,23 @@ class DecodeError(CvmError):
 
 
 class InvalidEvent(CvmError):
-    """A decoded event breaks a rule of its contract (missing customer_id, NaN amount, absurd time)."""
+    """A decoded event breaks a rule of its contract (missing customer_id, NaN amount, absurd time).
+
+    ``reason`` is the rule broken, without the values (``event_time before the floor``): what summaries count by.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class NoExchangeRate(InvalidEvent):
+    """A transaction's currency has no rate to the base currency at its event date (CVM_FX_RATES)."""
+
+
+class BrokenContract(CvmError):
+    """A score message breaks schemas/customer_score.avsc (a required field missing or null, a value of the wrong
+    type)."""
 
 
 class NothingToFit(CvmError):

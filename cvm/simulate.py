@@ -19,9 +19,10 @@ Around the segment means customers differ, as CLV models assume (BG/NBD, gamma-g
 rate is gamma-distributed and its purchases a Poisson process at that rate; its mean basket is lognormal and each
 basket lognormal around it. Each customer has a favourite shopping channel and two favourite categories; the
 category scales the basket and the margin. ``gross_margin`` is missing on about 20% of transactions (always on
-``partner`` sales): the default margin rate applies downstream. A purchase is refunded (75% fully, else partly)
-1-21 days later with the segment's refund probability: a negative amount and margin, same category; a third of
-refunds bring a "where is my refund?" contact.
+``partner`` sales): the default margin rate applies downstream. Money is in the base currency
+(``CVM_BASE_CURRENCY``, the table's € by default), and transactions say so. A purchase is refunded (75% fully,
+else partly) 1-21 days later with the segment's refund probability: a negative amount and margin, same category; a
+third of refunds bring a "where is my refund?" contact.
 
 Contacts are a Poisson process per customer too (gamma-distributed rates). The usual reasons are information,
 technical, billing, sales, some complaints (three times more for chronic *complainers*, who do not leave for it)
@@ -63,7 +64,8 @@ days" with ROC AUC 0.88 (silent churners 0.66).
 Live mode
 ---------
 After the history, unless ``--out`` is given or ``--days`` is given without ``--duration``, the same customers go
-on living, new ones arrive at the history's acquisition rate, and events carry the wall clock as their time. Model
+on living, new ones arrive at the history's acquisition rate, and events carry the wall clock as their time (after
+a history that ended more than a day ago, its end plus the wall-clock time elapsed since live traffic began). Model
 time runs :data:`LIVE_SPEEDUP` times faster than the wall clock (one model hour a second) so that a live dashboard
 sees traffic and a few churns within minutes; the spacing of a payment's due and paid dates around its event time
 is kept as modelled. ``--rate`` caps the events per second; ``--duration`` (counted from the start of the command;
@@ -815,6 +817,29 @@ def _end_ms(args: argparse.Namespace) -> int:
     return int(time.time()) * 1000
 
 
+def _in_currency(events: Iterator[tuple[str, dict[str, Any]]], currency: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The simulated amounts are money of the base currency (``CVM_BASE_CURRENCY``): say so on each transaction."""
+    if currency == "EUR":  # what the model writes
+        yield from events
+        return
+    for kind, rec in events:
+        if kind == "transactions":
+            rec["currency"] = currency
+        yield kind, rec
+
+
+def _check_span(cfg: Config, sim: Simulation) -> None:
+    """Refuse a history the workers would only send to the dead letters: before the floor, or in the future."""
+    if sim.start_ms <= max(cfg.min_event_time_ms, 0):
+        floor = iso(cfg.min_event_time_ms)
+        raise CvmError(
+            f"the history would start on {iso(sim.start_ms)}, not after CVM_MIN_EVENT_TIME ({floor}): "
+            "give a later --end or fewer --days"
+        )
+    if sim.end_ms > time.time() * 1000 + 7 * DAY_MS:
+        raise CvmError(f"--end {iso(sim.end_ms)} is more than 7 days ahead: events from the future are refused")
+
+
 def _goes_live(args: argparse.Namespace) -> bool:
     """Live events follow the history unless writing a file, or ``--days`` was given without ``--duration``.
 
@@ -833,16 +858,17 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     days = args.days or 180
     live = _goes_live(args)
     sim = Simulation(args.customers, days, args.seed, _end_ms(args))
+    _check_span(cfg, sim)
     progress = Progress("cvm simulate")
     time_of: Callable[[int], int] | None = None
     with StopSignals() as stop, _RoomyGc():
         if args.out:
-            counts = write_jsonl(sim.history(), args.out, progress)
+            counts = write_jsonl(_in_currency(sim.history(), cfg.base_currency), args.out, progress)
         else:
             pub = Publisher(cfg, rate=args.rate)
             counts = pub.counts
             span = max(1, sim.end_ms - sim.start_ms)
-            for kind, rec in sim.history():
+            for kind, rec in _in_currency(sim.history(), cfg.base_currency):
                 pub.publish(kind, rec)
                 if not pub.published & 1023:
                     progress.update(pub.published, (rec["event_time"] - sim.start_ms) / span, "history")
@@ -852,7 +878,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 _write_truth(args.truth, sim.truth())
             if live and not stop.requested:
                 pub.flush()
-                time_of = _run_live(sim, pub, progress, stop, started + (args.duration or math.inf))
+                time_of = _run_live(sim, pub, progress, stop, started + (args.duration or math.inf), cfg.base_currency)
             progress.close()
             pub.flush()
     progress.close()
@@ -870,22 +896,27 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _run_live(
-    sim: Simulation, pub: Publisher, progress: Progress, stop: StopSignals, deadline: float
+    sim: Simulation, pub: Publisher, progress: Progress, stop: StopSignals, deadline: float, currency: str = "EUR"
 ) -> Callable[[int], int]:
     """Publish live events stamped with the wall clock until the deadline or a stop signal.
 
-    Returns the map from model time to published time, for the truth file.
+    A history that ended in the past (``--end 1998-06-30``, more than a day ago) goes on from its end instead: live
+    events are stamped with the time elapsed since live traffic started, added to the history's end, so event time
+    stays continuous (the customers do not fall silent for the years between). Returns the map from model time to
+    published time, for the truth file.
     """
-    wall0 = max(int(time.time() * 1000), sim.end_ms + 1)
+    now = int(time.time() * 1000)
     end = sim.end_ms
+    wall0 = max(now, end + 1)
+    shift = 0 if end >= now - DAY_MS else wall0 - (end + 1)  # stamps = the wall clock - shift
 
     def time_of(t: int) -> int:
-        return t if t <= end else wall0 + int((t - end) / LIVE_SPEEDUP)
+        return t if t <= end else wall0 - shift + int((t - end) / LIVE_SPEEDUP)
 
-    last = wall0
+    last = wall0 - shift
     n = 0
     for t, kind, rec in sim.live():
-        due = time_of(t)
+        due = time_of(t) + shift  # on the wall clock
         while True:
             if stop.requested or time.monotonic() >= deadline:
                 return time_of
@@ -894,12 +925,14 @@ def _run_live(
                 break
             pub.wait(min(ahead, 0.25, max(0.0, deadline - time.monotonic())))
             progress.update(pub.published, None, "live")
-        stamp = max(last, int(time.time() * 1000))
+        stamp = max(last, int(time.time() * 1000) - shift)
         last = stamp
-        shift = stamp - t
+        moved = stamp - t
         for name in TIME_FIELDS[kind]:
             if rec.get(name) is not None:
-                rec[name] += shift
+                rec[name] += moved
+        if kind == "transactions":
+            rec["currency"] = currency
         pub.publish(kind, rec)
         n += 1
         if not n & 63:

@@ -25,7 +25,9 @@ FROM cvm.customers FINAL;
 -- GET /api/kpis?period=30d
 -- Revenue and gross margin over a period of event time that ends at the latest transaction
 -- (replayed or simulated history is in the past), and over the period before it. A transaction without a margin
--- gets amount * margin_rate (CVM_DEFAULT_MARGIN_RATE). FINAL collapses an event delivered twice.
+-- gets amount * margin_rate (CVM_DEFAULT_MARGIN_RATE). FINAL collapses an event delivered twice. Money is in the
+-- base currency (CVM_BASE_CURRENCY): amount_base, converted at the event's date by the sink as the workers convert;
+-- a transaction without a rate to the base currency (NULL amount_base; a dead letter for the workers) counts nowhere.
 -- Parameters: {days:UInt32} (0 = all history), {margin_rate:Float64}
 WITH
     (SELECT max(event_time) FROM cvm.transactions) AS period_end,
@@ -38,15 +40,19 @@ SELECT
     if({days:UInt32} = 0, min(event_time), period_start) AS start,
     countIf(in_period) AS transactions,
     uniqExactIf(customer_id, in_period) AS active_customers,
-    sumIf(amount, in_period) AS revenue,
-    sumIf(margin, in_period) AS gross_margin,
-    sumIf(amount, in_previous) AS previous_revenue,
-    sumIf(margin, in_previous) AS previous_gross_margin,
-    anyHeavy(currency) AS currency
+    ifNull(sumIf(amount, in_period), 0) AS revenue,
+    ifNull(sumIf(margin, in_period), 0) AS gross_margin,
+    ifNull(sumIf(amount, in_previous), 0) AS previous_revenue,
+    ifNull(sumIf(margin, in_previous), 0) AS previous_gross_margin
 FROM
 (
-    SELECT customer_id, event_time, amount, ifNull(gross_margin, amount * {margin_rate:Float64}) AS margin, currency
+    SELECT
+        customer_id,
+        event_time,
+        amount_base AS amount,
+        ifNull(gross_margin_base, amount_base * {margin_rate:Float64}) AS margin
     FROM cvm.transactions FINAL
+    WHERE amount_base IS NOT NULL
 );
 
 -- name: kpi_alerts
@@ -102,15 +108,21 @@ ORDER BY rank;
 
 -- name: matrix
 -- GET /api/matrix?low=0.3&high=0.6
--- Value tier x churn band: customers, value at risk (CLV, or profitability to date when the CLV is 0; never
--- below 0) and expected loss (churn probability x value). value_tier '' means not rated yet.
--- Parameters: {low:Float64}, {high:Float64} (bands: [0, low), [low, high), [high, 1])
+-- Value tier x churn band: customers, value at risk (CLV, or profitability to date when the customer has no CLV
+-- yet: NULL; never below 0) and expected loss (churn probability x value). value_tier '' means not rated yet; band
+-- 'unscored' holds the customers no churn model has scored yet (churn_probability NULL).
+-- Parameters: {low:Float64}, {high:Float64} (bands: [0, low), [low, high), [high, 1], unscored)
 SELECT
     value_tier AS tier,
-    multiIf(churn_probability < {low:Float64}, 'low', churn_probability < {high:Float64}, 'medium', 'high') AS band,
+    multiIf(
+        churn_probability IS NULL, 'unscored',
+        churn_probability < {low:Float64}, 'low',
+        churn_probability < {high:Float64}, 'medium',
+        'high'
+    ) AS band,
     count() AS customers,
-    sum(greatest(if(clv != 0, clv, profitability), 0)) AS value_at_risk,
-    sum(churn_probability * greatest(if(clv != 0, clv, profitability), 0)) AS expected_loss
+    sum(greatest(ifNull(clv, profitability), 0)) AS value_at_risk,
+    ifNull(sum(churn_probability * greatest(ifNull(clv, profitability), 0)), 0) AS expected_loss
 FROM cvm.customers FINAL
 GROUP BY tier, band
 ORDER BY tier, band;
@@ -171,7 +183,7 @@ LIMIT {points:UInt32};
 -- GET /api/customer/<id>?limit=20
 -- The customer's latest purchases and refunds.
 -- Parameters: {id:String}, {limit:UInt32}
-SELECT event_time, event_id, amount, gross_margin, channel, category
+SELECT event_time, event_id, amount, currency, amount_base, gross_margin, gross_margin_base, channel, category
 FROM cvm.transactions FINAL
 WHERE customer_id = {id:String}
 ORDER BY event_time DESC, event_id ASC
@@ -232,7 +244,8 @@ WITH
 SELECT day, previous AS from_tier, tier AS to_tier, count() AS customers
 FROM moves
 WHERE previous != '' AND previous != tier
-    AND ({days:UInt32} = 0 OR day > (SELECT max(toDate(as_of)) FROM cvm.customer_scores) - {days:UInt32})
+    AND ({days:UInt32} = 0
+        OR dateDiff('day', day, (SELECT max(toDate(as_of)) FROM cvm.customer_scores)) < {days:UInt32})
 GROUP BY day, from_tier, to_tier
 ORDER BY day ASC, from_tier ASC, to_tier ASC;
 

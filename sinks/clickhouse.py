@@ -74,6 +74,10 @@ READ_ONLY_SETTINGS: dict[str, Any] = {
     "readonly": 1,
 }
 
+#: Session settings of the writer client. A history spanning decades puts more months (partitions of the raw
+#: tables) in one batch than ClickHouse's default limit of 100 per INSERT: without this the batch would fail forever.
+WRITER_SETTINGS: dict[str, Any] = {"max_partitions_per_insert_block": 0}
+
 _READING_KEYWORDS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -277,7 +281,7 @@ def connect(cfg: Config, readonly: bool = False, create: bool = True) -> ClickHo
     database = cfg.clickhouse_database
     if not _IDENTIFIER.match(database):
         raise ConfigError(f"CVM_CLICKHOUSE_DATABASE={database!r} is not a plain identifier (letters, digits, _)")
-    settings = dict(READ_ONLY_SETTINGS) if readonly else {}
+    settings = dict(READ_ONLY_SETTINGS) if readonly else dict(WRITER_SETTINGS)
     shown = cfg.describe()["clickhouse_url"]
     if dsn.startswith("chdb:"):
         path = _chdb_path(dsn)
@@ -484,7 +488,8 @@ class Table:
     """A table's columns as ClickHouse reports them, and how to turn a record (dict) into a row.
 
     The column list comes from ``system.columns`` at start-up, so a new column is a migration away: the sink
-    maps records onto whatever columns exist. Unknown keys are ignored.
+    maps records onto whatever columns exist. Keys without a column are left out here; score messages have their
+    keys checked against their contract before (:mod:`schemas.scores`).
     """
 
     def __init__(self, name: str, columns: Sequence[tuple[str, str]]) -> None:

@@ -75,7 +75,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 PERIODS = {"7d": 7, "30d": 30, "90d": 90, "365d": 365, "all": 0}
 
 TIERS = ("A", "B", "C")
-BANDS = ("low", "medium", "high")
+BANDS = ("low", "medium", "high", "unscored")
 _MAX_ID = 200
 
 
@@ -103,6 +103,7 @@ SELECT
 FROM {db}.customers FINAL
 """,
     # Revenue and margin in event time: the period ends at the latest transaction; {days:UInt32} = 0 means all.
+    # Money in the base currency (amount_base); a transaction without a rate to it (a dead letter) counts nowhere.
     "kpi_period": """
 WITH
     (SELECT max(event_time) FROM {db}.transactions) AS period_end,
@@ -115,15 +116,19 @@ SELECT
     if({days:UInt32} = 0, min(event_time), period_start) AS start,
     countIf(in_period) AS transactions,
     uniqExactIf(customer_id, in_period) AS active_customers,
-    sumIf(amount, in_period) AS revenue,
-    sumIf(margin, in_period) AS gross_margin,
-    sumIf(amount, in_previous) AS previous_revenue,
-    sumIf(margin, in_previous) AS previous_gross_margin,
-    anyHeavy(currency) AS currency
+    ifNull(sumIf(amount, in_period), 0) AS revenue,
+    ifNull(sumIf(margin, in_period), 0) AS gross_margin,
+    ifNull(sumIf(amount, in_previous), 0) AS previous_revenue,
+    ifNull(sumIf(margin, in_previous), 0) AS previous_gross_margin
 FROM
 (
-    SELECT customer_id, event_time, amount, ifNull(gross_margin, amount * {margin_rate:Float64}) AS margin, currency
+    SELECT
+        customer_id,
+        event_time,
+        amount_base AS amount,
+        ifNull(gross_margin_base, amount_base * {margin_rate:Float64}) AS margin
     FROM {db}.transactions FINAL
+    WHERE amount_base IS NOT NULL
 )
 """,
     # An alert's time is the event time that raised it, so "today" is the day (UTC) of the stream's latest event:
@@ -168,13 +173,19 @@ WHERE rank % greatest(1, intDiv(n, {points:UInt32})) = 0 OR rank IN (1, n, posit
 ORDER BY rank
 """,
     # Value at risk: CLV when the customer has one, else profitability to date; a loss-maker puts nothing at risk.
+    # A customer no churn model has scored yet (churn_probability NULL) is in band 'unscored', not in 'low'.
     "matrix": """
 SELECT
     value_tier AS tier,
-    multiIf(churn_probability < {low:Float64}, 'low', churn_probability < {high:Float64}, 'medium', 'high') AS band,
+    multiIf(
+        churn_probability IS NULL, 'unscored',
+        churn_probability < {low:Float64}, 'low',
+        churn_probability < {high:Float64}, 'medium',
+        'high'
+    ) AS band,
     count() AS customers,
-    sum(greatest(if(clv != 0, clv, profitability), 0)) AS value_at_risk,
-    sum(churn_probability * greatest(if(clv != 0, clv, profitability), 0)) AS expected_loss
+    sum(greatest(ifNull(clv, profitability), 0)) AS value_at_risk,
+    ifNull(sum(churn_probability * greatest(ifNull(clv, profitability), 0)), 0) AS expected_loss
 FROM {db}.customers FINAL
 GROUP BY tier, band
 ORDER BY tier, band
@@ -224,7 +235,7 @@ LIMIT 1 BY version
 LIMIT {points:UInt32}
 """,
     "customer_transactions": """
-SELECT event_time, event_id, amount, gross_margin, channel, category
+SELECT event_time, event_id, amount, currency, amount_base, gross_margin, gross_margin_base, channel, category
 FROM {db}.transactions FINAL
 WHERE customer_id = {id:String}
 ORDER BY event_time DESC, event_id ASC
@@ -275,7 +286,8 @@ WITH
 SELECT day, previous AS from_tier, tier AS to_tier, count() AS customers
 FROM moves
 WHERE previous != '' AND previous != tier
-    AND ({days:UInt32} = 0 OR day > (SELECT max(toDate(as_of)) FROM {db}.customer_scores) - {days:UInt32})
+    AND ({days:UInt32} = 0
+        OR dateDiff('day', day, (SELECT max(toDate(as_of)) FROM {db}.customer_scores)) < {days:UInt32})
 GROUP BY day, from_tier, to_tier
 ORDER BY day ASC, from_tier ASC, to_tier ASC
 """,
@@ -396,9 +408,14 @@ def parse_params(query_string: str, spec: Mapping[str, Spec]) -> dict[str, Any]:
 
 
 def kpis(
-    ch: ClickHouse, period: str = "30d", margin_rate: float = 0.3, status: Mapping[str, Any] | None = None
+    ch: ClickHouse,
+    period: str = "30d",
+    margin_rate: float = 0.3,
+    status: Mapping[str, Any] | None = None,
+    currency: str = "EUR",
 ) -> dict:
-    """The headline figures; ``status`` is the sink writer's counters (events/s, lag) when a writer runs here."""
+    """The headline figures; ``status`` is the sink writer's counters (events/s, lag) when a writer runs here;
+    ``currency`` is the base currency every money figure is in (``CVM_BASE_CURRENCY``)."""
     days = PERIODS[period]
     base = _sql(ch, "kpi_customers")[0]
     money = _sql(ch, "kpi_period", days=days, margin_rate=margin_rate)[0]
@@ -428,7 +445,7 @@ def kpis(
             "previous_revenue": money["previous_revenue"] if days else None,
             "previous_gross_margin": money["previous_gross_margin"] if days else None,
             "transactions": money["transactions"],
-            "currency": money["currency"] or "EUR",
+            "currency": currency,
             "alerts_today": raised["today"],
             "alerts_day": raised["day"].date().isoformat() if raised["total"] else None,
             "alerts_total": raised["total"],
@@ -495,6 +512,7 @@ def matrix(ch: ClickHouse, low: float = 0.3, high: float = 0.6) -> dict:
         {"name": "low", "from": 0.0, "to": low},
         {"name": "medium", "from": low, "to": high},
         {"name": "high", "from": high, "to": 1.0},
+        {"name": "unscored", "from": None, "to": None},  # no churn model has scored them yet
     ]
     return _json({"tiers": tiers, "bands": bands, "cells": cells, "customers": sum(c["customers"] for c in cells)})
 
@@ -508,7 +526,8 @@ def _scores(text: str) -> dict[str, Any]:
 
 
 def _number(*candidates: Any) -> float | None:
-    """The first candidate that is a finite, non-zero number (zero means "not computed" in cvm's tables)."""
+    """The first candidate that is a finite, non-zero number (NULL means "not computed" in cvm's tables; rows and
+    alerts written before migration 0004 still use zero)."""
     for value in candidates:
         if isinstance(value, int | float) and not isinstance(value, bool) and value == value and value != 0:
             return float(value)
@@ -622,6 +641,7 @@ class Context:
 
     margin_rate: float = 0.3
     status: Callable[[], dict[str, Any]] | None = None
+    currency: str = "EUR"
 
 
 @dataclass(frozen=True)
@@ -646,7 +666,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/kpis",
         "Headline figures: customers, revenue and margin over the period, value at risk, alerts today, events/s, lag",
         {"period": _Choice("30d", PERIODS, "Event-time period ending at the latest transaction")},
-        lambda ch, p, ctx: kpis(ch, p["period"], ctx.margin_rate, ctx.status() if ctx.status else None),
+        lambda ch, p, ctx: kpis(ch, p["period"], ctx.margin_rate, ctx.status() if ctx.status else None, ctx.currency),
     ),
     Endpoint(
         "/api/whale",

@@ -178,7 +178,7 @@ class ApiServer:
         self.require_token = not metrics.is_loopback(cfg.http_host)
         self.started = time.time()
         self.index_html = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
-        self.context = dashboard.Context(cfg.default_margin_rate, status)
+        self.context = dashboard.Context(cfg.default_margin_rate, status, cfg.base_currency)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cvm-http")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -20,8 +20,16 @@ sends them to ``dead-letters``, which this writer stores. Score, alert, dead-let
 JSON. Alerts go to ``alerts`` (a ReplacingMergeTree on the episode, so a re-emitted alert collapses); once a batch
 of them is written, the ones whose episode ClickHouse did not hold before go to :attr:`Writer.alert_listener` (the
 webhook), so a replay does not notify anyone twice.
-Score keys are mapped onto the columns ``customers`` and ``customer_scores`` have (read from ``system.columns``
-at start), so a new feature needs a migration and the worker emitting the key, and no change here.
+Score messages are checked against their contract (``schemas/customer_score.avsc``, :mod:`schemas.scores`): a
+missing field with a default takes it (NULL for what is not known yet), a message missing a required field is
+refused, and a key the contract does not know is counted (``score_contract`` in :meth:`Writer.stats`), logged once
+and not written. Their keys are then mapped onto the columns ``customers`` and ``customer_scores`` have (read from
+``system.columns`` at start); a test keeps the contract and the columns equal, so a new feature needs a schema
+field, a migration and the worker emitting the key, and no change here.
+
+Raw transactions keep the ``amount`` and ``currency`` upstream sent; ``amount_base`` and ``gross_margin_base`` are
+the amounts in the base currency at the event's date (:mod:`scoring.currency`, as the workers convert them), NULL
+when there is no rate (the worker dead-letters such a transaction).
 """
 
 from __future__ import annotations
@@ -43,8 +51,10 @@ from cvm import metrics
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
 from cvm.events import validate
-from cvm.exceptions import DecodeError, InvalidEvent, ModelRejected
+from cvm.exceptions import BrokenContract, DecodeError, InvalidEvent, ModelRejected, NoExchangeRate
 from cvm.kafka import ModelKey, decode_model, make_consumer
+from schemas.scores import ScoreContract
+from scoring.currency import Rates
 from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table, condense_error
 
 __all__ = ["SCORE_TABLES", "Writer"]
@@ -107,6 +117,9 @@ class Writer:
         self.consumer = consumer
         self.codec = Codec(make_registry(cfg.schema_registry_url))
         self.model_key = ModelKey.from_config(cfg)
+        self.contract = ScoreContract.load()
+        self.rates = Rates.from_config(cfg)
+        self.floor_ms = cfg.min_event_time_ms
         names = (*EVENT_TOPICS, *SCORE_TABLES, "alerts", "dead_letters", "late_events", "clv_params", "model_metrics")
         self.tables = {name: Table.load(ch, name) for name in names}
         self._routes: dict[str, Route] = {cfg.topic(kind): self._raw for kind in EVENT_TOPICS}
@@ -170,7 +183,16 @@ class Writer:
             return False
         try:
             rows = route(topic, partition, offset, value, key)
-        except (DecodeError, InvalidEvent, ModelRejected, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (
+            DecodeError,
+            InvalidEvent,
+            ModelRejected,
+            BrokenContract,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+        ) as exc:
             # "Skip this record" is not a failure: the worker dead-letters raw events, and a malformed JSON
             # message cannot become valid by retrying.
             self._skipped += 1
@@ -198,8 +220,14 @@ class Writer:
         expected = self._kind[topic]
         if kind != expected:
             raise DecodeError(f"a {kind} record on the {expected} topic")
-        validate(kind, record)
+        validate(kind, record, floor_ms=self.floor_ms)
         record.update(topic=topic, partition=partition, offset=offset, ingested_at=int(time.time() * 1000))
+        if kind == "transactions":
+            try:
+                base = self.rates.convert(kind, record)
+                record.update(amount_base=base["amount"], gross_margin_base=base["gross_margin"])
+            except NoExchangeRate:
+                record.update(amount_base=None, gross_margin_base=None)
         return [(kind, self.tables[kind].convert(record))]
 
     def _scores(
@@ -210,6 +238,7 @@ class Writer:
             if not key:
                 raise ValueError("score message without customer_id")
             obj["customer_id"] = key.decode()
+        obj = self.contract.check(obj)
         if self._scores_alike:
             row = self.tables[SCORE_TABLES[0]].convert(obj)  # read-only from here on: both batches may hold it
             return [(name, row) for name in SCORE_TABLES]
@@ -536,6 +565,10 @@ class Writer:
                 "paused": self._paused,
                 "last_error": self._last_error,
                 "lag": dict(self._lag),
+                "score_contract": {
+                    "unknown_keys": dict(self.contract.unknown),
+                    "refused": dict(self.contract.broken),
+                },
             }
 
 

@@ -1,10 +1,13 @@
 """Step 1 of a batch: a raw record becomes an :class:`~streams.records.Event`, or a poison with its reason.
 
 Decoding reads the Confluent wire format (:class:`cvm.codec.Codec`), checks that the record's kind is its topic's,
-and validates it (:func:`cvm.events.validate`). A record whose Kafka key is not its customer id is valid but on the
-wrong partition for its customer, and so is a record keyed by its customer id but placed by another partitioner
-than Kafka's default (murmur2; librdkafka's own default is CRC32): :meth:`Decoder.needs_rekey` says so, and the
-worker copies it to its re-key topic (keyed by customer id, murmur2) instead of folding it where it arrived.
+validates it (:func:`cvm.events.validate`: from ``CVM_MIN_EVENT_TIME`` on), and converts a transaction in another
+currency to the base currency at its event date (:class:`scoring.currency.Rates`; no rate: a dead letter).
+
+A record whose Kafka key is not its customer id is valid but on the wrong partition for its customer, and so is a
+record keyed by its customer id but placed by another partitioner than Kafka's default (murmur2; librdkafka's own
+default is CRC32): :meth:`Decoder.needs_rekey` says so, and the worker copies it to its re-key topic (keyed by
+customer id, murmur2) instead of folding it where it arrived.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from functools import lru_cache
 from cvm.codec import Codec
 from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
+from scoring.currency import Rates
 from streams.records import Event, Poison, RawRecord
 
 __all__ = ["Decoder", "kafka_partition"]
@@ -31,10 +35,19 @@ class Decoder:
         Full topic name → the event kind it carries, or ``None`` for a topic carrying any kind (the re-key topic).
     """
 
-    def __init__(self, codec: Codec, topic_kinds: Mapping[str, str | None], partitions: int) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        topic_kinds: Mapping[str, str | None],
+        partitions: int,
+        rates: Rates | None = None,
+        floor_ms: int = 0,
+    ) -> None:
         self.codec = codec
         self.topic_kinds = dict(topic_kinds)
         self.partitions = partitions
+        self.rates = rates
+        self.floor_ms = floor_ms
 
     def decode(self, rec: RawRecord, now_ms: int) -> Event | Poison:
         """The event of ``rec``, or a :class:`Poison` saying why it cannot be scored."""
@@ -43,8 +56,10 @@ class Decoder:
             expected = self.topic_kinds.get(rec.topic)
             if expected is not None and kind != expected:
                 raise DecodeError(f"a {kind} record on the {expected} topic")
-            validate(kind, record, now_ms)
-        except (DecodeError, InvalidEvent) as exc:
+            validate(kind, record, now_ms, self.floor_ms)
+            if self.rates is not None:
+                record = self.rates.convert(kind, record)
+        except (DecodeError, InvalidEvent) as exc:  # NoExchangeRate is an InvalidEvent
             return Poison(rec, exc)
         return Event(rec, kind, record)
 

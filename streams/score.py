@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +192,7 @@ class Assessor:
         out["scored_by"] = scored_by
         out["version"] = score_version(s.version, as_of, scored_by)
         out["n_events"] = s.version
+        out["updated_at"] = int(time.time() * 1000)  # when it was written (operations only; never a feature)
         out.update(self.clv_statistics(s, as_of))
         return out
 

@@ -42,6 +42,7 @@ from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import ConfigError
 from scoring.churn import ChurnModel
 from scoring.clv import BGNBD, ClvModel, GammaGamma
+from scoring.currency import Rates
 from scoring.population import Population
 from scoring.state import CustomerState
 from streams.clock import Item, StreamClock, Timers, closing_tick
@@ -105,7 +106,7 @@ class Scorer:
         self.sources = [cfg.topic(kind) for kind in EVENT_TOPICS] + [self.rekey_topic]
         kinds: dict[str, str | None] = {cfg.topic(kind): kind for kind in EVENT_TOPICS}
         kinds[self.rekey_topic] = None
-        self.decoder = Decoder(codec, kinds, cfg.partitions)
+        self.decoder = Decoder(codec, kinds, cfg.partitions, Rates.from_config(cfg), cfg.min_event_time_ms)
         self.tick_ms = int(cfg.tick_s * 1000)
         self.grid_ms = int(cfg.model_every_days * 86_400_000)
         self.clock = StreamClock(self.tick_ms, cfg.idle_partition_s, monotonic)

@@ -414,14 +414,16 @@ _CUSTOMER_COLUMNS = """
     customer_id String, version UInt64, as_of DateTime64(3), revenue Float64, gross_margin Float64,
     n_transactions UInt64, n_contacts UInt64, n_payments UInt64, first_event_time DateTime64(3),
     last_event_time DateTime64(3), cost_to_serve Float64, profitability Float64, updated_at DateTime64(3),
-    value_tier LowCardinality(String), churn_probability Float64, clv Float64, p_alive Float64
+    value_tier LowCardinality(String), churn_probability Nullable(Float64), clv Nullable(Float64),
+    p_alive Nullable(Float64)
 """
 _SCHEMA = [
     "CREATE DATABASE cvm",
     f"CREATE TABLE cvm.customers ({_CUSTOMER_COLUMNS}) ENGINE = ReplacingMergeTree(version) ORDER BY customer_id",
     f"CREATE TABLE cvm.customer_scores ({_CUSTOMER_COLUMNS}) ENGINE = MergeTree ORDER BY (customer_id, as_of)",
     "CREATE TABLE cvm.transactions (event_id String, customer_id String, event_time DateTime64(3), amount Float64,"
-    " currency String, gross_margin Nullable(Float64), channel String, category String)"
+    " currency String, amount_base Nullable(Float64), gross_margin Nullable(Float64),"
+    " gross_margin_base Nullable(Float64), channel String, category String)"
     " ENGINE = MergeTree ORDER BY (customer_id, event_time)",
     "CREATE TABLE cvm.alerts (alert_time DateTime64(3), customer_id String, rule String, severity String,"
     " reasons Array(String), scores String) ENGINE = MergeTree ORDER BY alert_time",
@@ -430,7 +432,7 @@ _SCHEMA = [
     "INSERT INTO cvm.customers SELECT toString(number), 1, now64(), number, number / 3, 1, 1, 1, now64(), now64(),"
     " 5, number / 3 - 5, now64(), ['A', 'B', 'C'][number % 3 + 1], (number % 10) / 10, number, 0.5 FROM numbers(3000)",
     "INSERT INTO cvm.transactions SELECT toString(number % 900), toString(number % 50), now64() - number, 10, 'EUR',"
-    " if(number % 2, NULL, 3.0), 'web', 'books' FROM numbers(1000)",
+    " 10, if(number % 2, NULL, 3.0), if(number % 2, NULL, 3.0), 'web', 'books' FROM numbers(1000)",
     "INSERT INTO cvm.alerts VALUES (now64() - 10, '1', 'churn_risk', 'high', ['no purchase in 60 days'], '{}')",
     "INSERT INTO cvm.model_metrics VALUES (now64() - 10, 'v1', 'roc_auc', 0.8)",
 ]

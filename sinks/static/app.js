@@ -8,8 +8,8 @@ const REFRESH_MS = 5000;
 const css = getComputedStyle(document.documentElement);
 const color = (name) => css.getPropertyValue(name).trim();
 const TIER = { A: color("--tier-a"), B: color("--tier-b"), C: color("--tier-c") };
-const BAND = { low: color("--risk-low"), medium: color("--risk-medium"), high: color("--risk-high") };
-const BAND_LABEL = { low: "Low", medium: "Medium", high: "High" };
+const BAND = { low: color("--risk-low"), medium: color("--risk-medium"), high: color("--risk-high"), unscored: color("--muted") };
+const BAND_LABEL = { low: "Low", medium: "Medium", high: "High", unscored: "Not scored" };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 let currency = "EUR";
@@ -231,8 +231,8 @@ function drawMatrix(m) {
   let maxValue = 0;
   for (const c of m.cells) { cells[c.tier + "|" + c.band] = c; maxValue = Math.max(maxValue, c.value_at_risk); }
   const head = el("tr", {}, el("th", { text: "" }),
-    ...m.bands.map((b) => el("th", { style: `color:${BAND[b.name]}` }, BAND_LABEL[b.name] + " risk",
-      el("small", { text: b.name === "high" ? `≥ ${b.from}` : `${b.from}–${b.to}` }))));
+    ...m.bands.map((b) => el("th", { style: `color:${BAND[b.name]}` }, BAND_LABEL[b.name] + (b.from === null ? "" : " risk"),
+      el("small", { text: b.from === null ? "no churn model yet" : b.name === "high" ? `≥ ${b.from}` : `${b.from}–${b.to}` }))));
   const rows = m.tiers.map((t) => el("tr", {}, el("th", {}, tierChip(t)), ...m.bands.map((b) => {
     const c = cells[t + "|" + b.name];
     const strength = maxValue > 0 ? 0.08 + 0.42 * (c.value_at_risk / maxValue) : 0.08;
@@ -372,7 +372,10 @@ const EVENTS_PER_KIND = 8;
 function eventRows(ev) {
   const rows = [];
   for (const t of ev.transactions.slice(0, EVENTS_PER_KIND)) rows.push([t.event_time, "transaction",
-    `${money(t.amount, false)} · ${t.category} via ${t.channel}` + (t.gross_margin === null ? "" : ` · margin ${money(t.gross_margin, false)}`)]);
+    (t.currency === currency ? money(t.amount, false)
+      : `${num(t.amount, 2)} ${t.currency} (` + (t.amount_base === null ? "no rate: not counted" : money(t.amount_base, false)) + ")") +
+    ` · ${t.category} via ${t.channel}` +
+    (t.gross_margin_base === null || t.gross_margin_base === undefined ? "" : ` · margin ${money(t.gross_margin_base, false)}`)]);
   for (const c of ev.contacts.slice(0, EVENTS_PER_KIND)) rows.push([c.event_time, "contact",
     `${c.reason.replace(/_/g, " ")} by ${c.channel}` + (c.resolved ? "" : " · unresolved") + ` · ${Math.round(c.handle_time_s / 60)} min`]);
   for (const p of ev.payments.slice(0, EVENTS_PER_KIND)) rows.push([p.event_time, "payment",
@@ -396,8 +399,8 @@ function drawCustomer(c) {
   const sub = $("#c-sub");
   sub.replaceChildren(tierChip(s.value_tier), " ",
     s.as_of ? `scored as of ${stamp(s.as_of)} · ${num(s.n_transactions)} purchases, ${num(s.n_contacts)} contacts` : "not scored yet");
-  // A model's output of exactly 0 means "not computed yet" in cvm's tables.
-  const model = (v, f) => (v ? f(v) : "–");
+  // A model's output is NULL until a model has scored the customer: "–", never 0%.
+  const model = (v, f) => (v === null || v === undefined ? "–" : f(v));
   const figures = [
     ["Profitability", money(s.profitability)], ["CLV", model(s.clv, money)],
     ["Churn probability", model(s.churn_probability, pct)], ["P(alive)", model(s.p_alive, pct)], ["Loyalty", s.loyalty_score === undefined ? "–" : num(s.loyalty_score, 2)],

@@ -44,8 +44,8 @@ cfg = Config.load()
 rows = json.load(open(sys.argv[1]))
 ch = connect(cfg)
 migrate(ch)
-cols = ["event_id", "customer_id", "event_time", "amount", "currency", "channel", "category"]
-data = [[r[0], r[1], datetime.fromtimestamp(r[2] / 1000, UTC), r[3], "EUR", "web", "books"] for r in rows]
+cols = ["event_id", "customer_id", "event_time", "amount", "currency", "amount_base", "channel", "category"]
+data = [[r[0], r[1], datetime.fromtimestamp(r[2] / 1000, UTC), r[3], "EUR", r[3], "web", "books"] for r in rows]
 for i in range(0, len(data), 500):  # several inserts, so that FINAL has duplicates across parts to collapse
     ch.insert("transactions", cols, data[i : i + 500], token=f"batch-{i}")
 ch.insert("transactions", cols, data[:50], token="replayed")  # upstream duplicates: same event ids again
@@ -217,6 +217,6 @@ def test_a_bad_as_of_is_refused_before_opening_anything(cfg: Config, tmp_path: P
 
 def test_the_sql_computes_the_documented_facts() -> None:
     sql = clv_cmd.occasions_sql("cvm", START, 1)
-    assert "FROM cvm.transactions FINAL" in sql and "amount > 0" in sql
+    assert "FROM cvm.transactions FINAL" in sql and "amount_base > 0" in sql and "sum(amount_base)" in sql
     assert "cityHash64" not in sql and "cityHash64(customer_id) % 3 = 2" in clv_cmd.occasions_sql("cvm", 0, 1, 3, 2)
     assert datetime.fromtimestamp(START / 1000, UTC).isoformat() == "2025-01-01T00:00:00+00:00"

@@ -15,7 +15,7 @@ from cvm.codec import Codec, load_schema
 from cvm.config import Config
 from cvm.events import parse_time
 from cvm.exceptions import BrokerUnavailable, CvmError
-from cvm.replay import HistoryFile, Parsed, Rejected, file_id, main
+from cvm.replay import HistoryFile, Parsed, Rejected, RowCheck, file_id, main
 from cvm.simulate import ANCHOR_MS, generate, write_jsonl
 from tests.cvm.test_simulate import consume_all
 
@@ -35,7 +35,7 @@ def bad(items: list[Parsed | Rejected]) -> list[Rejected]:
 
 
 def replay_args(path: Path, **overrides: Any) -> argparse.Namespace:
-    base: dict[str, Any] = dict(file=str(path), type=None, format=None, map=[], time_format=None, rate=None)
+    base: dict[str, Any] = dict(file=str(path), type=None, format=None, map=[], time_format=None, rate=None, max_bad=0)
     return argparse.Namespace(**(base | overrides))
 
 
@@ -147,6 +147,83 @@ def test_avro_container_files(tmp_path: Path) -> None:
                                                                  "amount": "total"})
     )  # fmt: skip
     assert sale.record["event_time"] == 1_741_944_600_000 and sale.record["event_id"] == f"{file_id(other)}:1"
+
+
+def test_parquet_files(tmp_path: Path) -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "sales.parquet"
+    table = pa.table(
+        {
+            "client": ["c1", "c2", None, "c4"],
+            "sold_at": pa.array(
+                [dt.datetime(1997, 1, 1, 9, 30), dt.datetime(1997, 3, 2), dt.datetime(1997, 3, 3), None],
+                pa.timestamp("ms"),
+            ),
+            "total": pa.array([Decimal("12.50"), Decimal("-3.10"), Decimal("1"), Decimal("2")], pa.decimal128(9, 2)),
+            "currency": ["EUR", None, "EUR", "EUR"],
+        }
+    )
+    pq.write_table(table, path, row_group_size=2)
+    items = rows(path, kind="transactions", mapping={"customer_id": "client", "event_time": "sold_at",
+                                                       "amount": "total"})  # fmt: skip
+    first, second = good(items)
+    assert first.record["event_time"] == parse_time("1997-01-01T09:30:00Z") and first.record["amount"] == 12.5
+    assert first.record["event_id"] == f"{file_id(path)}:1"
+    assert second.record["amount"] == -3.1 and second.record["currency"] == "EUR"
+    assert [(r.line, r.reason) for r in bad(items)] == [(3, "missing customer_id"), (4, "missing event_time")]
+    src = HistoryFile(path, kind="transactions", mapping={"customer_id": "client", "event_time": "sold_at",
+                                                          "amount": "total"}, default_currency="USD")  # fmt: skip
+    assert src.unit == "row" and [p.record["currency"] for p in good(list(src))] == ["EUR", "USD"]
+    with pytest.raises(CvmError, match="no column for transactions field customer_id"):
+        HistoryFile(path, kind="transactions")
+    not_parquet = tmp_path / "fake.parquet"
+    not_parquet.write_text("hello")
+    with pytest.raises(CvmError, match="is not a Parquet file"):
+        HistoryFile(not_parquet, kind="transactions")
+
+
+def test_a_1997_export_with_yyyymmdd_dates(tmp_path: Path) -> None:
+    """The layout of the CDNOW purchase history: customer, YYYYMMDD date, quantity, dollars."""
+    path = tmp_path / "cdnow.csv"
+    path.write_text("cust,date,qty,dollars\n00001,19970101,1,11.77\n00002,19970112,1,12.00\n00003,19980630,5,77.00\n")
+    parsed = good(rows(path, kind="transactions", mapping={"customer_id": "cust", "event_time": "date",
+                                                             "amount": "dollars"}))  # fmt: skip
+    assert [p.record["event_time"] for p in parsed] == [
+        parse_time("1997-01-01T00:00:00Z"),
+        parse_time("1997-01-12T00:00:00Z"),
+        parse_time("1998-06-30T00:00:00Z"),
+    ]
+    check = RowCheck(Config())
+    assert [check(p) for p in parsed] == [None, None, None], "1997 is history"
+
+
+def test_rows_in_other_currencies_need_a_rate(tmp_path: Path) -> None:
+    path = tmp_path / "usd.csv"
+    path.write_text(
+        "customer_id,event_time,amount,currency\n"
+        "c1,1997-01-02,10,USD\n"  # 2: a rate that day
+        "c1,1997-01-05,10,USD\n"  # 3: Sunday, Thursday's rate
+        "c1,1997-03-01,10,USD\n"  # 4: the last rate is too old
+        "c2,1997-01-02,10,JPY\n"  # 5: no JPY rate at all
+        "c3,1997-01-02,10,\n"  # 6: no currency: the base currency
+    )
+    parsed = good(rows(path, kind="transactions", default_currency="EUR"))
+    assert [p.record["currency"] for p in parsed] == ["USD", "USD", "USD", "JPY", "EUR"]
+    no_rates = RowCheck(Config())
+    assert [r.what if r else None for r in map(no_rates, parsed)] == ["no exchange rate"] * 4 + [None]
+    rates = tmp_path / "rates.csv"
+    rates.write_text("date,currency,rate_to_base\n1997-01-02,USD,0.77\n")
+    check = RowCheck(Config(fx_rates=str(rates)))
+    found = [check(p) for p in parsed]
+    assert found[:2] == [None, None] and found[4] is None
+    assert found[2] is not None and "more than 7 days old" in found[2].reason
+    assert found[3] is not None and "JPY is not in" in found[3].reason
+    assert parsed[0].record["amount"] == 10.0 and parsed[0].record["currency"] == "USD", "the row keeps what it says"
 
 
 # --- event ids --------------------------------------------------------------------------------------------------
@@ -274,11 +351,17 @@ def test_replay_publishes_through_the_live_topics(
                     ' "reason": "information"}')  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
 
-    assert main(cfg, replay_args(path)) == 0
+    with pytest.raises(CvmError, match=r"2 bad lines in history.jsonl, more than --max-bad 0: nothing published"):
+        main(cfg, replay_args(path))
     err = capsys.readouterr().err
     assert "line 3: bad time" in err
     assert "line 6: unknown contact channel 'pigeon'" in err
-    assert f"published {len(events):,}" in err and "skipped 2 (transactions 1, contacts 1)" in err
+    assert f"2 bad lines of {len(events) + 2:,} in history.jsonl: 1 bad time, 1 unknown contact channel" in err
+    assert not consume_all(cfg, 1, timeout=2), "nothing is published when there are too many bad rows"
+
+    assert main(cfg, replay_args(path, max_bad=2)) == 0
+    err = capsys.readouterr().err
+    assert f"published {len(events):,}" in err and "skipped 2 bad lines" in err
 
     messages = consume_all(cfg, len(events))
     assert len(messages) == len(events)
@@ -295,3 +378,36 @@ def test_replay_publishes_through_the_live_topics(
     for customer, seen in partitions.items():
         assert seen == {(murmur2(customer.encode()) & 0x7FFFFFFF) % cfg.partitions}, customer
     assert len({p for seen in partitions.values() for p in seen}) > 1
+
+
+@pytest.mark.integration
+def test_one_bad_row_in_a_thousand_fails_the_command_unless_allowed(
+    cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvm.cli import main as cli
+
+    for name, value in cfg.to_env().items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "sales.csv"
+    lines = ["customer_id,event_time,amount"] + [f"c{i % 37},1997-{1 + i % 12:02d}-15,{i % 90}.5" for i in range(1000)]
+    lines[612] = "c5,1997-02-30,3.5"  # line 613 of the file (the header is line 1): no such day
+    path.write_text("\n".join(lines) + "\n")
+
+    assert cli(["replay", str(path), "--type", "transactions"]) == 1
+    err = capsys.readouterr().err
+    assert "line 613: event_time: '1997-02-30' is not a time" in err
+    assert "1 bad line of 1,000 in sales.csv: 1 event_time: not a time" in err
+    assert err.strip().splitlines()[-1].startswith("cvm replay: 1 bad line in sales.csv, more than --max-bad 0")
+    assert not consume_all(cfg, 1, timeout=2)
+
+    assert cli(["replay", str(path), "--type", "transactions", "--max-bad", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "published 999 (transactions 999), skipped 1 bad line" in err
+    assert len(consume_all(cfg, 999)) == 999
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("customer_id,event_time,amount\n")
+    assert cli(["replay", str(empty), "--type", "transactions"]) == 1
+    assert "nothing published: empty.csv holds no event" in capsys.readouterr().err
+    assert cli(["replay", str(path), "--type", "transactions", "--max-bad", "5000", "--map", "amount=customer_id"]) == 1
+    assert "nothing published: sales.csv holds no event (1,000 lines, all bad)" in capsys.readouterr().err

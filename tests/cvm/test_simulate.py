@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from cvm.codec import Codec
 from cvm.config import EVENT_TOPICS, Config
-from cvm.events import from_json, to_json, validate
+from cvm.events import from_json, parse_time, to_json, validate
 from cvm.kafka import make_consumer
 from cvm.simulate import ANCHOR_MS, DAY_MS, SEGMENTS, Simulation, generate, main
 
@@ -273,7 +273,8 @@ def test_publishes_the_history_then_live_events(
 ) -> None:
     truth = tmp_path / "truth.jsonl"
     started_ms = int(time.time() * 1000)
-    assert main(cfg, args(customers=300, days=None, duration=2.5, truth=str(truth))) == 0
+    # 8 s: with seed 1 the first live event is due 4.6 s after the history's end (2.5 s never saw one)
+    assert main(cfg, args(customers=300, days=None, duration=8, truth=str(truth))) == 0
     summary = capsys.readouterr().err
     match = re.search(r"cvm simulate: ([\d,]+) events", summary)
     assert match, summary
@@ -287,3 +288,44 @@ def test_publishes_the_history_then_live_events(
     assert live, "live events follow the history, stamped with the wall clock"
     assert all(rec["event_time"] <= int(time.time() * 1000) for rec in live)
     assert len(truth.read_text().splitlines()) >= 300
+
+
+@pytest.mark.integration
+def test_a_history_ending_in_1998_goes_on_from_its_end(
+    cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    end = parse_time("1998-06-30T00:00:00Z")
+    assert main(cfg, args(customers=300, days=None, duration=8, end="1998-06-30T00:00:00Z")) == 0
+    published = int(re.search(r"cvm simulate: ([\d,]+) events", capsys.readouterr().err).group(1).replace(",", ""))
+    events = [Codec().decode(m.value()) for m in consume_all(cfg, published)]
+    assert len(events) == published
+    for kind, rec in events:
+        validate(kind, rec)
+    history = [rec for _, rec in events if rec["event_time"] <= end]
+    live = [rec for _, rec in events if rec["event_time"] > end]
+    assert min(rec["event_time"] for rec in history) >= end - 180 * DAY_MS
+    assert live, "live events follow the history"
+    assert all(end < rec["event_time"] <= end + 60_000 for rec in live), "continuing from 1998, not from today"
+
+
+def test_a_history_the_workers_would_refuse_is_refused(tmp_path: Path) -> None:
+    from cvm.exceptions import CvmError
+
+    out = str(tmp_path / "h.jsonl")
+    with pytest.raises(CvmError, match="would start on 1969-12-02.*not after CVM_MIN_EVENT_TIME"):
+        main(Config(), args(out=out, end="1970-03-01T00:00:00Z", days=89))
+    with pytest.raises(CvmError, match="not after CVM_MIN_EVENT_TIME \\(1990-01-01"):
+        main(Config(min_event_time="1990-01-01"), args(out=out, end="1990-03-01T00:00:00Z", days=90))
+    with pytest.raises(CvmError, match="more than 7 days ahead"):
+        main(Config(), args(out=out, end="2999-01-01T00:00:00Z", days=10))
+    assert main(Config(), args(out=out, end="1970-06-01T00:00:00Z", days=120)) == 0
+
+
+def test_the_simulated_money_is_in_the_base_currency(tmp_path: Path) -> None:
+    eur, usd = tmp_path / "eur.jsonl", tmp_path / "usd.jsonl"
+    assert main(Config(), args(out=str(eur))) == 0
+    assert main(Config(base_currency="USD"), args(out=str(usd))) == 0
+    a = [json.loads(line) for line in eur.read_text().splitlines()]
+    b = [json.loads(line) for line in usd.read_text().splitlines()]
+    assert {r["currency"] for r in b if r["type"] == "transactions"} == {"USD"}
+    assert [dict(r, currency=None) for r in a] == [dict(r, currency=None) for r in b], "the same events otherwise"

@@ -129,6 +129,31 @@ def test_a_file_is_read_like_replay_reads_it_and_rows_replay_skips_count_nowhere
     assert e.outcomes == {"counted": 2, "duplicate": 2}
 
 
+def test_money_in_other_currencies_is_expected_converted_and_history_goes_back_to_1970(tmp_path: Path) -> None:
+    rates = tmp_path / "rates.csv"
+    rates.write_text("date,currency,rate_to_base\n1997-01-02,USD,0.5\n")
+    path = tmp_path / "f.csv"
+    path.write_text(
+        "customer_id,event_time,amount,currency,gross_margin\n"
+        "c1,19970102,10.01,USD,4\n"  # 5.005 EUR: 5.00 or 5.01 as the worker's conversion rounds, margin 2
+        "c1,1997-01-03,3,,\n"  # no currency: the base currency
+        "c2,1997-01-02,7,JPY,\n"  # no rate: replay refuses it
+        "c3,1969-12-31,7,EUR,\n"  # before 1970
+        "c4,1970-01-01T00:00:00.001Z,2,EUR,\n"  # history too
+    )
+    cfg = Config.load(env={"CVM_DATA_DIR": str(tmp_path), "CVM_FX_RATES": str(rates)})
+    source = HistoryFile(path, kind="transactions", default_currency=cfg.base_currency)
+    e, published = expect_file(cfg, source)
+    assert dict(published.published) == {"transactions": 3} and dict(published.skipped) == {"transactions": 2}
+    from scoring.currency import Rates
+
+    day = 852_163_200_000  # 1997-01-02
+    five = Rates.from_config(cfg).convert("transactions", {"event_time": day, "amount": 10.01, "currency": "USD"})
+    assert e.customers["c1"].revenue_cents == round(five["amount"] * 100) + 300
+    assert e.customers["c1"].margin_cents == 200 + 90
+    assert set(e.customers) == {"c1", "c4"}
+
+
 # --- the comparison ----------------------------------------------------------------------------------------------
 
 

@@ -19,17 +19,18 @@ from sinks.http import ApiServer
 ROOT = Path(__file__).resolve().parents[2]
 
 #: (customer_id, tier, profitability, clv, churn_probability): sorted by profitability, 5 profitable, total 600.
+#: None is NULL: no CLV model or no churn model has scored the customer yet.
 CUSTOMERS = [
     ("c00", "A", 500.0, 2000.0, 0.70),
-    ("c01", "A", 300.0, 0.0, 0.10),
+    ("c01", "A", 300.0, None, 0.10),
     ("c02", "B", 200.0, 800.0, 0.45),
-    ("c03", "B", 100.0, 0.0, 0.65),
+    ("c03", "B", 100.0, None, 0.65),
     ("c04", "B", 50.0, 150.0, 0.05),
-    ("c05", "C", 0.0, 0.0, 0.31),
-    ("c06", "C", -20.0, 0.0, 0.20),
-    ("c07", "C", -80.0, 0.0, 0.90),
-    ("c08", "C", -150.0, 0.0, 0.59),
-    ("c09", "C", -300.0, 0.0, 0.60),
+    ("c05", "C", 0.0, None, None),
+    ("c06", "C", -20.0, None, 0.20),
+    ("c07", "C", -80.0, None, 0.90),
+    ("c08", "C", -150.0, None, 0.59),
+    ("c09", "C", -300.0, None, 0.60),
 ]
 TOTAL_PROFIT = 600.0
 LATEST_EVENT = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
@@ -47,12 +48,17 @@ def _ts(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def _sql(value: float | None) -> str:
+    return "NULL" if value is None else repr(value)
+
+
 def seed(ch: ClickHouse, now: datetime | None = None) -> dict[str, Any]:
     """Rows in every table the dashboard reads; returns the figures the API must give back."""
     db = ch.database
     now = now or datetime.now(UTC)
     rows = ", ".join(
-        f"('{cid}', 2, '{_ts(LATEST_EVENT)}', {p + 100}, {p}, '{tier}', {clv}, {churn}, ['reason of {cid}'])"
+        f"('{cid}', 2, '{_ts(LATEST_EVENT)}', {p + 100}, {p}, '{tier}', {_sql(clv)}, {_sql(churn)}, "
+        f"['reason of {cid}'])"
         for cid, tier, p, clv, churn in CUSTOMERS
     )
     columns = "customer_id, version, as_of, revenue, profitability, value_tier, clv, churn_probability, churn_reasons"
@@ -62,25 +68,30 @@ def seed(ch: ClickHouse, now: datetime | None = None) -> dict[str, Any]:
         f"INSERT INTO {db}.customers ({columns}) VALUES ('c00', 1, '2025-01-01 00:00:00', 1, 9999, 'C', 0, 0, [])"
     )
 
-    # Transactions: three in the last 30 days of event time (one without margin, one delivered twice), two before.
+    # Transactions: four in the last 30 days of event time (one without margin, one delivered twice, one in dollars),
+    # two before, and one in yen for which there is no rate (a dead letter for the workers: it counts nowhere).
+    # As the sink writes them: the original amount and currency, and the amounts in the base currency (EUR).
     day = timedelta(days=1)
     tx = [
-        ("t1", "c00", LATEST_EVENT, 100.0, "20"),
-        ("t2", "c01", LATEST_EVENT - 10 * day, 50.0, "NULL"),  # margin = 50 * 0.3
-        ("t3", "c02", LATEST_EVENT - 29 * day, -10.0, "-3"),
-        ("t4", "c00", LATEST_EVENT - 31 * day, 1000.0, "400"),  # previous period
-        ("t5", "c03", LATEST_EVENT - 200 * day, 7.0, "1"),
+        ("t1", "c00", LATEST_EVENT, 100.0, "EUR", 20.0, 100.0, 20.0),
+        ("t2", "c01", LATEST_EVENT - 10 * day, 50.0, "EUR", None, 50.0, None),  # margin = 50 * 0.3
+        ("t3", "c02", LATEST_EVENT - 29 * day, -10.0, "EUR", -3.0, -10.0, -3.0),
+        ("t4", "c00", LATEST_EVENT - 31 * day, 1000.0, "EUR", 400.0, 1000.0, 400.0),  # previous period
+        ("t5", "c03", LATEST_EVENT - 200 * day, 7.0, "EUR", 1.0, 7.0, 1.0),
+        ("t6", "c04", LATEST_EVENT - 5 * day, 10.0, "USD", 3.0, 8.0, 2.4),  # 1 USD = 0.8 EUR
+        ("t7", "c05", LATEST_EVENT - 5 * day, 1000.0, "JPY", None, None, None),  # no rate
     ]
     values = ", ".join(
-        f"('{eid}', '{cid}', '{_ts(t)}', {amount}, 'EUR', {margin}, 'web', 'books')"
-        for eid, cid, t, amount, margin in tx
+        f"('{eid}', '{cid}', '{_ts(t)}', {amount}, '{cur}', {_sql(margin)}, {_sql(base)}, {_sql(mbase)}, "
+        "'web', 'books')"
+        for eid, cid, t, amount, cur, margin, base, mbase in tx
     )
     insert_tx = (
-        f"INSERT INTO {db}.transactions (event_id, customer_id, event_time, amount, currency, gross_margin, channel, "
-        f"category) VALUES "
+        f"INSERT INTO {db}.transactions (event_id, customer_id, event_time, amount, currency, gross_margin, "
+        f"amount_base, gross_margin_base, channel, category) VALUES "
     )
     ch.command(insert_tx + values)
-    ch.command(insert_tx + f"('t1', 'c00', '{_ts(LATEST_EVENT)}', 100, 'EUR', 20, 'web', 'books')")  # again
+    ch.command(insert_tx + f"('t1', 'c00', '{_ts(LATEST_EVENT)}', 100, 'EUR', 20, 100, 20, 'web', 'books')")  # again
     ch.command(
         f"INSERT INTO {db}.contacts (event_id, customer_id, event_time, channel, reason, handle_time_s, resolved, "
         f"cost) VALUES ('k1', 'c00', '{_ts(LATEST_EVENT - day)}', 'phone', 'complaint', 300, false, 6), "
@@ -156,12 +167,13 @@ def test_kpis(api: ApiServer, seeded: dict[str, Any]) -> None:
     # 30 days of event time before the latest transaction: t1 (once, though delivered twice), t2, t3.
     assert k["period"]["name"] == "30d" and k["period"]["end"] == "2025-06-30T12:00:00.000Z"
     assert k["period"]["start"] == "2025-05-31T12:00:00.000Z"
-    assert k["revenue"] == pytest.approx(140.0) and k["transactions"] == 3 and k["active_customers"] == 3
-    assert k["gross_margin"] == pytest.approx(20 + 50 * 0.3 - 3)
+    # t6 in dollars counts converted (8 EUR, margin 2.4 EUR); t7 in yen, without a rate, counts nowhere.
+    assert k["revenue"] == pytest.approx(148.0) and k["transactions"] == 4 and k["active_customers"] == 4
+    assert k["gross_margin"] == pytest.approx(20 + 50 * 0.3 - 3 + 2.4)
     assert k["previous_revenue"] == pytest.approx(1000.0) and k["previous_gross_margin"] == pytest.approx(400.0)
     assert k["currency"] == "EUR"
     every = get(api, "/api/kpis", period="all")
-    assert every["revenue"] == pytest.approx(1147.0) and every["transactions"] == 5
+    assert every["revenue"] == pytest.approx(1155.0) and every["transactions"] == 6
     assert every["period"]["start"] == "2024-12-12T12:00:00.000Z" and every["previous_revenue"] is None
     assert k["alerts_today"] == 1 and k["alerts_total"] == 3
     assert k["roc_auc"] == pytest.approx(0.81) and k["model_version"] == 2
@@ -230,8 +242,9 @@ def test_whale_curve_is_sampled_in_sql(api: ApiServer, ch: ClickHouse) -> None:
 
 def test_matrix(api: ApiServer, seeded: dict[str, Any]) -> None:
     m = get(api, "/api/matrix")
-    assert m["tiers"] == ["A", "B", "C"] and [b["name"] for b in m["bands"]] == ["low", "medium", "high"]
-    assert len(m["cells"]) == 9 and m["customers"] == sum(c["customers"] for c in m["cells"]) == len(CUSTOMERS)
+    bands = ["low", "medium", "high", "unscored"]
+    assert m["tiers"] == ["A", "B", "C"] and [b["name"] for b in m["bands"]] == bands
+    assert len(m["cells"]) == 12 and m["customers"] == sum(c["customers"] for c in m["cells"]) == len(CUSTOMERS)
     cell = {(c["tier"], c["band"]): c for c in m["cells"]}
     # A: c01 low (no CLV: profit 300), c00 high (CLV 2000).
     assert cell["A", "low"]["customers"] == 1 and cell["A", "low"]["value_at_risk"] == pytest.approx(300)
@@ -240,7 +253,10 @@ def test_matrix(api: ApiServer, seeded: dict[str, Any]) -> None:
     assert cell["A", "medium"]["customers"] == 0
     # C high: c07 (0.90), c09 (0.60 is high: bands are [0, 0.3), [0.3, 0.6), [0.6, 1]); loss-makers risk nothing.
     assert cell["C", "high"]["customers"] == 2 and cell["C", "high"]["value_at_risk"] == 0
-    assert cell["C", "medium"]["customers"] == 2  # c05 (0.31), c08 (0.59)
+    assert cell["C", "medium"]["customers"] == 1  # c08 (0.59)
+    # c05 has no churn probability yet (NULL): not scored, rather than "low" (a 0) or "high" (NULL < x is not true)
+    assert cell["C", "unscored"]["customers"] == 1 and cell["C", "unscored"]["expected_loss"] == 0
+    assert sum(c["customers"] for c in m["cells"] if c["band"] == "unscored") == 1
     narrow = get(api, "/api/matrix", low=0.5, high=0.95)
     assert sum(c["customers"] for c in narrow["cells"] if c["band"] == "high") == 0
 
@@ -267,6 +283,8 @@ def test_customer_view(api: ApiServer, seeded: dict[str, Any]) -> None:
     assert [h["version"] for h in c["history"]] == [1, 2, 3, 4, 5]
     assert [h["profitability"] for h in c["history"]] == [10, 20, 30, 35, 40]
     assert [t["event_id"] for t in c["events"]["transactions"]] == ["t1", "t4"]  # newest first, t1 once
+    (dollars,) = get(api, "/api/customer/c04")["events"]["transactions"]
+    assert (dollars["amount"], dollars["currency"], dollars["amount_base"]) == (10.0, "USD", 8.0)
     assert [k["reason"] for k in c["events"]["contacts"]] == ["complaint", "cancellation_request"]
     assert c["events"]["payments"][0]["status"] == "failed" and c["events"]["payments"][0]["paid_date"] is None
     assert c["alerts"][0]["rule"] == "high_value_at_risk"
@@ -343,7 +361,7 @@ def test_empty_tables_degrade_gracefully(api: ApiServer, ch: ClickHouse) -> None
     assert k["alerts_today"] == 0 and k["latest_alert_time"] is None and k["mean_churn_probability"] is None
     assert get(api, "/api/whale") == {"customers": 0, "total_profit": 0.0, "points": [], "peak": None, "loss": 0.0}
     m = get(api, "/api/matrix")
-    assert m["customers"] == 0 and len(m["cells"]) == 9
+    assert m["customers"] == 0 and len(m["cells"]) == 12
     assert get(api, "/api/alerts") == {"alerts": [], "count": 0}
     assert get(api, "/api/migration") == {"days": [], "flows": [], "moved": 0}
     assert get(api, "/api/model") == {"series": {}, "latest": {}}

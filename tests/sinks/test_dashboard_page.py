@@ -210,7 +210,7 @@ def test_page_shows_the_at_risk_customers_and_their_reasons(
     today += now - timedelta(hours=2) >= midnight  # the seed's newest alert
     assert browser.find_element(By.CSS_SELECTOR, "#kpi-alerts .value").text == str(today)
     assert "of customers carry" in browser.find_element(By.ID, "whale-note").text
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#matrix tbody td")) == 9
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#matrix tbody td")) == 12  # 3 tiers x 4 bands (unscored)
     assert browser.find_element(By.CSS_SELECTOR, "#live").get_attribute("class") == "live ok"
     shot = _screenshot(browser, tmp_path, "dashboard.png")
     assert shot.stat().st_size > 20_000

@@ -24,6 +24,7 @@ from confluent_kafka import TopicPartition
 from cvm.codec import Codec
 from cvm.config import Config
 from cvm.kafka import create_topics, make_consumer, make_producer
+from schemas.scores import ScoreContract
 from sinks.clickhouse import ClickHouse
 from sinks.writer import Writer
 from tests.conftest import free_port
@@ -31,6 +32,11 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.integration
 
 NOW = int(time.time() * 1000)
+
+
+def _score(customer_id: str, **values: object) -> dict[str, object]:
+    """A score message as the contract wants it (schemas/customer_score.avsc)."""
+    return {**ScoreContract.load().example(customer_id), **values}
 
 
 def _wait(check: Callable[[], bool], timeout: float = 30.0) -> bool:
@@ -72,7 +78,7 @@ def _produce(cfg: Config, n_customers: int = 5) -> Counter[str]:
         }
         send("contacts", f"c{i}", codec.encode("contacts", contact))
     for i in range(n_customers):
-        score = {"customer_id": f"c{i}", "version": 4, "as_of": NOW, "updated_at": NOW, "revenue": 50.0 + i}
+        score = _score(f"c{i}", version=4, as_of=NOW, updated_at=NOW, revenue=50.0 + i)
         send("customer-scores", f"c{i}", json.dumps(score).encode())
     send(
         "dead-letters",
@@ -162,7 +168,7 @@ def test_writer_pauses_while_clickhouse_refuses_and_loses_nothing(cfg: Config, c
 
     def send(first: int, last: int) -> None:
         for i in range(first, last):
-            score = {"customer_id": f"c{i}", "version": 1, "revenue": float(i)}
+            score = _score(f"c{i}", version=1, revenue=float(i))
             producer.produce(topic, key=f"c{i}".encode(), value=json.dumps(score).encode())
         assert producer.flush(10) == 0
 
@@ -222,7 +228,7 @@ def test_sink_and_sql_commands(cfg: Config, tmp_path: Path) -> None:
         producer.produce(
             cfg.topic("customer-scores"),
             key=b"c1",
-            value=json.dumps({"customer_id": "c1", "version": 1, "revenue": 3.5}).encode(),
+            value=json.dumps(_score("c1", version=1, revenue=3.5)).encode(),
         )
         producer.flush(10)
 

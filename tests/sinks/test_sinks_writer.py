@@ -11,6 +11,7 @@ from confluent_kafka import TopicPartition
 
 from cvm.codec import Codec
 from cvm.config import Config
+from schemas.scores import ScoreContract
 from sinks.clickhouse import ClickHouse, Migration, load_migrations, migrate
 from sinks.writer import Writer
 
@@ -18,22 +19,22 @@ NOW = int(time.time() * 1000)
 
 
 def _score(cid: str, version: int, **extra: object) -> bytes:
-    body = {
-        "customer_id": cid,
-        "version": version,
-        "as_of": NOW - 1000,
-        "updated_at": NOW,
-        "revenue": 1234.56,
-        "gross_margin": 370.37,
-        "n_transactions": 12,
-        "n_contacts": 3,
-        "n_payments": 4,
-        "first_event_time": NOW - 86_400_000,
-        "last_event_time": NOW - 1000,
-        "cost_to_serve": 12.5,
-        "profitability": 357.87,
-        "not_a_column": [1, 2],
-    }
+    """A score message as the contract wants it: every required field, the nullable ones left out."""
+    body = ScoreContract.load().example(cid)
+    body.update(
+        version=version,
+        as_of=NOW - 1000,
+        updated_at=NOW,
+        revenue=1234.56,
+        gross_margin=370.37,
+        n_transactions=12,
+        n_contacts=3,
+        n_payments=4,
+        first_event_time=NOW - 86_400_000,
+        last_event_time=NOW - 1000,
+        cost_to_serve=12.5,
+        profitability=357.87,
+    )
     body.update(extra)
     return json.dumps(body).encode()
 
@@ -41,21 +42,27 @@ def _score(cid: str, version: int, **extra: object) -> bytes:
 def test_scores_json_lands_in_customers_and_history(cfg: Config, ch: ClickHouse) -> None:
     writer = Writer(cfg, ch)
     topic = cfg.topic("customer-scores")
-    assert writer.add(topic, 0, 10, _score("c42", 56))
-    assert writer.add(topic, 0, 11, _score("c42", 57))
-    assert writer.add(topic, 1, 3, _score("c7", 1, revenue=None), key=b"c7")
+    assert writer.add(topic, 0, 10, _score("c42", 56, p_alive=0.25, clv_params_version=3))
+    assert writer.add(topic, 0, 11, _score("c42", 57, p_alive=0.5, clv_params_version=3))
+    assert writer.add(topic, 1, 3, _score("c7", 1, customer_id=""), key=b"c7")
     assert writer.flush()
     db = ch.database
     latest = ch.rows(
         f"SELECT customer_id, version, revenue, n_transactions, toUnixTimestamp64Milli(as_of), "
-        f"toUnixTimestamp64Milli(updated_at) FROM {db}.customers FINAL ORDER BY customer_id"
+        f"toUnixTimestamp64Milli(updated_at), p_alive, clv_params_version, churn_reasons "
+        f"FROM {db}.customers FINAL ORDER BY customer_id"
     )
-    assert latest == [("c42", 57, 1234.56, 12, NOW - 1000, NOW), ("c7", 1, 0.0, 12, NOW - 1000, NOW)]
+    assert latest == [
+        ("c42", 57, 1234.56, 12, NOW - 1000, NOW, 0.5, 3, []),
+        ("c7", 1, 1234.56, 12, NOW - 1000, NOW, None, None, []),  # no CLV model yet: NULL, not 0
+    ]
     assert ch.rows(f"SELECT count() FROM {db}.customer_scores")[0][0] == 3
     assert writer.stats()["rows_written"] == {"customers": 3, "customer_scores": 3}
 
 
-def test_a_new_feature_column_needs_no_sink_change(cfg: Config, ch: ClickHouse) -> None:
+def test_score_messages_are_held_to_their_contract(
+    cfg: Config, ch: ClickHouse, caplog: pytest.LogCaptureFixture
+) -> None:
     extra = Migration(
         9001,
         "clv",
@@ -67,12 +74,25 @@ def test_a_new_feature_column_needs_no_sink_change(cfg: Config, ch: ClickHouse) 
     migrate(ch, [*load_migrations(), extra])
     writer = Writer(cfg, ch)
     topic = cfg.topic("customer-scores")
-    writer.add(topic, 0, 0, _score("a", 1, clv_12m=99.5))
-    assert writer.flush()
-    writer.add(topic, 0, 1, _score("b", 1))  # an older worker: no key, the column default applies
+    with caplog.at_level("WARNING", logger="cvm.contract"):
+        assert writer.add(topic, 0, 0, _score("a", 1, clv_12m=99.5))  # a key the contract does not know
+        assert writer.add(topic, 0, 1, _score("b", 1, clv_12m=1.0, renamed_feature=2))
+        assert not writer.add(topic, 0, 2, _score("c", 1, revenue=None))  # a required field null
+        body = json.loads(_score("d", 1))
+        del body["loyalty_score"]
+        assert not writer.add(topic, 0, 3, json.dumps(body).encode())  # a required field missing
     assert writer.flush()
     got = ch.rows(f"SELECT customer_id, clv_12m FROM {ch.database}.customers FINAL ORDER BY customer_id")
-    assert got == [("a", 99.5), ("b", -1.0)]
+    assert got == [("a", -1.0), ("b", -1.0)], "unknown keys are not written, even where a column has their name"
+    contract = writer.stats()["score_contract"]
+    assert contract == {
+        "unknown_keys": {"clv_12m": 2, "renamed_feature": 1},
+        "refused": {"with null revenue": 1, "without loyalty_score": 1},
+    }
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("'clv_12m'" in m for m in warned) == 1, "logged once per key"
+    assert sum("'renamed_feature'" in m for m in warned) == 1
+    assert any("without loyalty_score" in m for m in warned)
 
 
 def test_raw_events_dead_letters_and_late_events(cfg: Config, ch: ClickHouse) -> None:
@@ -216,15 +236,17 @@ def test_a_revoked_partition_leaves_the_sealed_insert(cfg: Config, ch: ClickHous
 
 
 def test_batches_with_other_keys_are_other_inserts(cfg: Config, ch: ClickHouse) -> None:
-    extra = Migration(9001, "clv", ("ALTER TABLE {db}.customers ADD COLUMN IF NOT EXISTS clv_12m Float64 DEFAULT -1",))
+    extra = Migration(9001, "late", ("ALTER TABLE {db}.late_events ADD COLUMN IF NOT EXISTS note Int64 DEFAULT -1",))
     migrate(ch, [*load_migrations(), extra])
     writer = Writer(cfg, ch)
-    topic = cfg.topic("customer-scores")
-    writer.add(topic, 0, 0, _score("a", 1, clv_12m=99.5))
-    writer.add(topic, 1, 0, _score("b", 1))  # an older worker on another partition: the column default applies
+    topic = cfg.topic("late-events")
+    late = {"time": NOW, "topic": "t", "partition": 0, "offset": 1, "customer_id": "a", "event_id": "e1",
+            "event_time": NOW - 9 * 86_400_000, "stream_time": NOW, "lateness_ms": 9 * 86_400_000}  # fmt: skip
+    writer.add(topic, 0, 0, json.dumps(dict(late, note=7)).encode())
+    writer.add(topic, 1, 0, json.dumps(dict(late, customer_id="b")).encode())  # an older worker: the default applies
     assert writer.flush()
-    got = ch.rows(f"SELECT customer_id, clv_12m FROM {ch.database}.customers FINAL ORDER BY customer_id")
-    assert got == [("a", 99.5), ("b", -1.0)]
+    got = ch.rows(f"SELECT customer_id, note FROM {ch.database}.late_events ORDER BY customer_id")
+    assert got == [("a", 7), ("b", -1)]
 
 
 def test_json_messages_are_read_with_orjson_and_the_json_module_reads_what_it_refuses() -> None:

@@ -223,3 +223,27 @@ def scorer(cfg: Config, log: Log, seed: int = 0, feed: Feed | None = None, table
     )
     s.subscribe()
     return s
+
+
+def drain(s: Scorer) -> None:
+    """Steps until every record is consumed and processed, then lets the sources go idle (idle scoring)."""
+    clock, consumer = s.monotonic, s.consumer
+    assert isinstance(clock, Clock) and isinstance(consumer, Consumer)
+
+    def ends() -> dict:
+        return {tp: len(part) for tp, part in consumer.log.records.items() if tp[0] in s.sources}
+
+    def done() -> bool:
+        return all(consumer.position_of.get(tp, 0) >= n for tp, n in ends().items()) and not s.clock.holding()
+
+    def starved() -> bool:  # nothing the consumer could deliver now: time passes (a real consumer waits)
+        return all(tp in consumer.paused or consumer.position_of.get(tp, 0) >= n for tp, n in ends().items())
+
+    for _ in range(100_000):
+        if not s.step() and starved():
+            clock.now += 11  # the sources that hold nothing go idle
+        if consumer.assigned and done():
+            break
+    clock.now += 11
+    s.step()
+    s.step()
