@@ -52,8 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError
+from cvm.metrics import sample_sums
 
 __all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"]
 
@@ -75,6 +78,9 @@ KEYS = {
     "state_bytes_max": "table value bytes per customer, largest",
     "rss_mb": "peak resident memory of the single worker (VmHWM)",
     "pipeline_cpu_us_per_event": "CPU time of the single worker per event (steadier than eps on a busy machine)",
+    "scorings_per_event": "customer scorings of the single worker per event (event, tick and idle scorings)",
+    "rescorings_per_s": "silent customers re-scored as stream time passed, per second of the pipeline's run",
+    "scoring_cpu_us": "CPU time per customer scoring (features, CLV, tiers, churn, alerts), the single worker",
 }
 
 _EVENTS_PER_CUSTOMER_DAY = 0.1  # what the simulator draws, a little under (cvm/simulate.py: 0.125 per active day)
@@ -492,14 +498,17 @@ class Bench:
 
     # --- the pipeline -------------------------------------------------------------------------------------------
 
-    def _spawn_worker(self, cfg: Config, name: str) -> subprocess.Popen[bytes]:
-        return self.children.start(name, ["-m", "cvm.cli", "worker", "--id", name], cfg)
+    def _spawn_worker(self, cfg: Config, name: str, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+        return self.children.start(
+            name, ["-m", "cvm.cli", "worker", "--id", name], cfg.replace(worker_metrics_port=metrics_port)
+        )
 
     def pipeline(self, workers: int) -> dict[str, Any]:
         """Spawn ``workers`` workers on the published load; the rate from their score records' timestamps."""
         cfg = self.cfg.replace(app_id=f"{self.cfg.app_id}-p{workers}")
         spawned = time.time()
-        procs = [self._spawn_worker(cfg, f"{cfg.app_id}-w{i + 1}") for i in range(workers)]
+        port = _free_port() if workers == 1 else 0
+        procs = [self._spawn_worker(cfg, f"{cfg.app_id}-w{i + 1}", port) for i in range(workers)]
         names = [f"{cfg.app_id}-w{i + 1}" for i in range(workers)]
         extra: dict[str, Any] = {}
         profiler = _Profiler(self.profile, procs[0].pid, self.children) if self.profile and workers == 1 else None
@@ -515,6 +524,7 @@ class Bench:
                 if len(cpu) >= 2:
                     used = _at(cpu, last_ms / 1000) - _at(cpu, first_ms / 1000)
                     extra["pipeline_cpu_us_per_event"] = round(used / max(1, self.events - first_n) * 1e6, 1)
+                extra.update(self._scorings(port, (last_ms - first_ms) / 1000))
         finally:
             for proc in procs:
                 self.children.stop(proc)
@@ -522,6 +532,22 @@ class Bench:
             extra.update(self._state_bytes(cfg))
         extra["pipeline_eps"] = round(_rate(self.events - first_n, (last_ms - first_ms) / 1000))
         return extra
+
+    def _scorings(self, port: int, seconds: float) -> dict[str, Any]:
+        """The single worker's scorings (its /metrics): per event, silent re-scorings per second, CPU per scoring."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                families = list(text_string_to_metric_families(resp.read().decode()))
+        except OSError:
+            return {}
+        scorings = sample_sums(families, "cvm_scorings_total")
+        cpu = sample_sums(families, "cvm_scoring_seconds_total")
+        silent = sample_sums(families, "cvm_silent_rescorings_total")
+        return {
+            "scorings_per_event": round(scorings / max(1, self.events), 3),
+            "rescorings_per_s": round(silent / max(seconds, 1e-9)),
+            "scoring_cpu_us": round(cpu / max(1.0, scorings) * 1e6, 1),
+        }
 
     def _check_alive(self, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]) -> None:
         for proc, name in zip(procs, names, strict=True):

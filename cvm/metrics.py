@@ -91,6 +91,7 @@ __all__ = [
     "rescored_customers",
     "rescorings",
     "scoring_seconds",
+    "silent_rescorings",
     "scorings",
     "stream_tick",
     "rows_written",
@@ -142,6 +143,9 @@ scorings = Counter(
     "cvm_scorings",
     "Customer scorings, by occasion: event (fresh), tick (stream time), idle (end of stream).",
     ["scored_by"],
+)
+silent_rescorings = Counter(
+    "cvm_silent_rescorings", "Customers scored at a tick without an event since their last scoring (timers due)."
 )
 scoring_seconds = Counter("cvm_scoring_seconds", "CPU seconds spent scoring customers, by occasion.", ["scored_by"])
 stream_tick = Gauge("cvm_stream_tick_seconds", "The last stream-time tick the worker evaluated (event time, epoch s).")

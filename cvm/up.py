@@ -177,6 +177,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                     raise CvmError(f"the embedded broker did not start: see {child.log}")
                 if child.name == "sink" and not _wait_http(port, child, timeout=60):
                     raise CvmError(f"the sink did not start: {child.tail()} (log {child.log})")
+                if child.name == "learner" and not _wait_learner(cfg, child, timeout=60):
+                    raise CvmError(f"the learner did not start: {child.tail()} (log {child.log})")
             code = _supervise(cfg, args, children, env, logs, status, signals.event, started)
         finally:
             status.close()
@@ -202,6 +204,26 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+
+
+def _wait_learner(cfg: Config, child: Child, timeout: float) -> bool:
+    """Wait until the learner has said it is here (its clock on the models topic): workers started after it wait for
+    the model versions of their stream time from their first tick, so a replay scores with the same models however
+    fast it runs (streams.models)."""
+    from streams.models import ModelFeed
+
+    feed = ModelFeed(cfg).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.proc is not None and child.proc.poll() is not None:
+                return False
+            if feed.clock is not None:
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        feed.stop()
 
 
 def _wait_http(port: int, child: Child, timeout: float) -> bool:

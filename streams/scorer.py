@@ -411,6 +411,7 @@ class Scorer:
             # re-keyed there first).
             n = self.cfg.partitions
             ids = {customer_id: kafka_partition(customer_id.encode(), n) for customer_id in self.timers.pop_due(t)}
+            metrics.silent_rescorings.inc(sum(1 for c in ids if c not in self.changed))
             ids.update(self.changed)
         cands, later = [], []
         for customer_id, partition in ids.items():
