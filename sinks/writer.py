@@ -5,7 +5,9 @@ At-least-once, never lossy:
 * records are batched per (table, topic, partition), a batch's token being
   ``"{topic}:{partition}:{first}:{last}:{table}"``. A flush writes a table's batches (those of the same columns)
   in one INSERT (a part costs ClickHouse ~20 ms of CPU whatever its size: one per partition would eat a core at
-  a few thousand events/s) whose ``insert_deduplication_token`` is its batches' tokens joined with ``|``. Once
+  a few thousand events/s) whose ``insert_deduplication_token`` is the broker's epoch id (:mod:`cvm.epoch`: offsets
+  start at 0 again on a broker that lost its topics, so offsets alone would repeat an earlier life's tokens, and
+  ClickHouse would drop the new rows as duplicates), then ``/``, then its batches' tokens joined with ``|``. Once
   tried, an INSERT is sealed (later records go to new batches; a retry writes the same batches), so a retry
   carries the same token and is a no-op if the earlier attempt reached ClickHouse after all. When a rebalance
   takes a partition away from a sealed INSERT, the rest keeps the token: if the failed attempt had in fact
@@ -41,6 +43,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
+from cvm.epoch import Epoch
 from cvm.events import validate
 from cvm.exceptions import DecodeError, InvalidEvent
 from cvm.kafka import decode_model, make_consumer
@@ -83,11 +86,12 @@ class _Insert:
 
     table: str
     batches: list[_Batch]
+    epoch: str = ""  # the broker's epoch id: the same offsets in another epoch are other records
     fresh: list[Row] | None = None  # alerts only: those new to ClickHouse, found before the first insert attempt
     token: str = ""  # its batches' tokens when sealed; kept when a rebalance takes batches away (see _forget)
 
     def __post_init__(self) -> None:
-        self.token = self.token or "|".join(b.token for b in self.batches)
+        self.token = self.token or f"{self.epoch}/" + "|".join(b.token for b in self.batches)
 
     @property
     def records(self) -> list[Row]:
@@ -98,12 +102,15 @@ class Writer:
     """Consumes cvm's topics and writes them to ClickHouse in batches; :meth:`run` is the loop.
 
     Without a consumer (tests, tools), :meth:`add` and :meth:`flush` work alone and :meth:`commit` does nothing.
+    :attr:`epoch` is the broker's (:func:`cvm.epoch.read`); set it before the first record. Without one, the writer
+    makes up a random epoch: its tokens never collide with anyone's, nor with its own after a restart.
     """
 
-    def __init__(self, cfg: Config, ch: ClickHouse, consumer: Consumer | None = None) -> None:
+    def __init__(self, cfg: Config, ch: ClickHouse, consumer: Consumer | None = None, epoch: Epoch | None = None) -> None:
         self.cfg = cfg
         self.ch = ch
         self.consumer = consumer
+        self.epoch = epoch or Epoch.local()
         self.codec = Codec(make_registry(cfg.schema_registry_url))
         names = (*EVENT_TOPICS, *SCORE_TABLES, "alerts", "dead_letters", "late_events", "clv_params", "model_metrics")
         self.tables = {name: Table.load(ch, name) for name in names}
@@ -188,7 +195,9 @@ class Writer:
         if kind != expected:
             raise DecodeError(f"a {kind} record on the {expected} topic")
         validate(kind, record)
-        record.update(topic=topic, partition=partition, offset=offset, ingested_at=int(time.time() * 1000))
+        record.update(
+            topic=topic, partition=partition, offset=offset, epoch=self.epoch.number, ingested_at=int(time.time() * 1000)
+        )
         return [(kind, self.tables[kind].convert(record))]
 
     def _scores(
@@ -214,6 +223,7 @@ class Writer:
             "topic": obj.get("topic", ""),
             "partition": obj.get("partition", -1),
             "offset": obj.get("offset", -1),
+            "epoch": self.epoch.number,
             "key": obj.get("key") or "",
             "raw": str(raw)[:MAX_RAW_CHARS],
             "error_class": obj.get("error_class", ""),
@@ -226,6 +236,7 @@ class Writer:
     ) -> list[tuple[str, Row]]:
         obj = _json_object(value)
         obj.setdefault("time", int(time.time() * 1000))
+        obj["epoch"] = self.epoch.number
         return [("late_events", self.tables["late_events"].convert(obj))]
 
     def _model_metrics(
@@ -335,7 +346,7 @@ class Writer:
                 grouped.setdefault((batch.table, frozenset(batch.keys)), []).append(batch)
         for (table, _), batches in grouped.items():
             batches.sort(key=lambda b: (b.topic, b.partition))
-            self._inserts.append(_Insert(table, batches))
+            self._inserts.append(_Insert(table, batches, self.epoch.id))
 
     def commit(self) -> bool:
         """Commit the offsets of every record handled so far; call only after a successful :meth:`flush`."""
