@@ -82,10 +82,9 @@ def read(cfg: Config, timeout: float = 15.0) -> Epoch | None:
         consumer.close()
 
 
-def claim(cfg: Config, number: int) -> Epoch:
-    """Give the broker an epoch numbered ``number``; the epoch it has now (ours, or a racing process's)."""
+def claim(cfg: Config, mine: Epoch) -> Epoch:
+    """Give the broker the epoch ``mine``; the epoch it has now (``mine``, or that of a process that came first)."""
     create_topic(cfg, EPOCH_TOPIC)
-    mine = Epoch(number, uuid.uuid4().hex, int(time.time() * 1000))
     producer = make_producer(cfg)
     # Keyed by its own id: compaction keeps every claim, so the first record stays the first.
     producer.produce(cfg.topic(EPOCH_TOPIC.name), key=mine.id.encode(), value=mine.encode())

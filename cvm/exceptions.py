@@ -12,6 +12,7 @@ __all__ = [
     "NothingToFit",
     "PortInUse",
     "QueryError",
+    "RestoreError",
 ]
 
 
@@ -49,3 +50,7 @@ class InvalidEvent(CvmError):
 
 class NothingToFit(CvmError):
     """There are no transactions (or no repeat purchases) to fit the CLV models on."""
+
+
+class RestoreError(CvmError):
+    """The broker's topics cannot be restored from ClickHouse's history as they are (cvm/restore.py)."""

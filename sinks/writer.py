@@ -49,7 +49,7 @@ from cvm.exceptions import DecodeError, InvalidEvent
 from cvm.kafka import decode_model, make_consumer
 from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table, condense_error
 
-__all__ = ["SCORE_TABLES", "Writer"]
+__all__ = ["SCORE_TABLES", "Writer", "sink_group"]
 
 log = logging.getLogger("cvm.sink")
 
@@ -106,7 +106,9 @@ class Writer:
     makes up a random epoch: its tokens never collide with anyone's, nor with its own after a restart.
     """
 
-    def __init__(self, cfg: Config, ch: ClickHouse, consumer: Consumer | None = None, epoch: Epoch | None = None) -> None:
+    def __init__(
+        self, cfg: Config, ch: ClickHouse, consumer: Consumer | None = None, epoch: Epoch | None = None
+    ) -> None:
         self.cfg = cfg
         self.ch = ch
         self.consumer = consumer
@@ -196,7 +198,11 @@ class Writer:
             raise DecodeError(f"a {kind} record on the {expected} topic")
         validate(kind, record)
         record.update(
-            topic=topic, partition=partition, offset=offset, epoch=self.epoch.number, ingested_at=int(time.time() * 1000)
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            epoch=self.epoch.number,
+            ingested_at=int(time.time() * 1000),
         )
         return [(kind, self.tables[kind].convert(record))]
 
@@ -377,7 +383,7 @@ class Writer:
     def run(self, stop: threading.Event, final_attempts: int = 3) -> None:
         """Consume until ``stop`` is set; then write what is held, commit, and close the consumer."""
         if self.consumer is None:
-            self.consumer = make_consumer(self.cfg, group=f"{self.cfg.app_id}-sink")
+            self.consumer = make_consumer(self.cfg, group=sink_group(self.cfg))
         consumer = self.consumer
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
@@ -508,6 +514,11 @@ class Writer:
                 "last_error": self._last_error,
                 "lag": dict(self._lag),
             }
+
+
+def sink_group(cfg: Config) -> str:
+    """The sink's consumer group (a restore commits its offsets past what it wrote itself)."""
+    return f"{cfg.app_id}-sink"
 
 
 def _json_object(value: bytes) -> dict[str, Any]:
