@@ -34,6 +34,7 @@ COMMANDS = {
     "config": "cvm.broker_cmd",
     "bench": "cvm.bench",
     "clv": "cvm.clv_cmd",
+    "rebuild": "cvm.rebuild",
 }
 
 
@@ -136,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fit"], help="fit: print the parameters fitted as of --as-of")
     p.add_argument("--as-of", help="event time to fit as of (ISO-8601 or epoch; default: the latest transaction)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+
+    p = sub.add_parser("rebuild", help="compute every customer's state and scores again from ClickHouse's raw tables")
+    p.add_argument("--workers", type=_positive_int, default=1, help="scoring workers to fold with (default 1)")
+    p.add_argument(
+        "--reset-topics", action="store_true", help="on Kafka: delete cvm's own topics and groups first (required)"
+    )
 
     p = sub.add_parser("bench", help="measure throughput, latency and footprint against Faust and Quix Streams")
     p.add_argument("--events", type=_positive_int, default=200_000, help="events in the load (default 200000)")

@@ -55,7 +55,7 @@ from sinks.clickhouse import ClickHouse, migrate
 from sinks.writer import Writer, sink_group
 from streams.table import CustomerTable
 
-__all__ = ["DERIVED", "OUTPUT_TOPICS", "History", "Registry", "Restorer"]
+__all__ = ["DERIVED", "OUTPUT_TOPICS", "History", "Registry", "Restorer", "progress_line"]
 
 log = logging.getLogger("cvm.restore")
 
@@ -405,6 +405,26 @@ class Restorer:
             if stop.wait(1.0):
                 return None
         return [tp for tp in collector.position(collector.assignment()) if tp.offset >= 0]
+
+
+def progress_line(r: dict[str, Any], label: str) -> str:
+    """One line of a restore's progress (:meth:`Restorer.stats`): a bar over the events published, then folded.
+
+    >>> progress_line({"state": "folding", "events": 200, "published": 200, "folded": 50, "seconds": 3.0}, "restoring")
+    'restoring 200 events [#####...............]  25% folding, 3s'
+    """
+    events = max(int(r.get("events") or 0), 1)
+    if r.get("state") == "publishing":
+        fraction = int(r.get("published") or 0) / events
+    elif r.get("state") == "folding":
+        fraction = int(r.get("folded") or 0) / events
+    else:
+        fraction = 1.0
+    bar = "#" * int(20 * fraction)
+    return (
+        f"{label} {events:,} events [{bar:.<20}] {100 * fraction:3.0f}% {r.get('state')}, "
+        f"{float(r.get('seconds') or 0):.0f}s"
+    )
 
 
 def _split(key: str) -> tuple[str, int]:

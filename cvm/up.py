@@ -29,8 +29,9 @@ from typing import Any
 from cvm.broker import port_free, wait_port
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError, PortInUse
+from cvm.restore import progress_line
 
-__all__ = ["main"]
+__all__ = ["Child", "main", "restart_dead"]
 
 _MAX_RESTARTS = 3
 
@@ -224,7 +225,7 @@ def _supervise(
         elapsed = time.monotonic() - started
         if args.duration and elapsed >= args.duration:
             break
-        if _restart_dead(children, env, logs):
+        if restart_dead(children, env, logs):
             return 1
         if tty or elapsed - last_print >= 10:
             last_print = elapsed
@@ -232,7 +233,7 @@ def _supervise(
     return 0
 
 
-def _restart_dead(children: list[Child], env: dict[str, str], logs: Path) -> bool:
+def restart_dead(children: list[Child], env: dict[str, str], logs: Path) -> bool:
     """Restart the children that died (at most 3 times each); True when one may not be restarted: the run ends."""
     for child in children:
         rc = child.proc.poll() if child.proc is not None else None
@@ -260,7 +261,7 @@ def _wait_restored(
     tty = sys.stderr.isatty()
     shown, last_line = False, 0.0
     while not stop.wait(0.5):
-        if _restart_dead(children, env, logs):
+        if restart_dead(children, env, logs):
             return 1
         restore = (status.sink().get("writer") or {}).get("restore") or {}
         state = restore.get("state")
@@ -278,7 +279,7 @@ def _wait_restored(
             return 0
         if state is None or state == "starting":
             continue
-        line = _restore_line(restore)
+        line = progress_line(restore, "cvm up: restoring")
         now = time.monotonic()
         if tty:
             sys.stderr.write(f"\r{line}\x1b[K")
@@ -288,26 +289,6 @@ def _wait_restored(
             last_line = now
             print(line, file=sys.stderr, flush=True)
     return 0
-
-
-def _restore_line(r: dict[str, Any]) -> str:
-    """One line of restore progress: a bar over the events published, then folded by the workers.
-
-    >>> _restore_line({"state": "folding", "events": 200, "published": 200, "folded": 50, "seconds": 3.0})
-    'cvm up: restoring 200 events [#####...............]  25% folding, 3s'
-    """
-    events = max(int(r.get("events") or 0), 1)
-    if r.get("state") == "publishing":
-        fraction = int(r.get("published") or 0) / events
-    elif r.get("state") == "folding":
-        fraction = int(r.get("folded") or 0) / events
-    else:
-        fraction = 1.0
-    bar = "#" * int(20 * fraction)
-    return (
-        f"cvm up: restoring {events:,} events [{bar:.<20}] {100 * fraction:3.0f}% {r.get('state')}, "
-        f"{float(r.get('seconds') or 0):.0f}s"
-    )
 
 
 def _show(status: Status, elapsed: float, children: list[Child], tty: bool) -> None:
