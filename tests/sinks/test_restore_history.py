@@ -53,14 +53,12 @@ def test_every_event_comes_back_once_as_published_in_its_partition_order(cfg: Co
         cid = f"c{rng.randrange(12)}"
         partition = int(cid[1:]) % 2
         t = T0 + i * 3_600_000 - rng.choice([0, 0, 0, 2 * DAY])
-        make = {"transactions": lambda: _tx(cid, f"e{i}", t, round(rng.uniform(-20, 300), 2)), "contacts": None}
-        record = (
-            make["transactions"]()
-            if kind == "transactions"
-            else _contact(cid, f"e{i}", t)
-            if kind == "contacts"
-            else _payment(cid, f"e{i}", t)
-        )
+        if kind == "transactions":
+            record = _tx(cid, f"e{i}", t, round(rng.uniform(-20, 300), 2))
+        elif kind == "contacts":
+            record = _contact(cid, f"e{i}", t)
+        else:
+            record = _payment(cid, f"e{i}", t)
         first.append((kind, partition, offsets[(kind, partition)], record))
         offsets[(kind, partition)] += 1
     rng.shuffle(first)  # the order of the writes to ClickHouse does not matter: offsets do
@@ -94,5 +92,6 @@ def test_the_next_epoch_is_above_every_epoch_clickhouse_knows(cfg: Config, ch: C
     registry.record(Epoch(9, "nine"), "restored", events=12, seconds=1.5, boundaries='{"t:0": 12}')
     assert registry.next_number() == 10 and registry.any()
     found = registry.find("nine")
-    assert found is not None and (found["state"], found["events"], found["boundaries"]) == ("restored", 12, '{"t:0": 12}')
+    assert found is not None
+    assert (found["state"], found["events"], found["boundaries"]) == ("restored", 12, '{"t:0": 12}')
     assert registry.find("ten") is None
