@@ -389,6 +389,8 @@ class Writer:
         try:
             while not stop.is_set():
                 self.poll(consumer)
+            if self.cfg.embedded_broker:
+                self._drain(consumer)
             for _ in range(final_attempts):
                 if self.flush_and_commit():
                     break
@@ -397,6 +399,35 @@ class Writer:
                 log.warning("stopping with %d rows not written: they will be read again", self.pending_rows)
         finally:
             consumer.close()
+
+    def _drain(self, consumer: Consumer, limit_s: float = 15.0) -> None:
+        """Read what the topics held when the stop came, to the end: the embedded broker's topics die with it, and
+        what the sink has not written by then is lost (``cvm up`` stops the workers and the learner first, so their
+        last outputs are in). Records that arrive after the stop are not waited for."""
+        deadline = time.monotonic() + limit_s
+        while not consumer.assignment() and time.monotonic() < deadline:  # a stop before the group's first join
+            self.poll(consumer)
+        try:
+            ends = {
+                (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)[1]
+                for tp in consumer.assignment()
+            }
+        except KafkaException as exc:
+            log.warning("stopping without reading the topics to their end: %s", exc)
+            return
+        while time.monotonic() < deadline:
+            if self.poll(consumer, timeout=0.3):
+                continue
+            # Tansu's high watermark is the base offset of a partition's last batch: at or past it, and nothing more
+            # came in a poll, the partition is read.
+            positions = consumer.position([TopicPartition(t, p) for t, p in ends])
+            if all(
+                tp.offset >= ends[(tp.topic, tp.partition)] or ends[(tp.topic, tp.partition)] <= 0 for tp in positions
+            ):
+                return
+        log.warning(
+            "stopping before the topics were read to their end: what the sink did not read is lost with the broker"
+        )
 
     def poll(self, consumer: Consumer, timeout: float = 0.2) -> int:
         """One round: consume a batch of records, then write and commit if it is time. Returns records consumed."""

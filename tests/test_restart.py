@@ -67,3 +67,19 @@ def test_a_stopped_stack_restarts_as_if_it_had_never_stopped(up: Up, tmp_path: P
     assert after["t"] > before["t"], (before, after, up.logs())
     epochs = up.sql("SELECT epoch, state FROM {db}.epochs FINAL ORDER BY epoch")
     assert [e["state"] for e in epochs] == ["none", "restored"], epochs
+
+
+def test_ctrl_c_right_after_a_replay_loses_nothing(up: Up, tmp_path: Path) -> None:
+    """Ctrl-C while the workers are still folding: the sink reads the embedded broker's topics to their end before
+    the broker stops, so every event published reaches ClickHouse, and the restore folds what the workers had not."""
+    path = history(tmp_path / "history.jsonl", 2000, 120, seed=15)  # ~15,000 events
+    up.start()
+    up.replay(path)
+    up.ctrl_c()
+    counts = up.sql(
+        "SELECT (SELECT count() FROM {db}.transactions FINAL) + (SELECT count() FROM {db}.contacts FINAL)"
+        " + (SELECT count() FROM {db}.payments FINAL) AS n"
+    )[0]["n"]
+    up.start()
+    report = up.verify(path, wait=0)
+    assert report["ok"] and counts == sum(report["published"].values()), report
