@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,30 @@ def history(path: Path, customers: int, days: int, seed: int) -> Path:
 def customers(up: Up) -> dict[str, dict[str, Any]]:
     """Every row of ``customers FINAL``, by customer id."""
     return {row["customer_id"]: row for row in up.sql("SELECT * FROM {db}.customers FINAL ORDER BY customer_id")}
+
+
+class Webhook:
+    """A local HTTP endpoint that records the alerts posted to it (``CVM_ALERT_WEBHOOK_URL``)."""
+
+    def __init__(self) -> None:
+        posted: list[dict[str, Any]] = []
+        self.posted = posted
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def episodes(self) -> list[tuple[str, str, str]]:
+        return [(a["customer_id"], a["rule"], a["episode"]) for a in self.posted]
+
+    def close(self) -> None:
+        self.server.shutdown()

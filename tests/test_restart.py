@@ -13,14 +13,24 @@ import pytest
 
 from cvm.config import Config
 from tests.conftest import free_port
-from tests.restart_helpers import Up, history
+from tests.restart_helpers import Up, Webhook, history
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def up(cfg: Config, tmp_path: Path) -> Iterator[Up]:
-    stack = Up(cfg.replace(broker_port=free_port(), log_level="WARNING"), tmp_path)
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    try:
+        yield hook
+    finally:
+        hook.close()
+
+
+@pytest.fixture
+def up(cfg: Config, tmp_path: Path, webhook: Webhook) -> Iterator[Up]:
+    cfg = cfg.replace(broker_port=free_port(), log_level="WARNING", alert_webhook_url=webhook.url)
+    stack = Up(cfg, tmp_path)
     try:
         yield stack
     finally:
@@ -38,7 +48,9 @@ def halves(tmp: Path) -> tuple[Path, Path, Path]:
 
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigkill-everything"])
-def test_a_stopped_stack_restarts_as_if_it_had_never_stopped(up: Up, tmp_path: Path, stop: str) -> None:
+def test_a_stopped_stack_restarts_as_if_it_had_never_stopped(
+    up: Up, webhook: Webhook, tmp_path: Path, stop: str
+) -> None:
     whole, first, second = halves(tmp_path)
     assert "restor" not in up.start()  # nothing to restore in an empty ClickHouse
     up.replay(first)
@@ -49,6 +61,7 @@ def test_a_stopped_stack_restarts_as_if_it_had_never_stopped(up: Up, tmp_path: P
         up.ctrl_c()
     else:
         up.sigkill_all()
+    posted = webhook.episodes()
     before = up.sql("SELECT count() AS n, max(toUnixTimestamp64Milli(time)) AS t FROM {db}.model_metrics")[0]
     customers = up.sql("SELECT count() AS n FROM {db}.customers FINAL")[0]["n"]
     assert before["n"] > 0 and customers == report["customers_expected"]
@@ -59,6 +72,7 @@ def test_a_stopped_stack_restarts_as_if_it_had_never_stopped(up: Up, tmp_path: P
     assert "cvm up: restored" in said and said.index("cvm up: restored") < said.index("cvm up: ready")
     report = up.verify(first, wait=0)  # the restore is complete when cvm up says ready
     assert report["ok"], report
+    assert webhook.episodes() == posted  # the alerts the restore raised again were sent the first time
 
     up.replay(second)
     report = up.verify(whole)
@@ -67,6 +81,8 @@ def test_a_stopped_stack_restarts_as_if_it_had_never_stopped(up: Up, tmp_path: P
     assert after["t"] > before["t"], (before, after, up.logs())
     epochs = up.sql("SELECT epoch, state FROM {db}.epochs FINAL ORDER BY epoch")
     assert [e["state"] for e in epochs] == ["none", "restored"], epochs
+    sent = webhook.episodes()
+    assert posted and len(sent) == len(set(sent)), sent  # alerts were sent, none twice
 
 
 def test_ctrl_c_right_after_a_replay_loses_nothing(up: Up, tmp_path: Path) -> None:
