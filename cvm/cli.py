@@ -151,8 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         action="append",
-        choices=["raw", "faust", "quix", "pipeline", "pipeline_2w", "latency"],
+        choices=["raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "recovery", "restore"],
         help="leave out a measurement (repeatable)",
+    )
+    p.add_argument(
+        "--recovery-customers",
+        type=_positive_int,
+        default=100_000,
+        help="customers in the table the recovery measurement recovers (default 100000)",
     )
     p.add_argument("--profile", metavar="FILE", help="py-spy the single worker into FILE (.svg, .txt raw, .json)")
     return parser

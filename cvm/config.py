@@ -164,6 +164,12 @@ class Config:
     alert_webhook_queue: int = _f(
         1000, "CVM_ALERT_WEBHOOK_QUEUE", "Alerts waiting for the webhook at most; when full the oldest is dropped."
     )
+    # Restart continuity (issue 14): streams/table.py.
+    table_checkpoint_s: float = _f(
+        300.0,
+        "CVM_TABLE_CHECKPOINT_S",
+        "Seconds between local checkpoints of a worker's table (one is also taken when it gives partitions up).",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.allowed_lateness_s <= 49 * 86400:
