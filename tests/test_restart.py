@@ -6,13 +6,17 @@ were dropped as duplicates."""
 
 from __future__ import annotations
 
+import json
+import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cvm.config import Config
-from tests.conftest import free_port
+from tests.chaos_helpers import Stack
+from tests.conftest import free_port, spawn, stop
 from tests.restart_helpers import Up, Webhook, history
 
 pytestmark = pytest.mark.integration
@@ -99,3 +103,47 @@ def test_ctrl_c_right_after_a_replay_loses_nothing(up: Up, tmp_path: Path) -> No
     up.start()
     report = up.verify(path, wait=0)
     assert report["ok"] and counts == sum(report["published"].values()), report
+
+
+def test_a_restore_waits_for_the_workers_and_a_sink_killed_during_it_resumes(cfg: Config, tmp_path: Path) -> None:
+    """Processes started one by one, as an operator would: the restore publishes the history at once, then waits for
+    workers; a sink SIGKILLed meanwhile resumes the collection from the beginning when it comes back."""
+    cfg = cfg.replace(broker_port=free_port())
+    path = history(tmp_path / "history.jsonl", 300, 120, seed=16)
+    for life in (1, 2):
+        logs = tmp_path / f"life-{life}"
+        logs.mkdir()
+        broker = spawn(cfg, "broker", log=logs / "broker.log")
+        stack = Stack(cfg, logs)
+        try:
+            stack.wait(lambda: "Tansu listening" in (logs / "broker.log").read_text(), 30, "cvm broker")  # noqa: B023
+            stack.sink()
+            if life == 1:
+                stack.worker("w1")
+                stack.procs["learner"] = spawn(cfg, "learner", log=logs / "learner.log")
+                stack.replay(path)
+                stack.finish("replay")
+                assert stack.verify(path).ok
+                continue
+            stack.wait(lambda: restore_state(stack) == "folding", 60, "the restore to wait for workers")  # noqa: B023
+            stack.kill("sink", signal.SIGKILL)
+            stack.sink("sink-again")
+            stack.worker("w1")
+            stack.procs["learner"] = spawn(cfg, "learner", log=logs / "learner.log")
+            stack.wait(lambda: restore_state(stack) == "done", 180, "the end of the restore")  # noqa: B023
+            assert stack.verify(path, wait=0).ok
+            epochs = stack.sql(f"SELECT state FROM {cfg.clickhouse_database}.epochs FINAL ORDER BY epoch")
+            assert [e["state"] for e in epochs] == ["none", "restored"], epochs
+        finally:
+            stack.close()
+            stop(broker)
+
+
+def restore_state(stack: Stack) -> str:
+    """The sink's restore state from /api/status ("" while it does not answer)."""
+    url = f"http://127.0.0.1:{stack.cfg.http_port}/api/status"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return str(((json.loads(resp.read()).get("writer") or {}).get("restore") or {}).get("state"))
+    except OSError:
+        return ""
