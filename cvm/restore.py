@@ -55,7 +55,7 @@ from sinks.clickhouse import ClickHouse, migrate
 from sinks.writer import Writer, sink_group
 from streams.table import CustomerTable
 
-__all__ = ["DERIVED", "OUTPUT_TOPICS", "History", "Registry", "Restorer", "progress_line"]
+__all__ = ["DERIVED", "OUTPUT_TOPICS", "Boundaries", "History", "Registry", "Restorer", "progress_line"]
 
 log = logging.getLogger("cvm.restore")
 
@@ -148,6 +148,33 @@ def _is_time(f: dict[str, Any]) -> bool:
 
 
 @dataclass
+class Boundaries:
+    """Where the published history lies on each input partition (``topic:partition`` → offsets): from the first
+    record published to the offset after the last one (the delivery reports': Tansu's high watermark is not the end
+    of a partition).
+
+    >>> b = Boundaries.decode(Boundaries({"t:0": 5}, {"t:0": 12}).encode())
+    >>> b.events, b.ends
+    (7, {'t:0': 12})
+    """
+
+    starts: dict[str, int]
+    ends: dict[str, int]
+
+    @property
+    def events(self) -> int:
+        return sum(end - self.starts.get(key, 0) for key, end in self.ends.items())
+
+    def encode(self) -> str:
+        return json.dumps({"starts": self.starts, "ends": self.ends})
+
+    @classmethod
+    def decode(cls, text: str) -> Boundaries:
+        obj = json.loads(text)
+        return cls({k: int(v) for k, v in obj["starts"].items()}, {k: int(v) for k, v in obj["ends"].items()})
+
+
+@dataclass
 class Progress:
     """Where a restore stands (``/api/status``, the progress bar of ``cvm up``)."""
 
@@ -209,7 +236,7 @@ class Restorer:
                     )
                 )
             if state in ("start", "published"):
-                done = self._restore(epoch, None if state == "start" else json.loads(row["boundaries"]), stop)
+                done = self._restore(epoch, None if state == "start" else Boundaries.decode(row["boundaries"]), stop)
                 if not done:
                     self.progress.state = "stopped"
                     return None
@@ -270,7 +297,7 @@ class Restorer:
 
     # --- restoring -------------------------------------------------------------------------------------------------
 
-    def _restore(self, epoch: Epoch, boundaries: dict[str, int] | None, stop: threading.Event) -> bool:
+    def _restore(self, epoch: Epoch, boundaries: Boundaries | None, stop: threading.Event) -> bool:
         started = time.monotonic()
         if boundaries is None:
             history = History(self.ch)
@@ -280,9 +307,9 @@ class Restorer:
             if found is None:
                 return False
             boundaries = found
-            self.registry.record(epoch, "published", self.progress.published, boundaries=json.dumps(boundaries))
+            self.registry.record(epoch, "published", self.progress.published, boundaries=boundaries.encode())
         else:
-            self.progress.events = self.progress.published = sum(boundaries.values())
+            self.progress.events = self.progress.published = boundaries.events
         shadow = ClickHouse(self.ch.client, f"{self.ch.database}_restore", self.ch.dsn)
         self.ch.command(f"DROP DATABASE IF EXISTS {shadow.database} SYNC")  # a collection interrupted earlier
         migrate(shadow)
@@ -293,14 +320,14 @@ class Restorer:
         for table in DERIVED:
             self.ch.command(f"EXCHANGE TABLES {self.ch.database}.{table} AND {shadow.database}.{table}")
         self.ch.command(f"DROP DATABASE IF EXISTS {shadow.database} SYNC")
-        ends = [TopicPartition(*_split(key), offset) for key, offset in boundaries.items()] + collected
+        ends = [TopicPartition(*_split(key), offset) for key, offset in boundaries.ends.items()] + collected
         consumer = make_consumer(self.cfg, group=sink_group(self.cfg))
         try:  # not a member of the group: these commits only set where the sink's writer starts
             consumer.commit(offsets=ends, asynchronous=False)
         finally:
             consumer.close()
         seconds = time.monotonic() - started
-        self.registry.record(epoch, "restored", self.progress.published, seconds, json.dumps(boundaries))
+        self.registry.record(epoch, "restored", self.progress.published, seconds, boundaries.encode())
         p = self.progress
         p.state, p.seconds = "done", round(seconds, 1)
         per_million = seconds / max(p.published, 1) * 1e6
@@ -313,10 +340,10 @@ class Restorer:
         )
         return True
 
-    def _publish(self, history: History, stop: threading.Event) -> dict[str, int] | None:
-        """Publish the history; the end offset of each input partition (``topic:partition`` → offset after the last
-        record), from the delivery reports: Tansu's high watermark is not the end of a partition."""
+    def _publish(self, history: History, stop: threading.Event) -> Boundaries | None:
+        """Publish the history; where it lies on each input partition (``None``: stopped)."""
         codec = Codec(make_registry(self.cfg.schema_registry_url))
+        starts: dict[str, int] = {}
         ends: dict[str, int] = {}
         failed: list[str] = []
 
@@ -324,8 +351,9 @@ class Restorer:
             if err is not None:
                 failed.append(err.str())
                 return
-            key = f"{msg.topic()}:{msg.partition()}"
-            ends[key] = max(ends.get(key, 0), msg.offset() + 1)
+            key, offset = f"{msg.topic()}:{msg.partition()}", msg.offset()
+            ends[key] = max(ends.get(key, 0), offset + 1)
+            starts[key] = min(starts.get(key, offset), offset)
 
         producer = make_producer(self.cfg, on_delivery=delivered)
         topics = {kind: self.cfg.topic(kind) for kind in EVENT_TOPICS}
@@ -355,17 +383,17 @@ class Restorer:
                 return None
         if failed:
             raise RestoreError(f"{len(failed):,} history events were not delivered ({failed[0]}): check the broker")
-        return ends
+        return Boundaries(starts, ends)
 
     def _collect(
-        self, shadow: ClickHouse, epoch: Epoch, boundaries: dict[str, int], stop: threading.Event
+        self, shadow: ClickHouse, epoch: Epoch, boundaries: Boundaries, stop: threading.Event
     ) -> list[TopicPartition] | None:
         """Write the outputs of the fold to ``shadow`` until the workers are through and the outputs are quiet;
         where the restore's writer stopped, per output partition (``None``: stopped)."""
         writer = Writer(self.cfg, shadow, epoch=epoch)
         collector = make_consumer(self.cfg, f"{self.cfg.app_id}-restore-{uuid.uuid4().hex[:8]}")
         workers = make_consumer(self.cfg, group=self.cfg.app_id)  # never subscribes: reads the group's commits
-        bounds = [TopicPartition(*_split(key), offset) for key, offset in boundaries.items()]
+
         try:
             topics = [self.cfg.topic(name) for name in OUTPUT_TOPICS]
             meta = collector.list_topics(timeout=15).topics
@@ -383,7 +411,7 @@ class Restorer:
                     last_output = now
                 if not folded and now >= next_check:
                     next_check = now + 0.5
-                    folded = self._folded(workers, bounds)
+                    folded = self._folded(workers, boundaries)
                     if folded:
                         p.state = "collecting"
                 if folded and now - last_output >= QUIET_S:
@@ -393,12 +421,14 @@ class Restorer:
             workers.close()
             collector.close()
 
-    def _folded(self, workers: Consumer, bounds: list[TopicPartition]) -> bool:
-        """Whether the workers' group committed every input partition through its boundary."""
-        committed = workers.committed([TopicPartition(tp.topic, tp.partition) for tp in bounds], timeout=10)
-        at = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
-        self.progress.folded = sum(min(at[(tp.topic, tp.partition)], tp.offset) for tp in bounds)
-        return all(at[(tp.topic, tp.partition)] >= tp.offset for tp in bounds)
+    def _folded(self, workers: Consumer, boundaries: Boundaries) -> bool:
+        """Whether the workers' group committed every input partition through the history published there."""
+        keys = list(boundaries.ends)
+        committed = workers.committed([TopicPartition(*_split(key)) for key in keys], timeout=10)
+        at = {f"{tp.topic}:{tp.partition}": max(tp.offset, 0) for tp in committed}
+        starts, ends = boundaries.starts, boundaries.ends
+        self.progress.folded = sum(max(0, min(at[k], ends[k]) - starts.get(k, 0)) for k in keys)
+        return all(at[k] >= ends[k] for k in keys)
 
     def _drain(self, writer: Writer, collector: Consumer, stop: threading.Event) -> list[TopicPartition] | None:
         while not writer.flush():
