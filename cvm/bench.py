@@ -54,6 +54,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cvm import bench_restart
+from cvm.bench_restart import KEYS as RESTART_KEYS
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError
 from cvm.metrics import sample_sums
@@ -61,7 +63,7 @@ from cvm.metrics import sample_sums
 __all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"]
 
 #: What ``--skip`` can leave out; ``pipeline`` also carries ``state_bytes_per_customer`` and ``rss_mb``.
-MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency")
+MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "recovery", "restore")
 
 #: The figures of a run, in the order they are shown, with what each one is.
 KEYS = {
@@ -81,6 +83,7 @@ KEYS = {
     "scorings_per_event": "customer scorings of the single worker per event (event, tick and idle scorings)",
     "rescorings_per_s": "silent customers re-scored as stream time passed, per second of the pipeline's run",
     "scoring_cpu_us": "CPU time per customer scoring (features, CLV, tiers, churn, alerts), the single worker",
+    **RESTART_KEYS,
 }
 
 _EVENTS_PER_CUSTOMER_DAY = 0.1  # what the simulator draws, a little under (cvm/simulate.py: 0.125 per active day)
@@ -93,6 +96,8 @@ _PHASES = {
     "pipeline": "one cvm worker",
     "pipeline_2w": "two cvm workers",
     "latency": "worker + sink, publishing at pipeline_eps / 2",
+    "recovery": "a worker's table recovered from its changelog, then from its checkpoint",
+    "restore": "the load restored from ClickHouse onto a fresh broker (sink, learner, worker)",
 }
 _PEER_RESULT = re.compile(r"\{[^{}]*\"events\"[^{}]*\}")
 
@@ -336,6 +341,7 @@ class Bench:
         skip: Sequence[str] = (),
         say: Callable[[str], None] = lambda _: None,
         profile: str = "",
+        recovery_customers: int = 100_000,
     ) -> None:
         if profile:
             _py_spy()  # missing: say so before starting anything
@@ -344,6 +350,7 @@ class Bench:
         self.skip = set(skip)
         self.say = say
         self.profile = profile  # py-spy output of the single worker, when asked for
+        self.recovery_customers = recovery_customers
         self.workdir = Path(tempfile.mkdtemp(prefix="cvm-bench-"))
         (self.workdir / "logs").mkdir()
         tag = uuid.uuid4().hex[:8]
@@ -431,6 +438,10 @@ class Bench:
             return self.pipeline(workers=1)
         if name == "pipeline_2w":
             return {"pipeline_2w_eps": self.pipeline(workers=2)["pipeline_eps"]}
+        if name == "recovery":
+            return bench_restart.recovery(self.cfg, self.recovery_customers)
+        if name == "restore":
+            return bench_restart.restore(self)
         return self.latency(load.pool, (so_far["pipeline_eps"] or 2000) / 2)
 
     def _batch(self, size: int) -> int:
@@ -951,7 +962,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     if events < 100:
         raise CvmError(f"--events {events} is too few to time anything: use at least 100")
     profile = getattr(args, "profile", None) or ""
-    bench = Bench(cfg, events, customers, skip=args.skip or (), say=_say, profile=profile)
+    recovery = getattr(args, "recovery_customers", None) or 100_000
+    bench = Bench(cfg, events, customers, skip=args.skip or (), say=_say, profile=profile, recovery_customers=recovery)
     result = bench.run()
     if args.json:
         print(json.dumps(result))

@@ -34,6 +34,7 @@ COMMANDS = {
     "config": "cvm.broker_cmd",
     "bench": "cvm.bench",
     "clv": "cvm.clv_cmd",
+    "rebuild": "cvm.rebuild",
 }
 
 
@@ -142,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", help="event time to fit as of (ISO-8601 or epoch; default: the latest transaction)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
 
+    p = sub.add_parser("rebuild", help="compute every customer's state and scores again from ClickHouse's raw tables")
+    p.add_argument("--workers", type=_positive_int, default=1, help="scoring workers to fold with (default 1)")
+    p.add_argument(
+        "--reset-topics", action="store_true", help="on Kafka: delete cvm's own topics and groups first (required)"
+    )
+
     p = sub.add_parser("bench", help="measure throughput, latency and footprint against Faust and Quix Streams")
     p.add_argument("--events", type=_positive_int, default=200_000, help="events in the load (default 200000)")
     p.add_argument("--customers", type=_positive_int, default=10_000, help="simulated customers (default 10000)")
@@ -149,8 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         action="append",
-        choices=["raw", "faust", "quix", "pipeline", "pipeline_2w", "latency"],
+        choices=["raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "recovery", "restore"],
         help="leave out a measurement (repeatable)",
+    )
+    p.add_argument(
+        "--recovery-customers",
+        type=_positive_int,
+        default=100_000,
+        help="customers in the table the recovery measurement recovers (default 100000)",
     )
     p.add_argument("--profile", metavar="FILE", help="py-spy the single worker into FILE (.svg, .txt raw, .json)")
     return parser

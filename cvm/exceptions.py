@@ -15,6 +15,7 @@ __all__ = [
     "NothingToFit",
     "PortInUse",
     "QueryError",
+    "RestoreError",
 ]
 
 
@@ -80,3 +81,7 @@ class ModelRejected(CvmError, ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RestoreError(CvmError):
+    """The broker's topics cannot be restored from ClickHouse's history as they are (cvm/restore.py)."""

@@ -4,6 +4,10 @@ Children start in dependency order and stop in reverse order (simulator, workers
 everything published is scored and everything scored is written before the broker goes away. A worker or the
 sink that dies is restarted (at most 3 times); the broker dying ends the run, because its topics live in memory.
 Child output goes to ``$CVM_DATA_DIR/logs/<name>.log``.
+
+The embedded broker starts empty every time; ClickHouse keeps the history. When it holds any, the sink first
+restores it through the broker (:mod:`cvm.restore`): ``cvm up`` shows the progress and says ``ready`` only once
+every customer's state, the models and the derived tables are back, and starts the simulator only then.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from cvm.broker import port_free, wait_port
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError, PortInUse
 from cvm.signals import StopSignals
+from cvm.restore import progress_line
 
-__all__ = ["main"]
+__all__ = ["Child", "main", "restart_dead"]
 
 _MAX_RESTARTS = 3
 
@@ -166,12 +171,17 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     status = Status(cfg, port)
     code = 0
     with StopSignals() as signals:
+        stop = signals.event
         try:
             print(f"cvm up: logs in {logs}; dashboard http://127.0.0.1:{port}/ ; Ctrl-C stops", file=sys.stderr)
             for child in children:
                 if child.metrics:
                     print(f"cvm up: {child.name} metrics on {child.metrics}", file=sys.stderr)
             for child in children:
+                if child.name == "simulator":  # new input goes after the restored history, never before
+                    code = _wait_restored(status, children, env, logs, stop)
+                    if code or stop.is_set():
+                        return code
                 child.start(env, logs)
                 if child.name == "broker" and not wait_port(cfg.broker_port, timeout=15):
                     raise CvmError(f"the embedded broker did not start: see {child.log}")
@@ -179,7 +189,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                     raise CvmError(f"the sink did not start: {child.tail()} (log {child.log})")
                 if child.name == "learner" and not _wait_learner(cfg, child, timeout=60):
                     raise CvmError(f"the learner did not start: {child.tail()} (log {child.log})")
-            code = _supervise(cfg, args, children, env, logs, status, signals.event, started)
+            if not any(c.name == "simulator" for c in children):
+                code = _wait_restored(status, children, env, logs, stop)
+                if code or stop.is_set():
+                    return code
+            code = _supervise(cfg, args, children, env, logs, status, stop, started)
         finally:
             status.close()
             print("cvm up: stopping ...", file=sys.stderr)
@@ -255,25 +269,69 @@ def _supervise(
         elapsed = time.monotonic() - started
         if args.duration and elapsed >= args.duration:
             break
-        for child in children:
-            rc = child.proc.poll() if child.proc is not None else None
-            if rc is None or child.done:
-                continue
-            if child.name == "simulator" and rc == 0:
-                child.done = True
-                continue
-            if not child.restartable or child.restarts >= _MAX_RESTARTS:
-                print(f"cvm up: {child.name} exited with code {rc}: {child.tail()} (log {child.log})", file=sys.stderr)
-                return 1
-            child.restarts += 1
-            print(
-                f"cvm up: {child.name} exited with code {rc}, restarting ({child.restarts}/{_MAX_RESTARTS})",
-                file=sys.stderr,
-            )
-            child.start(env, logs)
+        if restart_dead(children, env, logs):
+            return 1
         if tty or elapsed - last_print >= 10:
             last_print = elapsed
             _show(status, elapsed, children, tty)
+    return 0
+
+
+def restart_dead(children: list[Child], env: dict[str, str], logs: Path) -> bool:
+    """Restart the children that died (at most 3 times each); True when one may not be restarted: the run ends."""
+    for child in children:
+        rc = child.proc.poll() if child.proc is not None else None
+        if rc is None or child.done:
+            continue
+        if child.name == "simulator" and rc == 0:
+            child.done = True
+            continue
+        if not child.restartable or child.restarts >= _MAX_RESTARTS:
+            print(f"cvm up: {child.name} exited with code {rc}: {child.tail()} (log {child.log})", file=sys.stderr)
+            return True
+        child.restarts += 1
+        print(
+            f"cvm up: {child.name} exited with code {rc}, restarting ({child.restarts}/{_MAX_RESTARTS})",
+            file=sys.stderr,
+        )
+        child.start(env, logs)
+    return False
+
+
+def _wait_restored(
+    status: Status, children: list[Child], env: dict[str, str], logs: Path, stop: threading.Event
+) -> int:
+    """Wait until the sink has restored the history (or found none), with a progress line; then say ready."""
+    tty = sys.stderr.isatty()
+    shown, last_line = False, 0.0
+    while not stop.wait(0.5):
+        if restart_dead(children, env, logs):
+            return 1
+        restore = (status.sink().get("writer") or {}).get("restore") or {}
+        state = restore.get("state")
+        if state == "failed":
+            print(f"cvm up: the restore failed: {restore.get('error')}", file=sys.stderr)
+            return 1
+        if state in ("done", "none"):
+            if shown and tty:
+                sys.stderr.write("\r\x1b[K")
+            if state == "done":
+                events, seconds = restore.get("published", 0), restore.get("seconds", 0.0)
+                rate = f" ({seconds / max(events, 1) * 1e6:,.0f} s per million events)" if events else ""
+                print(f"cvm up: restored {events:,} events from ClickHouse in {seconds:.1f}s{rate}", file=sys.stderr)
+            print("cvm up: ready", file=sys.stderr, flush=True)
+            return 0
+        if state is None or state == "starting":
+            continue
+        line = progress_line(restore, "cvm up: restoring")
+        now = time.monotonic()
+        if tty:
+            sys.stderr.write(f"\r{line}\x1b[K")
+            sys.stderr.flush()
+            shown = True
+        elif now - last_line >= 5:
+            last_line = now
+            print(line, file=sys.stderr, flush=True)
     return 0
 
 

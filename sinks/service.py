@@ -11,6 +11,7 @@ from typing import Any
 
 from cvm.config import Config
 from cvm.kafka import ModelKey, check_broker, create_topics
+from cvm.restore import Restorer
 from cvm.signals import StopSignals
 from sinks.clickhouse import connect, migrate
 from sinks.http import ApiServer, check_exposure
@@ -37,14 +38,18 @@ def main(cfg: Config, args: Any) -> int:
         migrate(ch)
         reader = connect(cfg, readonly=True)
         writer = Writer(cfg, ch)
-        status = writer.stats
+        restorer = Restorer(cfg, ch)
+
+        def status() -> dict[str, Any]:
+            return {**writer.stats(), "restore": restorer.stats()}
+
         if cfg.alert_webhook_url:
             webhook = WebhookDeliverer.from_config(cfg).start()
             writer.alert_listener = webhook.submit
             hook = webhook
 
             def status() -> dict[str, Any]:
-                return {**writer.stats(), "webhook": hook.stats()}
+                return {**writer.stats(), "restore": restorer.stats(), "webhook": hook.stats()}
 
         server = ApiServer(cfg, reader, status=status).start()  # port taken: fail before touching Kafka
         check_broker(cfg)
@@ -56,7 +61,11 @@ def main(cfg: Config, args: Any) -> int:
                 f"{cfg.describe()['clickhouse_url']} database {cfg.clickhouse_database}",
                 flush=True,
             )
-            writer.run(stop.event)
+            # A broker that lost cvm's topics gets ClickHouse's history back first (cvm/restore.py).
+            epoch = restorer.run(stop.event)
+            if epoch is not None:
+                writer.epoch = epoch
+                writer.run(stop.event)
     finally:
         if webhook is not None:
             webhook.stop()

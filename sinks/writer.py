@@ -5,7 +5,9 @@ At-least-once, never lossy:
 * records are batched per (table, topic, partition), a batch's token being
   ``"{topic}:{partition}:{first}:{last}:{table}"``. A flush writes a table's batches (those of the same columns)
   in one INSERT (a part costs ClickHouse ~20 ms of CPU whatever its size: one per partition would eat a core at
-  a few thousand events/s) whose ``insert_deduplication_token`` is its batches' tokens joined with ``|``. Once
+  a few thousand events/s) whose ``insert_deduplication_token`` is the broker's epoch id (:mod:`cvm.epoch`: offsets
+  start at 0 again on a broker that lost its topics, so offsets alone would repeat an earlier life's tokens, and
+  ClickHouse would drop the new rows as duplicates), then ``/``, then its batches' tokens joined with ``|``. Once
   tried, an INSERT is sealed (later records go to new batches; a retry writes the same batches), so a retry
   carries the same token and is a no-op if the earlier attempt reached ClickHouse after all. When a rebalance
   takes a partition away from a sealed INSERT, the rest keeps the token: if the failed attempt had in fact
@@ -50,6 +52,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from cvm import metrics
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
+from cvm.epoch import Epoch
 from cvm.events import validate
 from cvm.exceptions import BrokenContract, DecodeError, InvalidEvent, ModelRejected, NoExchangeRate
 from cvm.kafka import ModelKey, decode_model, make_consumer
@@ -57,7 +60,7 @@ from schemas.scores import ScoreContract
 from scoring.currency import Rates
 from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table, condense_error
 
-__all__ = ["SCORE_TABLES", "Writer"]
+__all__ = ["SCORE_TABLES", "Writer", "sink_group"]
 
 log = logging.getLogger("cvm.sink")
 
@@ -94,11 +97,12 @@ class _Insert:
 
     table: str
     batches: list[_Batch]
+    epoch: str = ""  # the broker's epoch id: the same offsets in another epoch are other records
     fresh: list[Row] | None = None  # alerts only: those new to ClickHouse, found before the first insert attempt
     token: str = ""  # its batches' tokens when sealed; kept when a rebalance takes batches away (see _forget)
 
     def __post_init__(self) -> None:
-        self.token = self.token or "|".join(b.token for b in self.batches)
+        self.token = self.token or f"{self.epoch}/" + "|".join(b.token for b in self.batches)
 
     @property
     def records(self) -> list[Row]:
@@ -109,12 +113,17 @@ class Writer:
     """Consumes cvm's topics and writes them to ClickHouse in batches; :meth:`run` is the loop.
 
     Without a consumer (tests, tools), :meth:`add` and :meth:`flush` work alone and :meth:`commit` does nothing.
+    :attr:`epoch` is the broker's (:func:`cvm.epoch.read`); set it before the first record. Without one, the writer
+    makes up a random epoch: its tokens never collide with anyone's, nor with its own after a restart.
     """
 
-    def __init__(self, cfg: Config, ch: ClickHouse, consumer: Consumer | None = None) -> None:
+    def __init__(
+        self, cfg: Config, ch: ClickHouse, consumer: Consumer | None = None, epoch: Epoch | None = None
+    ) -> None:
         self.cfg = cfg
         self.ch = ch
         self.consumer = consumer
+        self.epoch = epoch or Epoch.local()
         self.codec = Codec(make_registry(cfg.schema_registry_url))
         self.model_key = ModelKey.from_config(cfg)
         self.contract = ScoreContract.load()
@@ -221,7 +230,13 @@ class Writer:
         if kind != expected:
             raise DecodeError(f"a {kind} record on the {expected} topic")
         validate(kind, record, floor_ms=self.floor_ms)
-        record.update(topic=topic, partition=partition, offset=offset, ingested_at=int(time.time() * 1000))
+        record.update(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            epoch=self.epoch.number,
+            ingested_at=int(time.time() * 1000),
+        )
         if kind == "transactions":
             try:
                 base = self.rates.convert(kind, record)
@@ -254,6 +269,7 @@ class Writer:
             "topic": obj.get("topic", ""),
             "partition": obj.get("partition", -1),
             "offset": obj.get("offset", -1),
+            "epoch": self.epoch.number,
             "key": obj.get("key") or "",
             "raw": str(raw)[:MAX_RAW_CHARS],
             "error_class": obj.get("error_class", ""),
@@ -266,6 +282,7 @@ class Writer:
     ) -> list[tuple[str, Row]]:
         obj = _json_object(value)
         obj.setdefault("time", int(time.time() * 1000))
+        obj["epoch"] = self.epoch.number
         return [("late_events", self.tables["late_events"].convert(obj))]
 
     def _model_metrics(
@@ -390,7 +407,7 @@ class Writer:
                 grouped.setdefault((batch.table, frozenset(batch.keys)), []).append(batch)
         for (table, _), batches in grouped.items():
             batches.sort(key=lambda b: (b.topic, b.partition))
-            self._inserts.append(_Insert(table, batches))
+            self._inserts.append(_Insert(table, batches, self.epoch.id))
 
     def commit(self) -> bool:
         """Commit the offsets of every record handled so far; call only after a successful :meth:`flush`."""
@@ -425,12 +442,14 @@ class Writer:
     def run(self, stop: threading.Event, final_attempts: int = 3) -> None:
         """Consume until ``stop`` is set; then write what is held, commit, and close the consumer."""
         if self.consumer is None:
-            self.consumer = make_consumer(self.cfg, group=f"{self.cfg.app_id}-sink")
+            self.consumer = make_consumer(self.cfg, group=sink_group(self.cfg))
         consumer = self.consumer
         consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not stop.is_set():
                 self.poll(consumer)
+            if self.cfg.embedded_broker:
+                self._drain(consumer)
             for _ in range(final_attempts):
                 if self.flush_and_commit():
                     break
@@ -440,6 +459,35 @@ class Writer:
                 self._settle(self._held, "released")
         finally:
             consumer.close()
+
+    def _drain(self, consumer: Consumer, limit_s: float = 15.0) -> None:
+        """Read what the topics held when the stop came, to the end: the embedded broker's topics die with it, and
+        what the sink has not written by then is lost (``cvm up`` stops the workers and the learner first, so their
+        last outputs are in). Records that arrive after the stop are not waited for."""
+        deadline = time.monotonic() + limit_s
+        while not consumer.assignment() and time.monotonic() < deadline:  # a stop before the group's first join
+            self.poll(consumer)
+        try:
+            ends = {
+                (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)[1]
+                for tp in consumer.assignment()
+            }
+        except KafkaException as exc:
+            log.warning("stopping without reading the topics to their end: %s", exc)
+            return
+        while time.monotonic() < deadline:
+            if self.poll(consumer, timeout=0.3):
+                continue
+            # Tansu's high watermark is the base offset of a partition's last batch: at or past it, and nothing more
+            # came in a poll, the partition is read.
+            positions = consumer.position([TopicPartition(t, p) for t, p in ends])
+            if all(
+                tp.offset >= ends[(tp.topic, tp.partition)] or ends[(tp.topic, tp.partition)] <= 0 for tp in positions
+            ):
+                return
+        log.warning(
+            "stopping before the topics were read to their end: what the sink did not read is lost with the broker"
+        )
 
     def poll(self, consumer: Consumer, timeout: float = 0.2) -> int:
         """One round: consume a batch of records, then write and commit if it is time. Returns records consumed."""
@@ -570,6 +618,11 @@ class Writer:
                     "refused": dict(self.contract.broken),
                 },
             }
+
+
+def sink_group(cfg: Config) -> str:
+    """The sink's consumer group (a restore commits its offsets past what it wrote itself)."""
+    return f"{cfg.app_id}-sink"
 
 
 def _json_object(value: bytes) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def test_percentile_is_nearest_rank() -> None:
 
 @pytest.mark.integration
 def test_a_failing_measurement_is_one_line_and_the_others_still_report() -> None:
-    skip = [arg for name in ("faust", "quix", "pipeline_2w", "latency") for arg in ("--skip", name)]
+    skipped = ("faust", "quix", "pipeline_2w", "latency", "recovery", "restore")
+    skip = [arg for name in skipped for arg in ("--skip", name)]
     proc = subprocess.run(
         [sys.executable, "-m", "cvm.cli", "bench", "--events", "500", "--json", *skip],
         capture_output=True,
@@ -92,3 +93,20 @@ def test_a_failing_measurement_is_one_line_and_the_others_still_report() -> None
     result = json.loads(proc.stdout)
     assert result["raw_eps"] > 0 and result["pipeline_eps"] is None
     assert set(result["errors"]) == {"pipeline"}
+
+
+@pytest.mark.integration
+def test_recovery_and_restore_are_measured() -> None:
+    skipped = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency")
+    skip = [arg for name in skipped for arg in ("--skip", name)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvm.cli", "bench", "--events", "3000", "--recovery-customers", "5000", "--json", *skip],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["recovery_customers"] == 5000 and result["restore_events"] == 3000, result
+    for key in ("recovery_changelog_s", "recovery_checkpoint_s", "checkpoint_write_s", "restore_s_per_million"):
+        assert result[key] > 0, (key, result)

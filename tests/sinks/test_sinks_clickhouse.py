@@ -26,6 +26,7 @@ TABLES = {
     "dead_letters",
     "late_events",
     "clv_params",
+    "epochs",
     "schema_migrations",
 }
 
@@ -183,3 +184,16 @@ def test_connect_errors_are_one_line(cfg: Config, tmp_path: Path) -> None:
         connect(cfg.replace(clickhouse_url="http://default:secret@127.0.0.1:1"))
     assert "secret" not in str(info.value) and "\n" not in str(info.value)
     assert time.monotonic() - start < 30
+
+
+def test_the_first_copy_of_an_event_read_is_the_one_kept(ch: ClickHouse) -> None:
+    """The raw tables keep, of two copies of one event, the one read first (lowest epoch, then offset): the copy the
+    worker applied, which a restore must replay in its place (cvm/restore.py)."""
+    db = ch.database
+    columns = ["event_id", "customer_id", "event_time", "amount", "epoch", "offset"]
+    rows = [["e1", "c1", 1000, 3.0, 2, 5], ["e1", "c1", 1000, 1.0, 1, 90], ["e1", "c1", 1000, 2.0, 1, 91]]
+    for i, row in enumerate(rows):  # one insert each: the order of arrival must not matter
+        ch.insert("transactions", columns, [row], token=f"first-{i}")
+    assert ch.rows(f"SELECT amount, epoch, offset FROM {db}.transactions FINAL") == [(1.0, 1, 90)]
+    ch.command(f"OPTIMIZE TABLE {db}.transactions FINAL")
+    assert ch.rows(f"SELECT amount, epoch, offset FROM {db}.transactions") == [(1.0, 1, 90)]

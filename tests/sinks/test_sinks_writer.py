@@ -12,6 +12,8 @@ from confluent_kafka import TopicPartition
 from cvm.codec import Codec
 from cvm.config import Config
 from schemas.scores import ScoreContract
+from cvm.epoch import Epoch
+from cvm.kafka import encode_model
 from sinks.clickhouse import ClickHouse, Migration, load_migrations, migrate
 from sinks.writer import Writer
 
@@ -143,11 +145,12 @@ def test_raw_events_dead_letters_and_late_events(cfg: Config, ch: ClickHouse) ->
     assert writer.flush()
 
     db = ch.database
-    # One row: the duplicate collapses on insert already (optimize_on_insert), and with FINAL in any case.
+    # One row: the duplicate collapses on insert already (optimize_on_insert), and with FINAL in any case; the copy
+    # kept is the first one read, the one the worker applied (a restore replays it in its place).
     assert ch.rows(
         f"SELECT event_id, amount, gross_margin, channel, currency, topic, partition, offset "
         f"FROM {db}.transactions FINAL"
-    ) == [("e1", 9.5, None, "app", "EUR", cfg.topic("transactions"), 2, 101)]
+    ) == [("e1", 9.5, None, "app", "EUR", cfg.topic("transactions"), 2, 100)]
     assert ch.rows(f"SELECT status, paid_date, toUnixTimestamp64Milli(due_date) FROM {db}.payments") == [
         ("late", None, NOW - 5000)
     ]
@@ -202,7 +205,8 @@ def test_a_table_is_one_insert_per_flush_and_a_retry_keeps_its_token(cfg: Config
     try:
         assert not writer.flush()
         tokens = {i.table: i.token for i in writer._inserts}
-        assert tokens["customer_scores"] == f"{topic}:0:0:0:customer_scores|{topic}:1:0:0:customer_scores"
+        expected = f"{writer.epoch.id}/{topic}:0:0:0:customer_scores|{topic}:1:0:0:customer_scores"
+        assert tokens["customer_scores"] == expected
         writer.add(topic, 0, 1, _score("c", 1))  # a new batch: the sealed INSERT keeps its batches and token
         assert not writer.flush()
         assert writer._inserts[0].token == tokens["customer_scores"]
@@ -222,7 +226,7 @@ def test_a_revoked_partition_leaves_the_sealed_insert(cfg: Config, ch: ClickHous
     ch.command(f"RENAME TABLE {db}.customer_scores TO {db}.customer_scores_away")
     try:
         assert not writer.flush()
-        sealed = f"{topic}:0:5:5:customer_scores|{topic}:1:7:7:customer_scores"
+        sealed = f"{writer.epoch.id}/{topic}:0:5:5:customer_scores|{topic}:1:7:7:customer_scores"
         assert [i.token for i in writer._inserts if i.table == "customer_scores"] == [sealed]
         writer._forget([TopicPartition(topic, 1)])  # its new owner reads it again from the committed offset
         # The rest keeps the token: had the failed attempt landed after all, writing the rest again is a no-op.
@@ -258,3 +262,37 @@ def test_json_messages_are_read_with_orjson_and_the_json_module_reads_what_it_re
         _json_object(b"[1, 2]")
     with pytest.raises(ValueError):
         _json_object(b"not json")
+
+
+def _metrics(version: int) -> bytes:
+    return encode_model({"kind": "metrics", "time": NOW, "model_version": version, "metrics": {"roc_auc": 0.75}})
+
+
+def test_the_same_offsets_in_a_new_broker_epoch_are_new_rows(cfg: Config, ch: ClickHouse) -> None:
+    """Issue 14: a fresh broker starts its offsets at 0 again; with tokens of topic, partition and offsets alone, the
+    second life's inserts repeated the first life's tokens and ClickHouse dropped them as duplicates."""
+    db = ch.database
+    topic = cfg.topic("model-metrics")
+    for epoch in (Epoch(1, "first-life"), Epoch(2, "second-life")):
+        writer = Writer(cfg, ch, epoch=epoch)
+        assert writer.add(topic, 0, 0, _metrics(epoch.number))
+        assert writer.flush()
+    assert ch.rows(f"SELECT model_version FROM {db}.model_metrics ORDER BY model_version") == [(1,), (2,)]
+    # Within one epoch a batch written again (a sink restarted before its commit) is still dropped.
+    again = Writer(cfg, ch, epoch=Epoch(2, "second-life"))
+    assert again.add(topic, 0, 0, _metrics(2)) and again.flush()
+    assert ch.rows(f"SELECT count() FROM {db}.model_metrics")[0][0] == 2
+
+
+def test_raw_rows_late_events_and_dead_letters_carry_the_epoch(cfg: Config, ch: ClickHouse) -> None:
+    db = ch.database
+    writer = Writer(cfg, ch, epoch=Epoch(7, "seventh"))
+    tx = {"event_id": "e1", "customer_id": "c1", "event_time": NOW - 1000, "amount": 5.0}
+    assert writer.add(cfg.topic("transactions"), 2, 41, Codec().encode("transactions", tx))
+    late = {"topic": "t", "partition": 0, "offset": 3, "customer_id": "c1", "event_id": "e0", "event_time": NOW}
+    assert writer.add(cfg.topic("late-events"), 0, 0, json.dumps(late).encode())
+    assert writer.add(cfg.topic("dead-letters"), 0, 0, json.dumps({"topic": "t", "offset": 4}).encode())
+    assert writer.flush()
+    assert ch.rows(f"SELECT epoch, partition, offset FROM {db}.transactions FINAL") == [(7, 2, 41)]
+    assert ch.rows(f"SELECT epoch, offset FROM {db}.late_events") == [(7, 3)]
+    assert ch.rows(f"SELECT epoch, offset FROM {db}.dead_letters") == [(7, 4)]
