@@ -213,6 +213,7 @@ class Config:
     )
     fx_max_age_days: float = _f(
         7.0, "CVM_FX_MAX_AGE_DAYS", "Days a rate stays in use after its date when no newer one exists."
+    )
     # Restart continuity (issue 14): streams/table.py.
     table_checkpoint_s: float = _f(
         300.0,

@@ -29,8 +29,8 @@ from typing import Any
 from cvm.broker import port_free, wait_port
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError, PortInUse
-from cvm.signals import StopSignals
 from cvm.restore import progress_line
+from cvm.signals import StopSignals
 
 __all__ = ["Child", "main", "restart_dead"]
 

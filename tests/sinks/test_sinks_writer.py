@@ -11,9 +11,9 @@ from confluent_kafka import TopicPartition
 
 from cvm.codec import Codec
 from cvm.config import Config
-from schemas.scores import ScoreContract
 from cvm.epoch import Epoch
 from cvm.kafka import encode_model
+from schemas.scores import ScoreContract
 from sinks.clickhouse import ClickHouse, Migration, load_migrations, migrate
 from sinks.writer import Writer
 
