@@ -44,7 +44,9 @@ __all__ = [
     "DAY_MS",
     "FEATURES",
     "MODELS",
+    "MODEL_FEATURES",
     "ChurnModel",
+    "NoisyLog",
     "LabelRule",
     "Matured",
     "PendingLabels",
@@ -80,7 +82,30 @@ FEATURES: tuple[str, ...] = (
     "p_alive",
     "profitability",
     "loyalty_score",
+    # Signals of leaving (docs/churn.md, scoring.features.leaving): each against the customer's own rhythm.
+    "typical_gap_days",
+    "silence_gaps",
+    "silence_rate",
+    "purchases_vs_usual",
+    "spend_vs_usual",
+    "contacts_vs_usual",
+    "complaints_vs_usual",
+    "unresolved_vs_usual",
+    "recent_cancellation",
+    "days_since_contact",
+    "contacts_7d",
+    "unresolved_30d",
+    "refunds_90d",
+    "late_payments_90d",
 )
+
+#: The prior of a customer's purchase rate in :meth:`ChurnModel.noise`: Gamma with this shape and this many days
+#: per unit of shape (mean: one purchase a month).
+NOISE_PRIOR_SHAPE = 1.0
+NOISE_PRIOR_DAYS = 30.0
+
+#: The default model's inputs (:class:`ChurnModel` ``features``).
+MODEL_FEATURES: tuple[str, ...] = FEATURES
 
 #: Heavy-tailed features (counts, money, days): the model sees ``sign(v) * log1p(|v|)`` of them.
 _LOG_FEATURES = frozenset(
@@ -100,6 +125,14 @@ _LOG_FEATURES = frozenset(
         "avg_days_past_due",
         "failed_payments_90d",
         "profitability",
+        "typical_gap_days",
+        "silence_gaps",
+        "silence_rate",
+        "days_since_contact",
+        "contacts_7d",
+        "unresolved_30d",
+        "refunds_90d",
+        "late_payments_90d",
     }
 )
 
@@ -117,15 +150,18 @@ MODELS = ("logreg", "hat", "arf")
 class LabelRule:
     """When a snapshot taken at ``s`` is labelled churned (1) or not (0), and when that becomes known.
 
-    The **deadline** of a snapshot is ``s + silence_ms``, or ``c + grace_ms`` when a cancellation request ``c``
-    follows the snapshot (``c > s``) and that comes first. The first decisive thing after ``s`` settles the label:
+    The label says whether the customer is gone by ``s + offset``: whether it buys again after that. Purchases
+    within ``(s, s + offset]`` settle nothing (a leaver often buys once more before going). The **deadline** of a
+    snapshot is ``s + offset + silence``, or ``max(c, s + offset) + grace`` when a cancellation request ``c`` follows
+    the snapshot (``c > s``) and that comes first. The first decisive thing settles the label:
 
-    * a purchase ``p`` with ``s < p <= deadline`` gives **0**, known at ``p``;
+    * a purchase ``p`` with ``s + offset < p <= deadline`` gives **0**, known at ``p``;
     * stream time passing the deadline with no such purchase gives **1**, known at the deadline.
 
-    So a customer silent for ``silence_ms`` after a snapshot has churned, and so has one who asked to cancel and did
-    not buy within ``grace_ms`` of asking. "Purchase" means a transaction with a positive amount (a refund is not
-    one). Times are event times in ms.
+    So a customer silent for ``silence`` after ``s + offset`` has churned, and so has one who asked to cancel and did
+    not buy within ``grace`` of asking (or of ``s + offset``, whichever is later). "Purchase" means a transaction with
+    a positive amount (a refund is not one). Times are event times in ms. With ``offset`` 0 this is the rule of
+    cvm ≤ 0.1 (90 days of silence, 30 days of grace).
 
     >>> rule = LabelRule.from_days(silence_days=90, grace_days=30)
     >>> rule.deadline(0) // DAY_MS, rule.deadline(0, cancel_ms=20 * DAY_MS) // DAY_MS
@@ -136,25 +172,40 @@ class LabelRule:
     (None, 1)
     >>> rule.on_time(0, 51 * DAY_MS, cancel_ms=20 * DAY_MS)  # asked to cancel, then 30 days without a purchase
     1
+    >>> gone = LabelRule.from_days(silence_days=120, grace_days=30, offset_days=30)
+    >>> gone.on_purchase(0, 20 * DAY_MS), gone.on_purchase(0, 40 * DAY_MS), gone.deadline(0) // DAY_MS
+    (None, 0, 150)
+    >>> gone.deadline(0, cancel_ms=10 * DAY_MS) // DAY_MS  # grace counted from s + offset
+    60
     """
 
     silence_ms: int = 90 * DAY_MS
     grace_ms: int = 30 * DAY_MS
+    offset_ms: int = 0
+    #: A 0 settled by a purchase is released (:meth:`PendingLabels.advance`) only at its deadline, with the 1s of
+    #: the same snapshot time: a learner fed 0s weeks before the 1s of the same snapshots learns the label delay.
+    hold: bool = False
 
     def __post_init__(self) -> None:
-        if self.silence_ms <= 0 or self.grace_ms < 0:
-            raise ValueError(f"churn label rule: silence {self.silence_ms} ms must be > 0, grace >= 0")
+        if self.silence_ms <= 0 or self.grace_ms < 0 or self.offset_ms < 0:
+            raise ValueError(
+                f"churn label rule: silence {self.silence_ms} ms must be > 0, grace and offset >= 0"
+            )
 
     @classmethod
-    def from_days(cls, silence_days: float, grace_days: float) -> LabelRule:
-        """The rule for ``CVM_CHURN_SILENCE_DAYS`` and ``CVM_CHURN_CANCEL_GRACE_DAYS``."""
-        return cls(int(silence_days * DAY_MS), int(grace_days * DAY_MS))
+    def from_days(
+        cls, silence_days: float, grace_days: float, offset_days: float = 0.0, hold: bool = False
+    ) -> LabelRule:
+        """The rule for ``CVM_CHURN_SILENCE_DAYS``, ``CVM_CHURN_CANCEL_GRACE_DAYS``, ``CVM_CHURN_OFFSET_DAYS`` and
+        ``CVM_CHURN_HOLD``."""
+        return cls(int(silence_days * DAY_MS), int(grace_days * DAY_MS), int(offset_days * DAY_MS), hold)
 
     def deadline(self, snapshot_ms: int, cancel_ms: int | None = None) -> int:
         """The event time after which a snapshot with no purchase since is labelled 1 (set a timer at it)."""
-        end = snapshot_ms + self.silence_ms
+        start = snapshot_ms + self.offset_ms
+        end = start + self.silence_ms
         if cancel_ms is not None and cancel_ms > snapshot_ms:
-            end = min(end, cancel_ms + self.grace_ms)
+            end = min(end, max(cancel_ms, start) + self.grace_ms)
         return end
 
     def on_purchase(self, snapshot_ms: int, purchase_ms: int, cancel_ms: int | None = None) -> int | None:
@@ -163,7 +214,7 @@ class LabelRule:
         A purchase after the deadline settles nothing by itself: the deadline passing does (:meth:`on_time`),
         unless a purchase within it, delivered late, arrives first.
         """
-        if snapshot_ms < purchase_ms <= self.deadline(snapshot_ms, cancel_ms):
+        if snapshot_ms + self.offset_ms < purchase_ms <= self.deadline(snapshot_ms, cancel_ms):
             return 0
         return None
 
@@ -179,7 +230,7 @@ class LabelRule:
     def label(
         self, snapshot_ms: int, now_ms: int, next_purchase_ms: int | None = None, cancel_ms: int | None = None
     ) -> int | None:
-        """The label as known at ``now_ms``, from the first purchase after the snapshot (None: none yet).
+        """The label as known at ``now_ms``, from the first purchase after ``snapshot + offset`` (None: none yet).
 
         >>> rule = LabelRule.from_days(90, 30)
         >>> rule.label(0, 200 * DAY_MS, next_purchase_ms=60 * DAY_MS), rule.label(0, 200 * DAY_MS, None)
@@ -251,6 +302,7 @@ class Matured(NamedTuple):
 
 _PENDING_HEAD = struct.Struct("<BqB")  # format, time of the last snapshot taken, number pending
 _CANCEL = struct.Struct("<Q")  # ms from the snapshot to the first cancellation request after it (> 0); 0: none
+_SETTLED = 1 << 63  # in the _CANCEL field: a purchase settled the snapshot as 0, held until its deadline
 _PENDING_FORMAT = 1
 _NEVER = -(1 << 62)  # the time of the last snapshot before the first one
 
@@ -282,7 +334,8 @@ class PendingLabels:
 
     def __init__(self) -> None:
         self.last_snapshot_ms = _NEVER
-        # [snapshot_ms, packed snapshot, first cancellation request after it (ms) or None], oldest first
+        # [snapshot_ms, packed snapshot, first cancellation request after it (ms) or None, settled 0 (held)],
+        # oldest first
         self.entries: list[list[Any]] = []
 
     def __len__(self) -> int:
@@ -294,7 +347,7 @@ class PendingLabels:
             return False
         if len(self.entries) >= max_pending or any(e[0] >= now_ms for e in self.entries):
             return False
-        self.entries.append([now_ms, pack_snapshot(now_ms, features), None])
+        self.entries.append([now_ms, pack_snapshot(now_ms, features), None, False])
         self.last_snapshot_ms = now_ms
         return True
 
@@ -305,24 +358,32 @@ class PendingLabels:
                 e[2] = t_ms
 
     def purchase(self, t_ms: int, rule: LabelRule) -> list[Matured]:
-        """A purchase at ``t_ms``: the snapshots it settles as 0, removed from the pending ones."""
+        """A purchase at ``t_ms``: the snapshots it settles as 0, removed from the pending ones (under a rule that
+        holds its 0s, they stay, settled, until their deadline)."""
         if not self.entries:
             return []
-        done = [e for e in self.entries if rule.on_purchase(e[0], t_ms, e[2]) == 0]
+        done = [e for e in self.entries if not e[3] and rule.on_purchase(e[0], t_ms, e[2]) == 0]
         if not done:
+            return []
+        if rule.hold:
+            for e in done:
+                e[3] = True
             return []
         self.entries = [e for e in self.entries if e not in done]
         return [Matured(e[0], t_ms, 0, unpack_snapshot(e[1]).features) for e in done]
 
     def advance(self, now_ms: int, rule: LabelRule) -> list[Matured]:
-        """Stream time is ``now_ms``: the snapshots whose deadline it passed, labelled 1 and removed."""
+        """Stream time is ``now_ms``: the snapshots whose deadline it passed, removed; labelled 1, or 0 when a
+        purchase settled them (held)."""
         if not self.entries:
             return []
         done = [e for e in self.entries if rule.on_time(e[0], now_ms, e[2]) == 1]
         if not done:
             return []
         self.entries = [e for e in self.entries if e not in done]
-        return [Matured(e[0], rule.deadline(e[0], e[2]), 1, unpack_snapshot(e[1]).features) for e in done]
+        return [
+            Matured(e[0], rule.deadline(e[0], e[2]), 0 if e[3] else 1, unpack_snapshot(e[1]).features) for e in done
+        ]
 
     def next_deadline(self, rule: LabelRule) -> int | None:
         """The earliest deadline among the pending snapshots: when to call :meth:`advance` next."""
@@ -330,8 +391,8 @@ class PendingLabels:
 
     def to_bytes(self) -> bytes:
         out = [_PENDING_HEAD.pack(_PENDING_FORMAT, self.last_snapshot_ms, len(self.entries))]
-        for s, packed, cancel in self.entries:
-            out.append(_CANCEL.pack(0 if cancel is None else cancel - s))
+        for s, packed, cancel, settled in self.entries:
+            out.append(_CANCEL.pack((0 if cancel is None else cancel - s) | (_SETTLED if settled else 0)))
             out.append(packed)
         return b"".join(out)
 
@@ -349,7 +410,9 @@ class PendingLabels:
             size = _snapshot_size(data, pos)
             packed = bytes(data[pos : pos + size])
             s = _SNAP_HEAD.unpack_from(packed, 0)[1]
-            p.entries.append([s, packed, s + delta if delta else None])
+            settled = bool(delta & _SETTLED)
+            delta &= ~_SETTLED
+            p.entries.append([s, packed, s + delta if delta else None, settled])
             pos += size
         return p
 
@@ -365,16 +428,18 @@ class PendingLabels:
 # --- the model ------------------------------------------------------------------------------------------------------
 
 
-def prepare(x: Mapping[str, float | None]) -> dict[str, float]:
-    """The model's view of a feature dict: known features only, heavy tails compressed, missing values dropped.
+def prepare(x: Mapping[str, float | None], features: Sequence[str] = FEATURES) -> dict[str, float]:
+    """The model's view of a feature dict: its ``features`` only, heavy tails compressed, missing values dropped.
 
     >>> prepare({"recency_days": math.e - 1, "profitability": -(math.e - 1), "p_alive": 0.5, "other": 1.0})
     {'recency_days': 1.0, 'p_alive': 0.5, 'profitability': -1.0}
     >>> prepare({"recency_days": None, "frequency": float("nan")})
     {}
+    >>> prepare({"recency_days": 0.0, "frequency": 1.0}, features=("frequency",))
+    {'frequency': 0.6931471805599453}
     """
     out = {}
-    for name in FEATURES:
+    for name in features:
         v = x.get(name)
         if v is None or v != v:
             continue
@@ -383,6 +448,33 @@ def prepare(x: Mapping[str, float | None]) -> dict[str, float]:
             v = math.copysign(math.log1p(abs(v)), v)
         out[name] = v
     return out
+
+
+class NoisyLog(optim.losses.Log):
+    """Log loss of a label that is 1 for a leaver and, with a known probability ρ, for a stayer too.
+
+    ``P(label 1) = q + (1 − q) ρ`` with ``q = sigmoid(z)`` the probability that the customer is gone. A label 0 is
+    passed as 0 (the usual log loss of ``1 − q``); a label 1 as ``1 + ρ``. ``ρ = 0`` is the usual log loss; ``ρ = 1``
+    (a stayer would be labelled 1 anyway) teaches nothing. The gradient is with respect to ``z``, as river's losses.
+
+    >>> loss = NoisyLog()
+    >>> round(loss.gradient(1.0, 0.0), 4), round(loss.gradient(1.5, 0.0), 4), loss.gradient(0, 0.0)
+    (-0.5, -0.1667, 0.5)
+    """
+
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        q = sigmoid(y_pred)
+        if y_true < 1:
+            return -math.log(max(1e-15, 1.0 - q))
+        rho = min(1.0, float(y_true) - 1.0)
+        return -math.log(max(1e-15, q + (1.0 - q) * rho))
+
+    def gradient(self, y_true: Any, y_pred: Any) -> Any:
+        q = sigmoid(y_pred)
+        if y_true < 1:
+            return q
+        rho = min(1.0, float(y_true) - 1.0)
+        return -q * (1.0 - q) * (1.0 - rho) / max(1e-15, q + (1.0 - q) * rho)
 
 
 _MODEL_MAGIC = b"CVMCHURN"
@@ -410,6 +502,15 @@ class ChurnModel:
         Trees of the ``arf`` forest.
     seed
         Seed of the tree models.
+    features
+        The model's inputs, a subset of :data:`FEATURES` (None: :data:`MODEL_FEATURES`). Snapshots hold every
+        feature; the model reads these.
+    noise_days
+        The label rule's silence (after its offset), for a logistic regression that knows its labels are noisy: a
+        customer who stays but buys less often than that is labelled 1 too, with probability
+        ``ρ`` (:meth:`noise`, from the customer's own purchase record). The model then
+        learns the probability ``q`` that the customer is gone, from ``P(label 1) = q + (1 − q) ρ`` (:class:`NoisyLog`).
+        0 turns it off (plain log loss: the model learns the label's probability).
 
     Attributes
     ----------
@@ -442,9 +543,19 @@ class ChurnModel:
         clip: float = 5.0,
         n_models: int = 10,
         seed: int = 42,
+        features: Sequence[str] | None = None,
+        noise_days: float = 0.0,
     ) -> None:
         if kind not in MODELS:
             raise ValueError(f"unknown churn model {kind!r}: use one of {', '.join(MODELS)}")
+        chosen = tuple(MODEL_FEATURES if features is None else features)
+        unknown = [name for name in chosen if name not in FEATURES]
+        if unknown:
+            raise ValueError(f"churn model features not in FEATURES: {', '.join(unknown)}")
+        if not noise_days >= 0:
+            raise ValueError(f"noise_days must be >= 0, got {noise_days}")
+        self.features = tuple(name for name in FEATURES if name in chosen)  # FEATURES order
+        self.noise_days = float(noise_days)
         self.kind = kind
         self.lr = lr
         self.l2 = l2
@@ -458,7 +569,10 @@ class ChurnModel:
         self._scaler = preprocessing.StandardScaler()
         self._clf: Any
         if kind == "logreg":
-            self._clf = linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=l2, intercept_lr=lr)
+            loss = NoisyLog() if self.noise_days else optim.losses.Log()
+            self._clf = linear_model.LogisticRegression(
+                optimizer=optim.AdaGrad(lr), loss=loss, l2=l2, intercept_lr=lr
+            )
         elif kind == "hat":
             self._clf = tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=seed)
         else:
@@ -475,12 +589,44 @@ class ChurnModel:
     def _inputs(self, z: dict[str, float]) -> dict[str, float]:
         return self._scaled(z) if self.kind == "logreg" else z
 
+    def noise(self, x: Mapping[str, float | None]) -> float:
+        """ρ: the chance that this customer, staying, makes no purchase for ``noise_days`` and is labelled 1 anyway
+        (0 when ``noise_days`` is off).
+
+        The customer's purchases are Poisson at a rate unknown but for its ``frequency`` occasions in
+        ``tenure_days``; with a Gamma(:data:`NOISE_PRIOR_SHAPE`, :data:`NOISE_PRIOR_DAYS`) prior on the rate, the
+        chance of no purchase in H days is the negative binomial's ``((b + E) / (b + E + H)) ** (a + n)``: a customer
+        seen buying rarely, or seen for a short time only, may well stay silent for H days.
+
+        >>> m = ChurnModel(noise_days=60)
+        >>> round(m.noise({"frequency": 0, "tenure_days": 0}), 3), round(m.noise({"frequency": 12, "tenure_days": 365}), 3)
+        (0.333, 0.159)
+        """
+        if not self.noise_days:
+            return 0.0
+        n = x.get("frequency") or 0.0
+        exposure = x.get("tenure_days") or 0.0
+        if not (n == n and exposure == exposure):
+            return 0.0
+        b = NOISE_PRIOR_DAYS + max(0.0, float(exposure))
+        return float((b / (b + self.noise_days)) ** (NOISE_PRIOR_SHAPE + max(0.0, float(n))))
+
     def learn_one(self, x: Mapping[str, float | None], y: int | bool) -> None:
         """Learn one matured pair: features ``x`` (as snapshotted) and label ``y`` (1: churned)."""
-        z = prepare(x)
+        z = prepare(x, self.features)
         self._scaler.learn_one(z)
-        self._clf.learn_one(self._inputs(z), bool(y))
+        target: float | bool = bool(y)
+        if self.kind == "logreg" and self.noise_days and y:
+            target = 1.0 + self.noise(x)  # NoisyLog's encoding of a 1 and its ρ
+        self._clf.learn_one(self._inputs(z), target)
         self.n_learned += 1
+
+    def label_probability(self, x: Mapping[str, float | None]) -> float:
+        """The probability that the label rule labels this customer 1: ``q + (1 − q) ρ``, what matured labels test
+        (progressive validation); :meth:`churn_probability` without label noise."""
+        q = self.churn_probability(x)
+        rho = self.noise(x) if self.kind == "logreg" else 0.0
+        return q + (1.0 - q) * rho
 
     def predict_proba_one(self, x: Mapping[str, float | None]) -> dict[bool, float]:
         """``{False: p(stays), True: p(churns)}``, river's form; changes nothing."""
@@ -489,7 +635,7 @@ class ChurnModel:
 
     def churn_probability(self, x: Mapping[str, float | None]) -> float:
         """The probability that the customer churns under the label rule; changes nothing."""
-        return self._p(self._inputs(prepare(x)))
+        return self._p(self._inputs(prepare(x, self.features)))
 
     def _p(self, inputs: dict[str, float]) -> float:
         return float(self._clf.predict_proba_one(inputs).get(True, 0.0))
@@ -500,7 +646,7 @@ class ChurnModel:
         Logistic regression: weight × scaled value (exact). Trees: the change of the log-odds when the feature is
         set to its mean (one extra prediction per feature). Positive: raises the churn risk.
         """
-        return self._explain(prepare(x))[1]
+        return self._explain(prepare(x, self.features))[1]
 
     def _explain(self, z: dict[str, float]) -> tuple[float, dict[str, float]]:
         if self.kind == "logreg":
@@ -525,7 +671,7 @@ class ChurnModel:
         >>> ChurnModel().predict_with_reasons({"recency_days": 10.0})
         (0.5, [])
         """
-        p, contributions = self._explain(prepare(x))
+        p, contributions = self._explain(prepare(x, self.features))
         return p, _top(contributions, k)
 
     def predict_many_with_reasons(
@@ -554,7 +700,7 @@ class ChurnModel:
         if (
             self.kind != "logreg"
             or not isinstance(self._clf, linear_model.LogisticRegression)
-            or not isinstance(self._clf.loss, optim.losses.Log)
+            or type(self._clf.loss) not in (optim.losses.Log, NoisyLog)
             or getattr(scaler, "window_size", None) is not None
             or not scaler.with_std
         ):
@@ -610,6 +756,8 @@ class ChurnModel:
             "clip": self.clip,
             "n_models": self.n_models,
             "seed": self.seed,
+            "features": self.features,
+            "noise_days": self.noise_days,
         }
 
     def clone(self) -> ChurnModel:
@@ -641,6 +789,8 @@ class ChurnModel:
             raise ValueError(f"unknown churn model format {data[head]}")
         state = pickle.loads(data[head + 1 :])
         m = cls(**state["params"])
+        if "features" in state["params"]:  # the very objects the scaler's keys share: bytes round-trip exactly
+            m.features = state["params"]["features"]
         m.version = state["version"]
         m.n_learned = state["n_learned"]
         m._scaler = state["scaler"]

@@ -96,8 +96,26 @@ DECAYED = (
     "contacts_90d",
     "complaints_30d",
     "failed_payments_90d",
+    # The customer's own long-run baselines and the signals of leaving (docs/churn.md): appended, so the
+    # positions above keep their meaning.
+    "purchases_365d",
+    "spend_365d",
+    "contacts_365d",
+    "complaints_365d",
+    "unresolved_30d",
+    "unresolved_365d",
+    "refunds_90d",
+    "late_payments_90d",
 )
 TAU_MS = tuple(int(name.rsplit("_", 1)[1][:-1]) * DAY_MS for name in DECAYED)
+_SPEND = tuple(i for i, name in enumerate(DECAYED) if name.startswith("spend_"))
+_PURCHASES = tuple(i for i, name in enumerate(DECAYED) if name.startswith("purchases_"))
+_CONTACTS = tuple(i for i, name in enumerate(DECAYED) if name.startswith("contacts_"))
+_COMPLAINTS = tuple(i for i, name in enumerate(DECAYED) if name.startswith("complaints_"))
+_UNRESOLVED = tuple(i for i, name in enumerate(DECAYED) if name.startswith("unresolved_"))
+_REFUNDS = tuple(i for i, name in enumerate(DECAYED) if name.startswith("refunds_"))
+_FAILED = (DECAYED.index("failed_payments_90d"),)
+_LATE = (DECAYED.index("late_payments_90d"),)
 
 _HEAD_LAYOUT = (
     "<I"  # version
@@ -107,7 +125,7 @@ _HEAD_LAYOUT = (
     "20I"  # counts (see _COUNTS)
     "iiiQQI"  # first/last/prior occasion, occasion bits, squared gaps, active months
     "qqiQ"  # last purchase time, last cancellation time, last contact day, contact bits
-    "11d"  # decayed counters
+    f"{len(DECAYED)}d"  # decayed counters
     "B"  # recent ids
 )
 _HEAD = struct.Struct(_HEAD_LAYOUT)
@@ -339,10 +357,10 @@ class CustomerState:
             v = decayed[i]
             decayed[i] = v * exp(-dt / tau) if v else 0.0
 
-    def _add_decayed(self, first: int, count: int, value: float, t: int) -> None:
-        # Counters first..first+count-1 receive `value` at time t, seen from the state's time last_time.
+    def _add_decayed(self, counters: tuple[int, ...], value: float, t: int) -> None:
+        # The counters at these positions receive `value` at time t, seen from the state's time last_time.
         dt = self.last_time - t
-        for i in range(first, first + count):
+        for i in counters:
             self.decayed[i] += value * math.exp(-dt / TAU_MS[i]) if dt else value
 
     def _transaction(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
@@ -356,14 +374,15 @@ class CustomerState:
             self.n_refunds += 1
         if cents <= 0:  # refunds and zero amounts are no purchase: no occasion, no basket, no recency
             if cents:
-                self._add_decayed(0, 3, amount, t)
+                self._add_decayed(_SPEND, amount, t)
+                self._add_decayed(_REFUNDS, 1.0, t)
             return
         self.n_purchases += 1
         self.purchase_cents += cents
         if t > self.last_purchase_time:
             self.last_purchase_time = t
-        self._add_decayed(0, 3, amount, t)
-        self._add_decayed(3, 3, 1.0, t)
+        self._add_decayed(_SPEND, amount, t)
+        self._add_decayed(_PURCHASES, 1.0, t)
         self._add_occasion(t // rules.period_ms, cents, rules.period_days)
 
     def _add_occasion(self, p: int, cents: int, period_days: int) -> None:
@@ -426,16 +445,17 @@ class CustomerState:
             setattr(self, name, getattr(self, name) + 1)
         reason = r.get("reason")
         complaint = reason == "complaint"
-        self._add_decayed(6, 3, 1.0, t)
+        self._add_decayed(_CONTACTS, 1.0, t)
         if complaint:
             self.n_complaints += 1
-            self._add_decayed(9, 1, 1.0, t)
+            self._add_decayed(_COMPLAINTS, 1.0, t)
         elif reason == "cancellation_request":
             self.n_cancellations += 1
             if t > self.last_cancellation_time:
                 self.last_cancellation_time = t
         if not r.get("resolved", True):
             self.n_unresolved += 1
+            self._add_decayed(_UNRESOLVED, 1.0, t)
         self._add_contact_day(t // DAY_MS)
 
     def _add_contact_day(self, d: int) -> None:
@@ -470,14 +490,17 @@ class CustomerState:
         paid, due = r.get("paid_date"), r.get("due_date")
         if status == "failed":
             self.n_failed += 1
-            self._add_decayed(10, 1, 1.0, t)
+            self._add_decayed(_FAILED, 1.0, t)
+            self._add_decayed(_LATE, 1.0, t)
         elif status == "chargeback":
             self.n_chargebacks += 1
         elif paid is not None and due is not None and paid > due:
             self.n_late += 1
             self.past_due_hours += -(-(int(paid) - int(due)) // HOUR_MS)  # started hours count
+            self._add_decayed(_LATE, 1.0, t)
         elif status == "late":
             self.n_late += 1
+            self._add_decayed(_LATE, 1.0, t)
         else:
             self.n_on_time += 1
 
