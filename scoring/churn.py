@@ -43,11 +43,13 @@ from river.utils.math import sigmoid
 __all__ = [
     "DAY_MS",
     "FEATURES",
+    "LEGACY_FEATURES",
     "MODELS",
     "MODEL_FEATURES",
     "ChurnModel",
     "NoisyLog",
     "LabelRule",
+    "MAX_HEADS",
     "Matured",
     "PendingLabels",
     "Snapshot",
@@ -58,9 +60,38 @@ __all__ = [
 
 DAY_MS = 86_400_000
 
-#: The churn model's inputs, in their packed order. Append only: a snapshot records how many of these it holds,
-#: so snapshots packed before a feature was added still unpack (the new feature is missing from them).
+#: What a churn snapshot holds, in its packed order: the model's inputs (:data:`MODEL_FEATURES`) and what its label
+#: noise is computed from (``frequency``, ``tenure_days``). Append only: a snapshot records how many of these it
+#: holds, so snapshots packed before a feature was added still unpack (the new feature is missing from them).
+#: Every one is a signal of leaving measured against the customer's own rhythm or baseline (scoring.features.leaving,
+#: docs/features.md), except ``tenure_days`` (new customers leave more often) and ``frequency`` (label noise only).
 FEATURES: tuple[str, ...] = (
+    "silence_gaps",
+    "silence_rate",
+    "purchases_vs_usual",
+    "spend_vs_usual",
+    "spend_trend",
+    "contacts_vs_usual",
+    "contacts_30d",
+    "complaints_vs_usual",
+    "complaints_30d",
+    "unresolved_vs_usual",
+    "unresolved_30d",
+    "repeat_contact_share",
+    "recent_cancellation",
+    "days_since_contact",
+    "late_payments_90d",
+    "tenure_days",
+    "frequency",
+)
+
+#: The default model's inputs (:class:`ChurnModel` ``features``): a customer's size (frequency, spend, value) and
+#: age tell how often it buys, not whether it is leaving, and are left out (docs/churn.md); tenure stays because a new
+#: customer is likelier to leave, but is never given as a reason (scoring.reasons).
+MODEL_FEATURES: tuple[str, ...] = tuple(name for name in FEATURES if name != "frequency")
+
+#: The snapshot layout of cvm ≤ 0.1 (pending-labels format 1): such snapshots are repacked on reading.
+LEGACY_FEATURES: tuple[str, ...] = (
     "recency_days",
     "frequency",
     "monetary",
@@ -82,21 +113,6 @@ FEATURES: tuple[str, ...] = (
     "p_alive",
     "profitability",
     "loyalty_score",
-    # Signals of leaving (docs/churn.md, scoring.features.leaving): each against the customer's own rhythm.
-    "typical_gap_days",
-    "silence_gaps",
-    "silence_rate",
-    "purchases_vs_usual",
-    "spend_vs_usual",
-    "contacts_vs_usual",
-    "complaints_vs_usual",
-    "unresolved_vs_usual",
-    "recent_cancellation",
-    "days_since_contact",
-    "contacts_7d",
-    "unresolved_30d",
-    "refunds_90d",
-    "late_payments_90d",
 )
 
 #: The prior of a customer's purchase rate in :meth:`ChurnModel.noise`: Gamma with this shape and this many days
@@ -104,10 +120,7 @@ FEATURES: tuple[str, ...] = (
 NOISE_PRIOR_SHAPE = 1.0
 NOISE_PRIOR_DAYS = 30.0
 
-#: The default model's inputs (:class:`ChurnModel` ``features``).
-MODEL_FEATURES: tuple[str, ...] = FEATURES
-
-#: Heavy-tailed features (counts, money, days): the model sees ``sign(v) * log1p(|v|)`` of them.
+#: Heavy-tailed features (counts, money, days; any model input): the model sees ``sign(v) * log1p(|v|)`` of them.
 _LOG_FEATURES = frozenset(
     {
         "recency_days",
@@ -133,6 +146,7 @@ _LOG_FEATURES = frozenset(
         "unresolved_30d",
         "refunds_90d",
         "late_payments_90d",
+        "clv",
     }
 )
 
@@ -255,33 +269,34 @@ class Snapshot(NamedTuple):
 
 
 _SNAP_HEAD = struct.Struct("<Bq")  # number of FEATURES packed, time
-_FLOATS = {n: struct.Struct(f"<{n}f") for n in range(len(FEATURES) + 1)}
+_FLOATS = struct.Struct(f"<{len(FEATURES)}f")
 
 
 def pack_snapshot(time_ms: int, features: Mapping[str, float]) -> bytes:
-    """A snapshot as bytes: its time and the :data:`FEATURES` as float32, in order (93 bytes for 21 features).
+    """A snapshot as bytes: its time and the :data:`FEATURES` as float32, in order (77 bytes for 17 features).
 
     A feature missing from ``features`` (or None) is packed as NaN and comes back missing; names outside
     :data:`FEATURES` are not kept.
 
-    >>> data = pack_snapshot(1_700_000_000_000, {"recency_days": 2.5, "frequency": 3.0})
+    >>> data = pack_snapshot(1_700_000_000_000, {"silence_gaps": 2.5, "frequency": 3.0, "clv": 900.0})
     >>> len(data)
-    93
+    77
     >>> unpack_snapshot(data)
-    Snapshot(time_ms=1700000000000, features={'recency_days': 2.5, 'frequency': 3.0})
+    Snapshot(time_ms=1700000000000, features={'silence_gaps': 2.5, 'frequency': 3.0})
     """
     values = []
     for name in FEATURES:
         v = features.get(name)
         values.append(math.nan if v is None else float(v))
-    return _SNAP_HEAD.pack(len(FEATURES), time_ms) + _FLOATS[len(FEATURES)].pack(*values)
+    return _SNAP_HEAD.pack(len(FEATURES), time_ms) + _FLOATS.pack(*values)
 
 
-def unpack_snapshot(data: bytes, offset: int = 0) -> Snapshot:
-    """The :class:`Snapshot` that :func:`pack_snapshot` packed (starting at ``offset`` of ``data``)."""
+def unpack_snapshot(data: bytes, offset: int = 0, names: Sequence[str] = FEATURES) -> Snapshot:
+    """The :class:`Snapshot` that :func:`pack_snapshot` packed (starting at ``offset`` of ``data``); ``names``: the
+    layout it was packed with (:data:`LEGACY_FEATURES` for pending-labels format 1)."""
     n, time_ms = _SNAP_HEAD.unpack_from(data, offset)
-    values = _FLOATS[n].unpack_from(data, offset + _SNAP_HEAD.size)
-    return Snapshot(time_ms, {name: v for name, v in zip(FEATURES, values, strict=False) if v == v})
+    values = struct.unpack_from(f"<{n}f", data, offset + _SNAP_HEAD.size)
+    return Snapshot(time_ms, {name: v for name, v in zip(names, values, strict=False) if v == v})
 
 
 def _snapshot_size(data: bytes, offset: int) -> int:
@@ -292,28 +307,47 @@ def _snapshot_size(data: bytes, offset: int) -> int:
 
 
 class Matured(NamedTuple):
-    """A snapshot whose label is known: learn ``(features, label)`` once. ``label_ms`` is when it became known."""
+    """A snapshot whose label is known: learn ``(features, label)`` once. ``label_ms`` is when it became known;
+    ``head`` is the index of the label rule that labelled it (:class:`PendingLabels` takes several)."""
 
     snapshot_ms: int
     label_ms: int
     label: int
     features: dict[str, float]
+    head: int = 0
 
 
 _PENDING_HEAD = struct.Struct("<BqB")  # format, time of the last snapshot taken, number pending
-_CANCEL = struct.Struct("<Q")  # ms from the snapshot to the first cancellation request after it (> 0); 0: none
-_SETTLED = 1 << 63  # in the _CANCEL field: a purchase settled the snapshot as 0, held until its deadline
-_PENDING_FORMAT = 1
+#: Per pending snapshot: the first cancellation request after it, as ms after the snapshot (> 0; 0: none), in the
+#: low 56 bits; the status of each label rule (head) in two bits each from bit 56: pending, settled 0 (held until its
+#: deadline), released.
+_CANCEL = struct.Struct("<Q")
+_DELTA_MASK = (1 << 56) - 1
+_PENDING, _HELD, _RELEASED = 0, 1, 2
+MAX_HEADS = 4
+_PENDING_FORMAT = 2  # 1: cvm <= 0.1, snapshots of LEGACY_FEATURES, no head status (repacked on reading)
 _NEVER = -(1 << 62)  # the time of the last snapshot before the first one
+
+Rules = LabelRule | Sequence[LabelRule]
+
+
+def _rules(rules: Rules) -> Sequence[LabelRule]:
+    if isinstance(rules, LabelRule):
+        return (rules,)
+    if not 1 <= len(rules) <= MAX_HEADS:
+        raise ValueError(f"between 1 and {MAX_HEADS} label rules, got {len(rules)}")
+    return rules
 
 
 class PendingLabels:
-    """One customer's snapshots waiting for their label, bounded; kept in the customer's state as bytes.
+    """One customer's snapshots waiting for their labels, bounded; kept in the customer's state as bytes.
 
     Pure and deterministic: the worker calls :meth:`offer` when it scores the customer, :meth:`purchase` and
     :meth:`cancellation` on those events, :meth:`advance` when stream time moves (per-customer timer at
-    :meth:`next_deadline`), and sends every :class:`Matured` it gets back to the trainer. A pair's identity is
-    ``(customer_id, snapshot_ms)``: the trainer can drop a pair it has seen (redelivery after a crash).
+    :meth:`next_deadline`), and sends every :class:`Matured` it gets back to the trainer. Several label rules
+    (heads, e.g. "gone within 30 days" and "gone within 60 days") can label the same snapshots: pass the same
+    sequence of rules to every call; a snapshot leaves once every rule released its label. A pair's identity is
+    ``(customer_id, snapshot_ms, head)``: the trainer can drop a pair it has seen (redelivery after a crash).
 
     >>> rule = LabelRule.from_days(90, 30)
     >>> p = PendingLabels()
@@ -328,13 +362,27 @@ class PendingLabels:
     ([], [1])
     >>> len(p), len(PendingLabels().to_bytes())
     (0, 10)
+
+    Two heads: a purchase on day 40 settles "gone within 30 days" (0, held until its deadline), while "gone within
+    60 days" waits for a purchase after day 60.
+
+    >>> heads = (LabelRule.from_days(45, 30, 30, hold=True), LabelRule.from_days(45, 30, 60, hold=True))
+    >>> p = PendingLabels()
+    >>> p.offer(0, {"recency_days": 1.0}, every_ms=30 * DAY_MS, max_pending=2)
+    True
+    >>> p.purchase(40 * DAY_MS, heads), p.next_deadline(heads) // DAY_MS
+    ([], 75)
+    >>> [(m.head, m.label, m.label_ms // DAY_MS) for m in p.advance(76 * DAY_MS, heads)], len(p)
+    ([(0, 0, 75)], 1)
+    >>> [(m.head, m.label, m.label_ms // DAY_MS) for m in p.advance(106 * DAY_MS, heads)], len(p)
+    ([(1, 1, 105)], 0)
     """
 
     __slots__ = ("last_snapshot_ms", "entries")
 
     def __init__(self) -> None:
         self.last_snapshot_ms = _NEVER
-        # [snapshot_ms, packed snapshot, first cancellation request after it (ms) or None, settled 0 (held)],
+        # [snapshot_ms, packed snapshot, first cancellation request after it (ms) or None, status per head (list)],
         # oldest first
         self.entries: list[list[Any]] = []
 
@@ -347,7 +395,7 @@ class PendingLabels:
             return False
         if len(self.entries) >= max_pending or any(e[0] >= now_ms for e in self.entries):
             return False
-        self.entries.append([now_ms, pack_snapshot(now_ms, features), None, False])
+        self.entries.append([now_ms, pack_snapshot(now_ms, features), None, [_PENDING] * MAX_HEADS])
         self.last_snapshot_ms = now_ms
         return True
 
@@ -357,62 +405,84 @@ class PendingLabels:
             if e[0] < t_ms and (e[2] is None or t_ms < e[2]):
                 e[2] = t_ms
 
-    def purchase(self, t_ms: int, rule: LabelRule) -> list[Matured]:
-        """A purchase at ``t_ms``: the snapshots it settles as 0, removed from the pending ones (under a rule that
-        holds its 0s, they stay, settled, until their deadline)."""
+    def purchase(self, t_ms: int, rules: Rules) -> list[Matured]:
+        """A purchase at ``t_ms``: the labels it settles as 0 (a rule that holds its 0s keeps them, settled, until
+        their deadline); snapshots with every label released leave."""
         if not self.entries:
             return []
-        done = [e for e in self.entries if not e[3] and rule.on_purchase(e[0], t_ms, e[2]) == 0]
-        if not done:
-            return []
-        if rule.hold:
-            for e in done:
-                e[3] = True
-            return []
-        self.entries = [e for e in self.entries if e not in done]
-        return [Matured(e[0], t_ms, 0, unpack_snapshot(e[1]).features) for e in done]
+        out: list[Matured] = []
+        for e in self.entries:
+            for i, rule in enumerate(_rules(rules)):
+                if e[3][i] == _PENDING and rule.on_purchase(e[0], t_ms, e[2]) == 0:
+                    if rule.hold:
+                        e[3][i] = _HELD
+                    else:
+                        e[3][i] = _RELEASED
+                        out.append(Matured(e[0], t_ms, 0, unpack_snapshot(e[1]).features, i))
+        if out:
+            self._drop_released(len(_rules(rules)))
+        return out
 
-    def advance(self, now_ms: int, rule: LabelRule) -> list[Matured]:
-        """Stream time is ``now_ms``: the snapshots whose deadline it passed, removed; labelled 1, or 0 when a
-        purchase settled them (held)."""
+    def advance(self, now_ms: int, rules: Rules) -> list[Matured]:
+        """Stream time is ``now_ms``: the labels whose deadline it passed, released: 1, or 0 when a purchase
+        settled them (held); snapshots with every label released leave."""
         if not self.entries:
             return []
-        done = [e for e in self.entries if rule.on_time(e[0], now_ms, e[2]) == 1]
-        if not done:
-            return []
-        self.entries = [e for e in self.entries if e not in done]
-        return [
-            Matured(e[0], rule.deadline(e[0], e[2]), 0 if e[3] else 1, unpack_snapshot(e[1]).features) for e in done
-        ]
+        out: list[Matured] = []
+        for e in self.entries:
+            for i, rule in enumerate(_rules(rules)):
+                if e[3][i] != _RELEASED and rule.on_time(e[0], now_ms, e[2]) == 1:
+                    label = 0 if e[3][i] == _HELD else 1
+                    e[3][i] = _RELEASED
+                    out.append(Matured(e[0], rule.deadline(e[0], e[2]), label, unpack_snapshot(e[1]).features, i))
+        if out:
+            self._drop_released(len(_rules(rules)))
+        return out
 
-    def next_deadline(self, rule: LabelRule) -> int | None:
-        """The earliest deadline among the pending snapshots: when to call :meth:`advance` next."""
-        return min((rule.deadline(e[0], e[2]) for e in self.entries), default=None)
+    def _drop_released(self, heads: int) -> None:
+        self.entries = [e for e in self.entries if any(status != _RELEASED for status in e[3][:heads])]
+
+    def next_deadline(self, rules: Rules) -> int | None:
+        """The earliest deadline among the labels still to release: when to call :meth:`advance` next."""
+        return min(
+            (
+                rule.deadline(e[0], e[2])
+                for e in self.entries
+                for i, rule in enumerate(_rules(rules))
+                if e[3][i] != _RELEASED
+            ),
+            default=None,
+        )
 
     def to_bytes(self) -> bytes:
         out = [_PENDING_HEAD.pack(_PENDING_FORMAT, self.last_snapshot_ms, len(self.entries))]
-        for s, packed, cancel, settled in self.entries:
-            out.append(_CANCEL.pack((0 if cancel is None else cancel - s) | (_SETTLED if settled else 0)))
+        for s, packed, cancel, status in self.entries:
+            word = 0 if cancel is None else cancel - s
+            for i, st in enumerate(status):
+                word |= st << (56 + 2 * i)
+            out.append(_CANCEL.pack(word))
             out.append(packed)
         return b"".join(out)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PendingLabels:
         fmt, last, n = _PENDING_HEAD.unpack_from(data, 0)
-        if fmt != _PENDING_FORMAT:
+        if fmt not in (1, _PENDING_FORMAT):
             raise ValueError(f"unknown pending-labels format {fmt}")
         p = cls()
         p.last_snapshot_ms = last
         pos = _PENDING_HEAD.size
         for _ in range(n):
-            (delta,) = _CANCEL.unpack_from(data, pos)
+            (word,) = _CANCEL.unpack_from(data, pos)
             pos += _CANCEL.size
             size = _snapshot_size(data, pos)
             packed = bytes(data[pos : pos + size])
             s = _SNAP_HEAD.unpack_from(packed, 0)[1]
-            settled = bool(delta & _SETTLED)
-            delta &= ~_SETTLED
-            p.entries.append([s, packed, s + delta if delta else None, settled])
+            if fmt == 1:  # the features of those days that still are features; the others are gone
+                packed = pack_snapshot(s, unpack_snapshot(packed, names=LEGACY_FEATURES).features)
+            delta = word & _DELTA_MASK
+            status = [(word >> (56 + 2 * i)) & 3 for i in range(MAX_HEADS)]
+            p.entries.append([s, packed, s + delta if delta else None, status])
             pos += size
         return p
 
@@ -503,8 +573,8 @@ class ChurnModel:
     seed
         Seed of the tree models.
     features
-        The model's inputs, a subset of :data:`FEATURES` (None: :data:`MODEL_FEATURES`). Snapshots hold every
-        feature; the model reads these.
+        The model's inputs (None: :data:`MODEL_FEATURES`). Snapshots hold :data:`FEATURES`; the worker's rows too
+        (:meth:`predict_many_with_reasons`), so a model reading other names is for studies only.
     noise_days
         The label rule's silence (after its offset), for a logistic regression that knows its labels are noisy: a
         customer who stays but buys less often than that is labelled 1 too, with probability
@@ -548,13 +618,13 @@ class ChurnModel:
     ) -> None:
         if kind not in MODELS:
             raise ValueError(f"unknown churn model {kind!r}: use one of {', '.join(MODELS)}")
-        chosen = tuple(MODEL_FEATURES if features is None else features)
-        unknown = [name for name in chosen if name not in FEATURES]
-        if unknown:
-            raise ValueError(f"churn model features not in FEATURES: {', '.join(unknown)}")
+        chosen = tuple(dict.fromkeys(MODEL_FEATURES if features is None else features))
+        if not chosen:
+            raise ValueError("a churn model needs at least one feature")
         if not noise_days >= 0:
             raise ValueError(f"noise_days must be >= 0, got {noise_days}")
-        self.features = tuple(name for name in FEATURES if name in chosen)  # FEATURES order
+        # FEATURES order first (the order rows come in), then any other names a study may give
+        self.features = (*(n for n in FEATURES if n in chosen), *(n for n in chosen if n not in FEATURES))
         self.noise_days = float(noise_days)
         self.kind = kind
         self.lr = lr

@@ -32,7 +32,7 @@ from cvm.config import Config
 from cvm.events import from_json
 from scoring import clv as clvmod
 from scoring import features
-from scoring.churn import FEATURES
+from scoring.churn import FEATURES, LEGACY_FEATURES
 from scoring.population import Population
 from scoring.state import DAY_MS, CustomerState, FoldRules
 
@@ -44,6 +44,7 @@ COLUMNS: tuple[str, ...] = tuple(
     dict.fromkeys(
         [
             *FEATURES,
+            *LEGACY_FEATURES,
             "purchases_7d",
             "contacts_7d",
             "contacts_90d",
