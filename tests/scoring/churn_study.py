@@ -23,7 +23,7 @@ import heapq
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,11 @@ import numpy as np
 from cvm.config import Config
 from cvm.simulate import main as simulate_main
 from scoring import outcomes
+from scoring.alerts import AlertRules, AlertState
 from scoring.churn import FEATURES, ChurnModel, LabelRule, Matured, PendingLabels
 from scoring.metrics import read_truth
 from scoring.state import DAY_MS
+from tests.scoring.study_replay import COLUMN_INDEX
 from tests.scoring.study_replay import COLUMNS, LATENESS_MS, WEEK_MS, Replay, cached
 
 DATA = Path("/work/wt/churn-data")
@@ -250,6 +252,75 @@ def tick_percentiles(rep: Replay, values: np.ndarray) -> np.ndarray:
         upto = np.searchsorted(known, v, side="right")
         out[lo:hi] = np.where(np.isfinite(v), (below + upto) / 2 / known.size, np.nan)
     return out
+
+
+class RowScores(Mapping[str, Any]):
+    """One scoring's scores as the worker hands them to the alert rules, read lazily from the replay's row."""
+
+    __slots__ = ("rep", "i", "extra")
+
+    def __init__(self, rep: Replay, i: int, extra: dict[str, Any]) -> None:
+        self.rep, self.i, self.extra = rep, i, extra
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.extra:
+            return self.extra[key]
+        j = COLUMN_INDEX.get(key)
+        if j is None:
+            raise KeyError(key)
+        v = float(self.rep.x[self.i, j])
+        if v != v:
+            raise KeyError(key)
+        return v
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self.extra, *COLUMNS])
+
+    def __len__(self) -> int:
+        return len(self.extra) + len(COLUMNS)
+
+
+def last_before(times: list[np.ndarray], cust: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Per row, the customer's latest time in ``times[c]`` at or before the row's time (0: none)."""
+    out = np.zeros(len(cust), np.int64)
+    for i, (c, t) in enumerate(zip(cust.tolist(), at.tolist(), strict=True)):
+        ts = times[c]
+        k = int(np.searchsorted(ts, t, side="right"))
+        if k:
+            out[i] = int(ts[k - 1])
+    return out
+
+
+def run_alerts(s: Seed, p: np.ndarray, rules: AlertRules) -> list[dict[str, Any]]:
+    """The alerts :class:`scoring.alerts.AlertRules` raises over the replay's scorings, in stream order, with the
+    churn probabilities ``p`` (one per scoring); each alert's customer as its index."""
+    rep = s.rep
+    cancel = last_before(rep.cancellations, rep.cust, rep.time)
+    states: dict[int, AlertState] = {}
+    out: list[dict[str, Any]] = []
+    tiers = TIERS[rep.tier]
+    for i in range(len(rep.time)):
+        c = int(rep.cust[i])
+        extra: dict[str, Any] = {"value_tier": tiers[i], "clv_percentile": float(rep.value_pct[i])}
+        if p[i] == p[i]:
+            extra["churn_probability"] = float(p[i])
+        if cancel[i]:
+            extra["last_cancellation_time"] = int(cancel[i])
+        state = states.setdefault(c, AlertState())
+        for alert in rules.evaluate(rep.customers[c], RowScores(rep, i, extra), state, None, int(rep.time[i])):
+            alert["c"] = c
+            out.append(alert)
+    return out
+
+
+def rule_figures(s: Seed, alerts: list[dict[str, Any]], rule: str | None = None) -> dict[str, float]:
+    """:func:`alert_figures` of the alerts of one rule (None: every rule)."""
+    chosen = [a for a in alerts if rule is None or a["rule"] == rule]
+    c = np.array([a["c"] for a in chosen], np.int64)
+    t = np.array([a["alert_time"] for a in chosen], np.int64)
+    fig = alert_figures(s, c, t)
+    fig["critical_share"] = sum(a["severity"] == "critical" for a in chosen) / max(1, len(chosen))
+    return fig
 
 
 def alert_figures(s: Seed, customers: np.ndarray, times: np.ndarray) -> dict[str, float]:

@@ -52,6 +52,7 @@ COLUMNS: tuple[str, ...] = tuple(
             "refunds_90d",
             "late_payments_90d",
             "purchases_365d",
+            "contacts_365d",
             "n_contacts",
             "n_complaints",
             "n_unresolved",
@@ -72,7 +73,7 @@ COLUMNS: tuple[str, ...] = tuple(
         ]
     )
 )
-_COL = {name: i for i, name in enumerate(COLUMNS)}
+COLUMN_INDEX = _COL = {name: i for i, name in enumerate(COLUMNS)}
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Replay:
     triggered: np.ndarray  # bool: scored because of new events (else: its re-scoring timer)
     x: np.ndarray  # float32 (rows, COLUMNS)
     tier: np.ndarray  # int8: 0 = A, 1 = B, 2 = C
+    value_pct: np.ndarray  # float32: the percentile the tier comes from (CLV, or profitability without one)
     purchases: list[np.ndarray]  # per customer, purchase times (ms), sorted
     cancellations: list[np.ndarray]
     start_ms: int
@@ -103,6 +105,7 @@ class Replay:
             triggered=self.triggered,
             x=self.x,
             tier=self.tier,
+            value_pct=self.value_pct,
             columns=np.array(COLUMNS),
             purchases=np.array(self.purchases, dtype=object),
             cancellations=np.array(self.cancellations, dtype=object),
@@ -122,6 +125,7 @@ class Replay:
             d["triggered"],
             d["x"],
             d["tier"],
+            d["value_pct"],
             list(d["purchases"]),
             list(d["cancellations"]),
             int(start),
@@ -206,13 +210,13 @@ def replay(
     rows_trig: list[bool] = []
     rows_x: list[np.ndarray] = []
     rows_tier: list[int] = []
+    rows_pct: list[float] = []
     last_scored: dict[int, int] = {}
     start = events[0][1]["event_time"]
     end = events[-1][1]["event_time"]
     tick = -(-start // tick_ms) * tick_ms
     i, n_ev = 0, len(events)
     next_week = -(-tick // WEEK_MS) * WEEK_MS
-    tier_code = {"A": 0, "B": 1, "C": 2}
     while i < n_ev:
         changed: set[int] = set()
         while i < n_ev and events[i][1]["event_time"] <= tick:
@@ -243,7 +247,7 @@ def replay(
                     del timer_of[c]
                     due.add(c)
         scored = sorted(changed | due)
-        _score_tick(tick, scored, changed, states, clv, pop, ranked_clv, ranked_profit, rules, rows_x, rows_tier)
+        _score_tick(tick, scored, states, clv, pop, ranked_clv, ranked_profit, rules, rows_x, rows_tier, rows_pct)
         for c in scored:
             rows_c.append(c)
             rows_t.append(tick)
@@ -268,6 +272,7 @@ def replay(
         triggered=np.array(rows_trig, bool),
         x=x,
         tier=np.array(rows_tier, np.int8),
+        value_pct=np.array(rows_pct, np.float32),
         purchases=[np.array(p, np.int64) for p in purchases],
         cancellations=[np.array(c, np.int64) for c in cancels],
         start_ms=start,
@@ -279,7 +284,6 @@ def replay(
 def _score_tick(
     tick: int,
     scored: list[int],
-    changed: set[int],
     states: list[CustomerState],
     clv: _Clv,
     pop: Population,
@@ -288,6 +292,7 @@ def _score_tick(
     rules: FoldRules,
     rows_x: list[np.ndarray],
     rows_tier: list[int],
+    rows_pct: list[float],
 ) -> None:
     if not scored:
         return
@@ -313,7 +318,9 @@ def _score_tick(
     for k, _ in enumerate(scored):
         f = feats[k]
         metric, value = ("clv", f["clv"]) if "clv" in f else ("profitability", f["profitability"])
-        tiers.append({"A": 0, "B": 1, "C": 2}[pop.tier(pop.percentile(metric, value))])
+        pct = pop.percentile(metric, value)
+        tiers.append({"A": 0, "B": 1, "C": 2}[pop.tier(pct)])
+        rows_pct.append(pct)
         row = x[k]
         for j, name in enumerate(COLUMNS):
             v = f.get(name)
