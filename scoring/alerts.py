@@ -4,9 +4,10 @@ Three rules (``docs/alerts.md`` has the full definitions, the settings that tune
 the simulator's truth):
 
 * ``high_value_at_risk`` — a high-value customer (value tier A now or at some scoring in the last
-  ``high_value_days``, 180; or ``profit_percentile`` at or above a setting) whose churn probability — the calibrated
-  chance that it is gone within 30 days (docs/churn.md) — reached θ (default 0.13). Severity by the value at stake:
-  ``critical`` when its CLV percentile was in the top 5% while high value, ``high`` for the rest of tier A;
+  ``high_value_days``, 180; or ``profit_percentile`` at or above a setting) whose early-warning churn probability —
+  the calibrated chance that it is gone within 60 days (``churn_probability_60d``, docs/churn.md) — reached θ
+  (default 0.2). Severity by the value at stake: ``critical`` when its CLV percentile was in the top 5% while of
+  high value, ``high`` for the rest of tier A;
 * ``p_alive_drop`` — P(alive) of a tier A or B customer fell sharply: from at least 0.8 to at most 0.4, either
   between two consecutive scorings or within a window (default 30 days) of the last time it was that high;
 * ``cancellation_request`` — a high-value customer asked to cancel (a contact with that reason in the last 30 days).
@@ -28,14 +29,14 @@ The episodes live in an :class:`AlertState` of 26 bytes the worker keeps inside 
 >>> state = AlertState()
 >>> t0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC, the scoring's event time
 >>> scores = {"value_tier": "A", "clv_percentile": 0.97, "clv": 5400.0, "profitability": 812.5,
-...           "churn_probability": 0.31, "complaints_30d": 2.7, "complaints_vs_usual": 1.2, "unresolved_30d": 1.8,
+...           "churn_probability": 0.18, "churn_probability_60d": 0.31, "complaints_30d": 2.7, "complaints_vs_usual": 1.2, "unresolved_30d": 1.8,
 ...           "recency_days": 74.2, "silence_gaps": 3.1, "typical_gap_days": 24.0, "frequency": 9}
 >>> [alert] = rules.evaluate("c42", scores, state, None, t0)
 >>> alert["rule"], alert["severity"], alert["episode"]
 ('high_value_at_risk', 'critical', 'c42:high_value_at_risk:1772409600000')
 >>> alert["reasons"]
-['31% chance of leaving within 30 days', '3 complaints in 30 days, 2 unresolved', 'no purchase for 74 days, usually every 24']
->>> rules.evaluate("c42", dict(scores, churn_probability=0.5), state, None, t0 + 3_600_000)  # same episode
+['31% chance of leaving within 60 days', '3 complaints in 30 days, 2 unresolved', 'no purchase for 74 days, usually every 24']
+>>> rules.evaluate("c42", dict(scores, churn_probability_60d=0.5), state, None, t0 + 3_600_000)  # same episode
 []
 >>> state.open_rules
 ('high_value_at_risk',)
@@ -72,6 +73,7 @@ RECORDED = (
     "profitability",
     "revenue",
     "churn_probability",
+    "churn_probability_60d",
     "p_alive",
     "recency_days",
     "complaints_30d",
@@ -241,7 +243,9 @@ class AlertRules:
     """
 
     rules: tuple[str, ...] = RULES
-    churn_threshold: float = 0.13
+    churn_score: str = "churn_probability_60d"
+    churn_days: float = 60.0
+    churn_threshold: float = 0.2
     churn_hysteresis: float = 0.02
     high_value_days: float = 180.0
     episode_days: float = 60.0
@@ -351,7 +355,7 @@ class AlertRules:
         now_s = _seconds(now_ms)
         cooldown_s = round(self.cooldown_days * _DAY_S)
         tier = scores.get("value_tier")
-        churn = _num(scores, "churn_probability")
+        churn = _num(scores, self.churn_score)
         p_alive = _num(scores, "p_alive")
         prev = prev_p_alive if prev_p_alive is not None else state.last_p_alive
         valuable = self._remember_value(scores, state, now_s)
@@ -363,7 +367,7 @@ class AlertRules:
         # episode_days is raised again.
         i = 0
         if HIGH_VALUE_AT_RISK in self.rules and churn is not None:
-            lead = [f"{round(100 * churn)}% chance of leaving within 30 days"]
+            lead = [f"{round(100 * churn)}% chance of leaving within {self.churn_days:g} days"]
             if state.open >> i & 1:
                 if churn < self.churn_threshold - self.churn_hysteresis:
                     state.close_episode(i, _seconds(now_ms, up=True))

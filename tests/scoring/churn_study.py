@@ -34,173 +34,14 @@ from cvm.config import Config
 from cvm.simulate import main as simulate_main
 from scoring import outcomes
 from scoring.alerts import AlertRules, AlertState
-from scoring.churn import FEATURES, ChurnModel, LabelRule, Matured, PendingLabels
+from scoring.churn import FEATURES, LEGACY_FEATURES, MODEL_FEATURES, ChurnModel, LabelRule
 from scoring.metrics import read_truth
 from scoring.state import DAY_MS
-from tests.scoring.study_replay import COLUMN_INDEX
-from tests.scoring.study_replay import COLUMNS, LATENESS_MS, WEEK_MS, Replay, cached
+from tests.scoring.study_learn import Learned, Variant, learn
+from tests.scoring.study_replay import COLUMN_INDEX, COLUMNS, WEEK_MS, Replay, cached
 
 DATA = Path("/work/wt/churn-data")
 TIERS = np.array(["A", "B", "C"])
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way to learn churn: the label rule(s), the model's inputs, the model, where snapshots are taken.
-
-    ``early`` adds a second head on the same snapshots (its own label rule and model), for the alerts.
-    """
-
-    name: str
-    rule: LabelRule
-    features: tuple[str, ...] = FEATURES
-    kind: str = "logreg"
-    noise_days: float = 0.0
-    snapshots: str = "events"  # events: only at scorings with new events; all: at every scoring
-    every_days: float = 30.0
-    max_pending: int = 2
-    lr: float = 0.1
-    early: LabelRule | None = None
-
-    @property
-    def rules(self) -> tuple[LabelRule, ...]:
-        return (self.rule,) if self.early is None else (self.rule, self.early)
-
-    def model(self, head: int = 0) -> ChurnModel:
-        noise = self.noise_days and (self.rules[head].silence_ms / DAY_MS)
-        return ChurnModel(self.kind, lr=self.lr, features=self.features, noise_days=noise, n_models=10)
-
-
-@dataclass
-class Learned:
-    """What a variant's stream produced: the churn probability of every scoring, and the learner's record."""
-
-    p: np.ndarray  # per replay row, head 0
-    version: np.ndarray  # model version used per row (0: none yet)
-    p_early: np.ndarray | None = None  # head 1, when the variant has one
-    pairs: int = 0
-    positives: int = 0
-    label_p: list[float] = field(default_factory=list)  # progressive P(label 1) before learning each pair (head 0)
-    labels: list[int] = field(default_factory=list)
-    models: list[ChurnModel] = field(default_factory=list)
-    learned: list[tuple[int, int, int, int, int, dict[str, float]]] = field(default_factory=list)  # learning order
-    pending_end: float = 0.0  # snapshots pending per customer at the end
-    cpu_s: float = 0.0
-
-
-def _events_by_tick(rep: Replay) -> dict[int, list[tuple[int, int, bool]]]:
-    """(time, customer, is a purchase) of every purchase and cancellation request, grouped by the tick folding it."""
-    out: dict[int, list[tuple[int, int, bool]]] = {}
-    for c, times in enumerate(rep.purchases):
-        for t in times.tolist():
-            out.setdefault(-(-t // DAY_MS) * DAY_MS, []).append((t, c, True))
-    for c, times in enumerate(rep.cancellations):
-        for t in times.tolist():
-            out.setdefault(-(-t // DAY_MS) * DAY_MS, []).append((t, c, False))
-    for items in out.values():
-        items.sort()
-    return out
-
-
-def row_dict(rep: Replay, i: int) -> dict[str, float]:
-    """Every recorded feature of scoring ``i`` (missing ones left out)."""
-    return {name: float(val) for name, val in zip(COLUMNS, rep.x[i].tolist(), strict=True) if val == val}
-
-
-def score(model: ChurnModel, rep: Replay, lo: int, hi: int, rows: list[list[float]], wide: bool) -> list[float]:
-    """Churn probabilities of scorings lo..hi: the worker's vectorised call, or one at a time for a wide model."""
-    if wide:
-        return [model.churn_probability(row_dict(rep, i)) for i in range(lo, hi)]
-    return [p for p, _ in model.predict_many_with_reasons(rows, 0)]
-
-
-def learn(rep: Replay, v: Variant) -> Learned:
-    """Run the labels, the learner and the scoring of a variant over a replay, in stream order."""
-    cpu0 = time.process_time()
-    rules = v.rules
-    every_ms = int(v.every_days * DAY_MS)
-    n_feat = len(FEATURES)
-    x_feat = rep.x[:, :n_feat].astype(np.float64)
-    # A variant reading features beyond the snapshot's FEATURES learns from the full row of its snapshot's scoring
-    # (the study's stand-in for a wider snapshot), and is scored one row at a time.
-    wide = not set(v.features) <= set(FEATURES)
-    row_at: dict[tuple[int, int], int] = {}
-    pending: dict[int, PendingLabels] = {}
-    heap: list[tuple[int, int]] = []
-    ready: list[tuple[int, int, int, int, int, dict[str, float]]] = []  # known, customer, snapshot, head, label, x
-    events = _events_by_tick(rep)
-    models = [v.model(h) for h in range(len(rules))]
-    current: list[ChurnModel | None] = [None] * len(rules)
-    n = len(rep.time)
-    out = Learned(np.full(n, np.nan), np.zeros(n, np.int32), np.full(n, np.nan) if len(rules) > 1 else None)
-    version = 0
-    ticks, starts = np.unique(rep.time, return_index=True)
-    bounds = [*starts.tolist(), n]
-
-    def take(c: int, matured: list[Matured], known: int) -> None:
-        for m in matured:
-            x = row_dict(rep, row_at.pop((c, m.snapshot_ms))) if wide else m.features
-            ready.append((known, c, m.snapshot_ms, m.head, m.label, x))
-
-    def deadline(c: int) -> None:
-        d = pending[c].next_deadline(rules)
-        if d is not None:
-            heapq.heappush(heap, (d, c))
-
-    all_ticks = sorted(set(ticks.tolist()) | set(events))
-    row_of = {t: k for k, t in enumerate(ticks.tolist())}
-    for tick in all_ticks:
-        for t, c, purchase in events.get(tick, ()):
-            pl = pending.get(c)
-            if pl is None or not len(pl):
-                continue
-            if purchase:
-                take(c, pl.purchase(t, rules), tick)
-            else:
-                pl.cancellation(t)
-            deadline(c)
-        label_time = tick - LATENESS_MS
-        while heap and heap[0][0] < label_time:
-            _, c = heapq.heappop(heap)
-            take(c, pending[c].advance(label_time, rules), tick)
-            deadline(c)
-        k = row_of.get(tick)
-        if k is not None:
-            lo, hi = bounds[k], bounds[k + 1]
-            rows = x_feat[lo:hi].tolist()
-            if current[0] is not None:
-                out.p[lo:hi] = score(current[0], rep, lo, hi, rows, wide)
-                out.version[lo:hi] = version
-            if out.p_early is not None and current[1] is not None:
-                out.p_early[lo:hi] = score(current[1], rep, lo, hi, rows, wide)
-            for i in range(lo, hi):
-                if v.snapshots == "events" and not rep.triggered[i]:
-                    continue
-                c = int(rep.cust[i])
-                pl = pending.setdefault(c, PendingLabels())
-                feats = {name: float(val) for name, val in zip(FEATURES, rows[i - lo], strict=True) if val == val}
-                if pl.offer(tick, feats, every_ms, v.max_pending):
-                    deadline(c)
-                    if wide:
-                        row_at[(c, tick)] = i
-        if tick % WEEK_MS == 0 and ready:
-            ready.sort(key=lambda r: r[:4])
-            now = [r for r in ready if r[0] <= tick]
-            ready[:] = [r for r in ready if r[0] > tick]
-            out.learned.extend(now)
-            for _, _, _, head, label, feats in now:
-                if head == 0:
-                    out.label_p.append(models[0].label_probability(feats))
-                    out.labels.append(label)
-                    out.pairs += 1
-                    out.positives += label
-                models[head].learn_one(feats, label)
-            version += 1
-            current = [ChurnModel.from_bytes(m.to_bytes()) for m in models]
-            out.models.append(current[0])  # type: ignore[arg-type]
-    out.pending_end = sum(len(p) for p in pending.values()) / max(1, len(rep.customers))
-    out.cpu_s = time.process_time() - cpu0
-    return out
 
 
 @dataclass
@@ -303,7 +144,7 @@ def run_alerts(s: Seed, p: np.ndarray, rules: AlertRules) -> list[dict[str, Any]
         c = int(rep.cust[i])
         extra: dict[str, Any] = {"value_tier": tiers[i], "clv_percentile": float(rep.value_pct[i])}
         if p[i] == p[i]:
-            extra["churn_probability"] = float(p[i])
+            extra[rules.churn_score] = float(p[i])
         if cancel[i]:
             extra["last_cancellation_time"] = int(cancel[i])
         state = states.setdefault(c, AlertState())
@@ -351,19 +192,74 @@ def baselines(s: Seed) -> dict[str, np.ndarray]:
     }
 
 
-def us_per_score(model: ChurnModel, rows: np.ndarray, repeat: int = 3) -> float:
-    """CPU µs per customer of ``predict_many_with_reasons`` (probability and 3 reason codes), batches of 1,000."""
+def us_per_score(models: Sequence[ChurnModel], rows: np.ndarray, repeat: int = 3) -> float:
+    """CPU µs per customer of what the worker calls per tick: the first head's probability and 3 reason codes
+    (``predict_many_with_reasons``), the other heads' probabilities (``predict_many``); batches of 1,000, best of 3."""
     batch = rows[:1000].tolist()
     best = math.inf
     for _ in range(repeat):
         t0 = time.process_time()
-        model.predict_many_with_reasons(batch, 3)
+        models[0].predict_many_with_reasons(batch, 3)
+        for m in models[1:]:
+            m.predict_many(batch)
         best = min(best, (time.process_time() - t0) / len(batch) * 1e6)
     return best
 
 
+def alerts_at_volume(
+    s: Seed, p: np.ndarray, per_week: float, rules: AlertRules, steps: int = 7
+) -> tuple[float, dict[str, float]]:
+    """The at-risk rule's figures at the threshold that raises about ``per_week`` alerts a week in the window (found by
+    bisection), so that variants compare at the same audience."""
+    lo, hi = 0.0, 1.0
+    best: tuple[float, dict[str, float]] = (math.nan, {})
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        fig = rule_figures(s, run_alerts(s, p, _with(rules, churn_threshold=mid)), "high_value_at_risk")
+        best = (mid, fig)
+        if fig["alerts_per_week"] > per_week:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def _with(rules: AlertRules, **changes: Any) -> AlertRules:
+    params = {f: getattr(rules, f) for f in rules.__dataclass_fields__}
+    params.update(changes)
+    params["churn_hysteresis"] = min(params["churn_hysteresis"], params["churn_threshold"])
+    return AlertRules(**params)
+
+
+def evaluate(s: Seed, v: Variant, rules: AlertRules, per_week: float) -> dict[str, float]:
+    """Every figure of the docs/churn.md table for one variant on one seed."""
+    learned = learn(s.rep, v)
+    fig = auc_figures(s, learned.p)
+    tail = len(learned.label_p) // 5  # the first fifth of the pairs: the model is still learning its scale
+    fig["ece_labels"] = outcomes.ece(learned.label_p[tail:], learned.labels[tail:])
+    q30 = learned.p[s.table.row]
+    ok = np.isfinite(q30)
+    fig["ece_truth30"] = outcomes.ece(q30[ok], s.table.leaves_within(30)[ok])
+    fig["pairs"] = float(learned.pairs)
+    fig["positives"] = learned.positives / max(1, learned.pairs)
+    fig["pending"] = learned.pending_end
+    fig["learn_cpu_s"] = learned.cpu_s
+    risk = learned.p if learned.p_early is None else learned.p_early
+    if v.early is None:
+        rules = _with(rules, churn_score="churn_probability", churn_days=v.rule.offset_ms / DAY_MS or 30.0)
+    fig["theta"], at = alerts_at_volume(s, risk, per_week, rules)
+    fig.update({k: at[k] for k in ("alerts_per_week", "precision", "lift", "caught", "median_lead_days", "base")})
+    models = [learned.models[-1]] if learned.early_models is None else [learned.models[-1], learned.early_models[-1]]
+    fig["us_per_score"] = us_per_score(models, s.rep.x[:, : len(FEATURES)].astype(np.float64))
+    return fig
+
+
 def fmt(values: dict[str, Any], keys: Sequence[str]) -> str:
-    return " | ".join(f"{values[k]:.3f}" if isinstance(values.get(k), float) else str(values.get(k, "-")) for k in keys)
+    out = []
+    for k in keys:
+        v = values.get(k)
+        out.append(f"{v:.3g}" if isinstance(v, float) and abs(v) >= 10 else f"{v:.3f}" if isinstance(v, float) else str(v))
+    return " | ".join(out)
 
 
 def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -371,91 +267,138 @@ def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
 
 
-VARIANTS: dict[str, Callable[[], Variant]] = {}
-
-
-def variant(fn: Callable[[], Variant]) -> Callable[[], Variant]:
-    VARIANTS[fn().name] = fn
-    return fn
+TABLE = ("auc30", "auc90", "lift", "caught", "median_lead_days", "ece_labels", "ece_truth30", "us_per_score")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.scoring.churn_study")
-    parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--variants", default="")
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--baselines", action="store_true")
+    parser = argparse.ArgumentParser(prog="python -m tests.scoring.churn_study", description=__doc__)
+    parser.add_argument("--seeds", default="1,2,3,4,5,6", help="simulator seeds (3,000 customers x 400 days each)")
+    parser.add_argument("--variants", default="", help="comma-separated variant keys (default: all); --list shows them")
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--data", type=Path, default=DATA, help="cache of histories and replays (outside the repo)")
+    parser.add_argument("--per-week", type=float, default=25.0, help="alert volume the variants are compared at")
+    parser.add_argument("--threshold", type=float, default=None, help="also report the at-risk rule at this θ")
     args = parser.parse_args(argv)
+    if args.list:
+        for key, make in VARIANTS.items():
+            print(f"{key:10s} {make().name}")
+        return 0
+    keys = [k for k in args.variants.split(",") if k] or list(VARIANTS)
+    unknown = [k for k in keys if k not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}: see --list")
+    cpu0 = time.process_time()
     seeds = [load_seed(int(x), args.data) for x in args.seeds.split(",")]
-    if args.baselines:
-        for s in seeds:
-            print(s.name, "base rate A 90d", round(outcomes.base_rate(s.table), 4))
-        rows: dict[str, list[dict[str, float]]] = {}
-        for s in seeds:
-            for name, score in baselines(s).items():
-                rows.setdefault(name, []).append(auc_figures(s, score))
-        for name, per_seed in rows.items():
-            print(f"| {name} | {fmt(mean_of(per_seed), ['auc30', 'auc90', 'auc30_A'])} |")
-    names = [n for n in args.variants.split(",") if n] or list(VARIANTS)
-    for name in names:
-        v = VARIANTS[name]()
+    print(f"replays: {sum(s.rep.cpu_s for s in seeds):.0f} s CPU when computed; "
+          f"{sum(len(s.rep.time) for s in seeds):,} scorings", file=sys.stderr)  # fmt: skip
+    print("| baseline | AUC 30 d | AUC 90 d |\n|---|---|---|")
+    rows: dict[str, list[dict[str, float]]] = {}
+    for s in seeds:
+        for name, score in baselines(s).items():
+            rows.setdefault(name, []).append(auc_figures(s, score))
+    for name, per_seed in rows.items():
+        print(f"| {name} | {fmt(mean_of(per_seed), ['auc30', 'auc90'])} |")
+    base = [outcomes.base_rate(s.table) for s in seeds]
+    print(f"\nbase rate (tier A, 90 d): {np.mean(base):.3f} ({', '.join(f'{b:.3f}' for b in base)})")
+    rules = AlertRules(rules=("high_value_at_risk",))
+    print(f"\nat {args.per_week:g} alerts a week:\n| variant | {' | '.join(TABLE)} |\n|---|{'---|' * len(TABLE)}")
+    for key in keys:
+        v = VARIANTS[key]()
         per_seed = []
         for s in seeds:
-            learned = learn(s.rep, v)
-            fig = auc_figures(s, learned.p)
-            fig["ece_labels"] = outcomes.ece(learned.label_p[len(learned.label_p) // 5 :], learned.labels[len(learned.labels) // 5 :])
-            fig["pairs"] = float(learned.pairs)
-            fig["pos"] = learned.positives / max(1, learned.pairs)
-            fig["cpu_s"] = learned.cpu_s
+            fig = evaluate(s, v, rules, args.per_week)
             per_seed.append(fig)
-            print(f"  {name} {s.name}: {fmt(fig, list(fig))}", file=sys.stderr, flush=True)
-        m = mean_of(per_seed)
-        print(f"| {name} | {fmt(m, ['auc30', 'auc90', 'auc30_A', 'ece_labels', 'pairs', 'pos'])} |", flush=True)
+            print(f"  {key} {s.name}: {fmt(fig, list(fig))}", file=sys.stderr, flush=True)
+        print(f"| {key}: {v.name} | {fmt(mean_of(per_seed), TABLE)} |", flush=True)
+    print(f"\nCPU: {time.process_time() - cpu0:.0f} s", file=sys.stderr)
     return 0
 
 
-# --- the variants ---------------------------------------------------------------------------------------------------
-
-OLD21 = FEATURES[:21]
-ALL = FEATURES
+VARIANTS: dict[str, Callable[[], Variant]] = {}
 
 
-@variant
+def variant(key: str) -> Callable[[Callable[[], Variant]], Callable[[], Variant]]:
+    def register(fn: Callable[[], Variant]) -> Callable[[], Variant]:
+        VARIANTS[key] = fn
+        return fn
+
+    return register
+
+
+OLD21 = LEGACY_FEATURES
+LEAVING = MODEL_FEATURES
+BOTH = tuple(dict.fromkeys([*LEGACY_FEATURES, *MODEL_FEATURES]))
+SILENCE90 = LabelRule.from_days(90, 30)
+GONE30 = LabelRule.from_days(45, 30, 30, hold=True)
+GONE60 = LabelRule.from_days(45, 30, 60, hold=True)
+
+
+@variant("v0")
 def _v0() -> Variant:
-    return Variant("L0 silence90 / old21 / logreg / all scorings", LabelRule.from_days(90, 30), OLD21, snapshots="all")
+    return Variant("silence 90 d / size+level 21 / logreg / every scoring (before)", SILENCE90, OLD21, snapshots="all")
 
 
-@variant
+@variant("v1")
 def _v1() -> Variant:
-    return Variant("L0 silence90 / all / logreg / events", LabelRule.from_days(90, 30), ALL)
+    return Variant("silence 90 d / size+level 21 / logreg / scorings with events", SILENCE90, OLD21)
 
 
-@variant
+@variant("v2")
 def _v2() -> Variant:
-    return Variant("L3 gone30 H120 / all / logreg / events", LabelRule.from_days(120, 30, 30), ALL)
+    return Variant("silence 90 d / leaving 16 / logreg", SILENCE90, LEAVING)
 
 
-@variant
+@variant("v3")
 def _v3() -> Variant:
-    return Variant("L3 gone30 H120 / all / noisy logreg / events", LabelRule.from_days(120, 30, 30), ALL, noise_days=120)
+    return Variant("gone in 30 d, 45 d silence / leaving 16 / logreg", LabelRule.from_days(45, 30, 30), LEAVING)
 
 
-@variant
+@variant("v4")
 def _v4() -> Variant:
-    return Variant(
-        "L3 gone30 H120 / all / noisy logreg / events / hold", LabelRule.from_days(120, 30, 30, hold=True), ALL, noise_days=120
-    )
+    return Variant("gone in 30 d, held / leaving 16 / logreg", GONE30, LEAVING)
 
 
-@variant
+@variant("v5")
 def _v5() -> Variant:
-    return Variant("L0 silence90 / all / noisy logreg / events / hold", LabelRule.from_days(90, 30, hold=True), ALL, noise_days=90)
+    return Variant("gone in 30 d, held / leaving 16 / noise-aware logreg", GONE30, LEAVING, noise=True)
 
 
-@variant
+@variant("v6")
 def _v6() -> Variant:
+    rule = LabelRule.from_days(120, 30, 30, hold=True)
+    return Variant("gone in 30 d, 120 d silence, held / leaving 16 / noise-aware logreg", rule, LEAVING, noise=True)
+
+
+@variant("v7")
+def _v7() -> Variant:
+    return Variant("gone in 30 d, held / size+level 21 + leaving 16 / noise-aware logreg", GONE30, BOTH, noise=True)
+
+
+@variant("v8")
+def _v8() -> Variant:
+    return Variant("gone in 30 d, held / leaving 16 / noise-aware logreg, lr 0.05", GONE30, LEAVING, noise=True, lr=0.05)
+
+
+@variant("v9")
+def _v9() -> Variant:
     return Variant(
-        "L2 gone30 H60 / all / noisy logreg / events / hold", LabelRule.from_days(60, 30, 30, hold=True), ALL, noise_days=60
+        "v8 + early head: gone in 60 d (alerts), 3 pending", GONE30, LEAVING, noise=True, lr=0.05, early=GONE60,
+        max_pending=3,
+    )  # fmt: skip
+
+
+@variant("v10")
+def _v10() -> Variant:
+    return Variant(
+        "v8 + early head: gone in 60 d (alerts), 4 pending (recommended)", GONE30, LEAVING, noise=True, lr=0.05,
+        early=GONE60, max_pending=4,
+    )  # fmt: skip
+
+
+@variant("v11")
+def _v11() -> Variant:
+    return Variant(
+        "v10 with a Hoeffding adaptive tree", GONE30, LEAVING, kind="hat", noise=True, early=GONE60, max_pending=4
     )
 
 
