@@ -99,6 +99,7 @@ _UNKNOWN_P = 0xFFFF
 # value percentile (1/10000) of that high-value spell
 _STATE = struct.Struct("<BB3IIHIH")
 _STATE_V1 = struct.Struct("<BB3IIH")  # cvm <= 0.1: no value fields
+_TIER_A_BIT = 0x8000  # in the value percentile field: tier A in the high-value spell
 _FORMAT_VERSION = 2
 
 
@@ -126,14 +127,15 @@ class AlertState:
     open, the episode's start (for ``cancellation_request``: the latest request it covers); once closed, its end,
     from which the cooldown counts; 0 means never. ``high_time`` is the last time P(alive) was at or above the
     "high" mark (0: not since the last drop alert), and ``last_p_alive`` the P(alive) of the previous scoring.
-    ``value_time`` is the last scoring at which the customer was of high value (epoch seconds, 0: never) and
-    ``value_pct`` the highest CLV percentile it had in that high-value spell: the value at stake.
+    ``value_time`` is the last scoring at which the customer was of high value (epoch seconds, 0: never),
+    ``value_pct`` the highest CLV percentile it had in that high-value spell (the value at stake) and ``value_a``
+    whether it was in tier A in that spell.
 
     >>> AlertState.from_bytes(b"") == AlertState()  # a customer that never had any: no bytes needed yet
     True
     """
 
-    __slots__ = ("open", "times", "high_time", "last_p_alive", "value_time", "value_pct")
+    __slots__ = ("open", "times", "high_time", "last_p_alive", "value_time", "value_pct", "value_a")
 
     #: Bytes of :meth:`to_bytes`, for a caller packing the state inside its own.
     SIZE = _STATE.size
@@ -145,6 +147,7 @@ class AlertState:
         self.last_p_alive: float | None = None
         self.value_time = 0
         self.value_pct = 0.0
+        self.value_a = False
 
     @property
     def open_rules(self) -> tuple[str, ...]:
@@ -153,7 +156,7 @@ class AlertState:
 
     def to_bytes(self) -> bytes:
         p = _UNKNOWN_P if self.last_p_alive is None else round(min(max(self.last_p_alive, 0.0), 1.0) * 10_000)
-        v = round(min(max(self.value_pct, 0.0), 1.0) * 10_000)
+        v = round(min(max(self.value_pct, 0.0), 1.0) * 10_000) | (_TIER_A_BIT if self.value_a else 0)
         return _STATE.pack(_FORMAT_VERSION, self.open, *self.times, self.high_time, p, self.value_time, v)
 
     @classmethod
@@ -164,7 +167,8 @@ class AlertState:
             return state
         if data[0] == _FORMAT_VERSION:
             _, state.open, t0, t1, t2, state.high_time, p, state.value_time, v = _STATE.unpack_from(data)
-            state.value_pct = v / 10_000
+            state.value_pct = (v & ~_TIER_A_BIT) / 10_000
+            state.value_a = bool(v & _TIER_A_BIT)
         elif data[0] == 1:
             _, state.open, t0, t1, t2, state.high_time, p = _STATE_V1.unpack_from(data)
         else:
@@ -181,7 +185,7 @@ class AlertState:
     def __repr__(self) -> str:
         return (
             f"AlertState(open={self.open_rules}, times={self.times}, high_time={self.high_time}, "
-            f"value_time={self.value_time}, value_pct={self.value_pct})"
+            f"value_time={self.value_time}, value_pct={self.value_pct}, value_a={self.value_a})"
         )
 
     def open_episode(self, i: int, start_s: int) -> None:
@@ -327,6 +331,7 @@ class AlertRules:
         if self.high_value(scores):
             pct = _num(scores, "clv_percentile")
             state.value_pct = max(state.value_pct if recent else 0.0, pct if pct is not None else 0.0)
+            state.value_a = (state.value_a and recent) or scores.get("value_tier") == "A"
             state.value_time = max(state.value_time, now_s)
             return True
         return recent
@@ -359,8 +364,7 @@ class AlertRules:
         p_alive = _num(scores, "p_alive")
         prev = prev_p_alive if prev_p_alive is not None else state.last_p_alive
         valuable = self._remember_value(scores, state, now_s)
-        stake = value_severity(state.value_pct if state.value_time else None, self.critical_value_percentile,
-                               tier == "A" or state.value_pct > 0)  # fmt: skip
+        stake = value_severity(state.value_pct, self.critical_value_percentile, state.value_a)
         alerts: list[dict[str, Any]] = []
 
         # high_value_at_risk: opens on value and risk; the risk recovering closes it; one still at risk after

@@ -205,7 +205,7 @@ class ChurnModel:
     >>> m.churn_probability({"silence_gaps": 9.5}) > 0.5 > m.churn_probability({"silence_gaps": 0.5})
     True
     >>> m.reasons({"silence_gaps": 9.5, "frequency": 1.0}, k=1)
-    ['silence_gaps +2.0']
+    ['silence_gaps +1.1']
     >>> copy = ChurnModel.from_bytes(m.to_bytes())
     >>> copy.n_learned, copy.churn_probability({"silence_gaps": 9.5}) == m.churn_probability({"silence_gaps": 9.5})
     (1000, True)
@@ -216,7 +216,7 @@ class ChurnModel:
     def __init__(
         self,
         kind: str = "logreg",
-        lr: float = 0.1,
+        lr: float = 0.05,
         l2: float = 1e-4,
         clip: float = 5.0,
         n_models: int = 10,

@@ -157,8 +157,7 @@ class LabelRule:
     def from_days(
         cls, silence_days: float, grace_days: float, offset_days: float = 0.0, hold: bool = False
     ) -> LabelRule:
-        """The rule for ``CVM_CHURN_SILENCE_DAYS``, ``CVM_CHURN_CANCEL_GRACE_DAYS``, ``CVM_CHURN_OFFSET_DAYS`` and
-        ``CVM_CHURN_HOLD``."""
+        """The rule for ``CVM_CHURN_SILENCE_DAYS``, ``CVM_CHURN_CANCEL_GRACE_DAYS`` and ``CVM_CHURN_OFFSET_DAYS``."""
         return cls(int(silence_days * DAY_MS), int(grace_days * DAY_MS), int(offset_days * DAY_MS), hold)
 
     def deadline(self, snapshot_ms: int, cancel_ms: int | None = None) -> int:
