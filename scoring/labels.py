@@ -4,7 +4,7 @@ A churn label is known only long after the features that should have predicted i
 
 1. when the worker scores a customer whose events moved (not on a re-scoring of a silent customer),
    :meth:`PendingLabels.offer` keeps a **snapshot** of the features it scored (at most one per ``every_ms``, at most
-   ``max_pending`` per customer, 77 bytes each);
+   ``max_pending`` per customer, 43 bytes each);
 2. a purchase (:meth:`PendingLabels.purchase`) or stream time passing a deadline (:meth:`PendingLabels.advance`)
    **settles** a snapshot's label under each :class:`LabelRule` (a *head*: "gone within 30 days", "gone within 60
    days"); a rule that holds its 0s releases them at the deadline, with the 1s of the same snapshot time;
@@ -228,38 +228,45 @@ class Snapshot(NamedTuple):
 
 
 _SNAP_HEAD = struct.Struct("<Bq")  # number of FEATURES packed, time
-_FLOATS = struct.Struct(f"<{len(FEATURES)}f")
+_HALVES = struct.Struct(f"<{len(FEATURES)}e")
+_HALF_MAX = 65504.0  # the largest finite float16
+
+
+def _half(v: float | None) -> float:
+    if v is None or v != v:
+        return math.nan
+    return min(_HALF_MAX, max(-_HALF_MAX, float(v)))
 
 
 def pack_snapshot(time_ms: int, features: Mapping[str, float]) -> bytes:
-    """A snapshot as bytes: its time and the :data:`FEATURES` as float32, in order (77 bytes for 17 features).
+    """A snapshot as bytes: its time and the :data:`FEATURES` as float16, in order (43 bytes for 17 features).
 
-    A feature missing from ``features`` (or None) is packed as NaN and comes back missing; names outside
-    :data:`FEATURES` are not kept.
+    Half precision is enough: every feature is a ratio, a log-ratio, a count or a number of days, kept to 3 significant
+    digits (values beyond ±65,504 are clipped; no feature is a sum of money). A feature missing from ``features`` (or
+    None) is packed as NaN and comes back missing; names outside :data:`FEATURES` are not kept.
 
     >>> data = pack_snapshot(1_700_000_000_000, {"silence_gaps": 2.5, "frequency": 3.0, "clv": 900.0})
     >>> len(data)
-    77
+    43
     >>> unpack_snapshot(data)
     Snapshot(time_ms=1700000000000, features={'silence_gaps': 2.5, 'frequency': 3.0})
+    >>> unpack_snapshot(pack_snapshot(0, {"tenure_days": 1234.5678, "frequency": 1e9})).features
+    {'tenure_days': 1235.0, 'frequency': 65504.0}
     """
-    values = []
-    for name in FEATURES:
-        v = features.get(name)
-        values.append(math.nan if v is None else float(v))
-    return _SNAP_HEAD.pack(len(FEATURES), time_ms) + _FLOATS.pack(*values)
+    return _SNAP_HEAD.pack(len(FEATURES), time_ms) + _HALVES.pack(*[_half(features.get(name)) for name in FEATURES])
 
 
-def unpack_snapshot(data: bytes, offset: int = 0, names: Sequence[str] = FEATURES) -> Snapshot:
-    """The :class:`Snapshot` that :func:`pack_snapshot` packed (starting at ``offset`` of ``data``); ``names``: the
-    layout it was packed with (:data:`LEGACY_FEATURES` for pending-labels format 1)."""
+def unpack_snapshot(data: bytes, offset: int = 0, names: Sequence[str] = FEATURES, width: int = 2) -> Snapshot:
+    """The :class:`Snapshot` that :func:`pack_snapshot` packed (starting at ``offset`` of ``data``); ``names`` and
+    ``width``: the layout it was packed with (:data:`LEGACY_FEATURES` in float32, ``width=4``, for pending-labels
+    format 1)."""
     n, time_ms = _SNAP_HEAD.unpack_from(data, offset)
-    values = struct.unpack_from(f"<{n}f", data, offset + _SNAP_HEAD.size)
+    values = struct.unpack_from(f"<{n}{'e' if width == 2 else 'f'}", data, offset + _SNAP_HEAD.size)
     return Snapshot(time_ms, {name: v for name, v in zip(names, values, strict=False) if v == v})
 
 
-def _snapshot_size(data: bytes, offset: int) -> int:
-    return _SNAP_HEAD.size + 4 * data[offset]
+def _snapshot_size(data: bytes, offset: int, width: int = 2) -> int:
+    return _SNAP_HEAD.size + width * data[offset]
 
 
 # --- a customer's pending labels ------------------------------------------------------------------------------------
@@ -434,11 +441,11 @@ class PendingLabels:
         for _ in range(n):
             (word,) = _CANCEL.unpack_from(data, pos)
             pos += _CANCEL.size
-            size = _snapshot_size(data, pos)
+            size = _snapshot_size(data, pos, width=4 if fmt == 1 else 2)
             packed = bytes(data[pos : pos + size])
             s = _SNAP_HEAD.unpack_from(packed, 0)[1]
             if fmt == 1:  # the features of those days that still are features; the others are gone
-                packed = pack_snapshot(s, unpack_snapshot(packed, names=LEGACY_FEATURES).features)
+                packed = pack_snapshot(s, unpack_snapshot(packed, names=LEGACY_FEATURES, width=4).features)
             delta = word & _DELTA_MASK
             status = [(word >> (56 + 2 * i)) & 3 for i in range(MAX_HEADS)]
             p.entries.append([s, packed, s + delta if delta else None, status])
