@@ -46,6 +46,7 @@ __all__ = [
     "checkpoint_table",
     "checkpoints",
     "codes",
+    "defection_signals",
     "ece",
     "latest_at",
     "threshold_alerts",
@@ -332,8 +333,60 @@ def threshold_alerts(
     return np.array(out_c, dtype=np.int64), np.array(out_t, dtype=np.int64)
 
 
-def summary(
-    values: Mapping[str, float], keys: Sequence[str] = ("precision", "lift", "caught", "median_lead_days")
-) -> str:
-    """One line of figures, for logs."""
-    return ", ".join(f"{k} {values[k]:.3g}" for k in keys if k in values)
+def defection_signals(
+    customer: ArrayLike,
+    time: ArrayLike,
+    tier: ArrayLike,
+    signals: ArrayLike,
+    names: Sequence[str],
+    churn_ms: ArrayLike,
+    lookback_days: float = 90.0,
+) -> list[dict[str, Any]]:
+    """What preceded leaving, by value tier and month of leaving: for the customers who left, the share that showed each
+    signal at some scoring in the ``lookback_days`` before; beside it, the share of the others' scorings of that month
+    showing it (what the signal is worth against its usual frequency).
+
+    ``signals`` is a boolean matrix (one row per scoring, one column per name of ``names``), e.g. from
+    :func:`scoring.reasons.signals` on each scoring of the score history. A leaver's tier is its best tier at a
+    scoring in the 180 days before leaving; a month is ``YYYY-MM`` (UTC).
+
+    >>> day = DAY_MS
+    >>> rows = defection_signals([0, 0, 1, 2], [10 * day, 40 * day, 40 * day, 41 * day], ["A", "B", "A", "A"],
+    ...                          [[0, 1], [1, 0], [0, 0], [1, 0]], ["silence", "complaints"], [50.0 * day, np.inf, np.inf])
+    >>> rows[0]
+    {'tier': 'A', 'month': '1970-02', 'leavers': 1, 'silence': 1.0, 'complaints': 1.0, 'silence_others': 0.5, 'complaints_others': 0.0}
+    """
+    from datetime import UTC, datetime
+
+    c = np.asarray(customer, dtype=np.int64)
+    t = np.asarray(time, dtype=np.int64)
+    tiers = np.asarray(tier).astype(str)
+    sig = np.asarray(signals, dtype=bool).reshape(len(c), len(names))
+    churn = np.asarray(churn_ms, dtype=np.float64)
+    left = np.isfinite(churn[c])
+    month = [datetime.fromtimestamp(int(x) // 1000, UTC).strftime("%Y-%m") for x in t.tolist()]
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[int, tuple[str, np.ndarray]] = {}  # leaver -> (best tier, signals in the lookback)
+    for i in np.flatnonzero(left).tolist():
+        who, at = int(c[i]), float(churn[c[i]])
+        if not at - 180 * DAY_MS <= t[i] < at:
+            continue
+        best, shown = seen.get(who, ("C", np.zeros(len(names), dtype=bool)))
+        best = min(best, str(tiers[i]))
+        if t[i] >= at - lookback_days * DAY_MS:
+            shown = shown | sig[i]
+        seen[who] = (best, shown)
+    for who, (best, shown) in seen.items():
+        key = (best, datetime.fromtimestamp(int(churn[who]) // 1000, UTC).strftime("%Y-%m"))
+        row = out.setdefault(key, {"tier": key[0], "month": key[1], "leavers": 0, "_sum": np.zeros(len(names))})
+        row["leavers"] += 1
+        row["_sum"] += shown
+    others = ~left
+    for row in out.values():
+        mask = others & (tiers == row["tier"]) & np.array([m == row["month"] for m in month])
+        total = row.pop("_sum")
+        for j, name in enumerate(names):
+            row[name] = float(total[j] / row["leavers"])
+        for j, name in enumerate(names):
+            row[f"{name}_others"] = float(sig[mask, j].mean()) if mask.any() else math.nan
+    return [out[k] for k in sorted(out)]

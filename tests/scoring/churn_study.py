@@ -55,7 +55,9 @@ class Seed:
     table: outcomes.CheckpointTable
 
 
-def load_seed(seed: int, data: Path = DATA, customers: int = 3000, days: int = 400) -> Seed:
+def load_seed(
+    seed: int, data: Path = DATA, customers: int = 3000, days: int = 400, tick_hours: int = 24, rescore: str = "timer"
+) -> Seed:
     data.mkdir(parents=True, exist_ok=True)
     name = f"s{seed}" if (customers, days) == (3000, 400) else f"s{seed}-{customers}x{days}"
     events, truth_path = data / f"{name}.jsonl", data / f"{name}.truth.jsonl"
@@ -66,7 +68,7 @@ def load_seed(seed: int, data: Path = DATA, customers: int = 3000, days: int = 4
         )  # fmt: skip
         if simulate_main(Config(), args) != 0:
             raise SystemExit(f"cvm simulate failed for seed {seed}")
-    rep = cached(events, data)
+    rep = cached(events, data, tick_hours * 3_600_000, rescore)
     truth = read_truth(str(truth_path))
     churn = np.array(
         [truth[c].churn_ms if truth[c].churn_ms is not None else np.inf for c in rep.customers], dtype=np.float64
@@ -277,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--data", type=Path, default=DATA, help="cache of histories and replays (outside the repo)")
     parser.add_argument("--per-week", type=float, default=25.0, help="alert volume the variants are compared at")
-    parser.add_argument("--threshold", type=float, default=None, help="also report the at-risk rule at this θ")
+    parser.add_argument("--tick-hours", type=int, default=24, help="the stream's tick (the worker's default is 1)")
+    parser.add_argument("--rescore", choices=("timer", "every"), default="timer",
+                        help="silent customers re-scored on next_rescore_ms, or every customer at every tick")
+    parser.add_argument("--sweep", default="", help="thresholds θ: the at-risk rule's figures per θ, per seed")
     args = parser.parse_args(argv)
     if args.list:
         for key, make in VARIANTS.items():
@@ -288,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}: see --list")
     cpu0 = time.process_time()
-    seeds = [load_seed(int(x), args.data) for x in args.seeds.split(",")]
+    seeds = [load_seed(int(x), args.data, tick_hours=args.tick_hours, rescore=args.rescore) for x in args.seeds.split(",")]
+    if args.sweep:
+        return sweep(seeds, VARIANTS[keys[0]](), [float(x) for x in args.sweep.split(",")])
     print(f"replays: {sum(s.rep.cpu_s for s in seeds):.0f} s CPU when computed; "
           f"{sum(len(s.rep.time) for s in seeds):,} scorings", file=sys.stderr)  # fmt: skip
     print("| baseline | AUC 30 d | AUC 90 d |\n|---|---|---|")
@@ -311,6 +318,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key} {s.name}: {fmt(fig, list(fig))}", file=sys.stderr, flush=True)
         print(f"| {key}: {v.name} | {fmt(mean_of(per_seed), TABLE)} |", flush=True)
     print(f"\nCPU: {time.process_time() - cpu0:.0f} s", file=sys.stderr)
+    return 0
+
+
+def sweep(seeds: list[Seed], v: Variant, thresholds: list[float]) -> int:
+    """The alert rules at each θ for one variant: the audience knob (docs/alerts.md)."""
+    keys = ("alerts_per_week", "precision", "lift", "caught", "median_lead_days", "critical_share")
+    rows: dict[str, list[dict[str, float]]] = {}
+    for s in seeds:
+        learned = learn(s.rep, v)
+        risk = learned.p if learned.p_early is None else learned.p_early
+        for theta in thresholds:
+            rules = AlertRules(churn_threshold=theta)
+            if v.early is None:
+                rules = _with(rules, churn_score="churn_probability", churn_days=v.rule.offset_ms / DAY_MS or 30.0)
+            alerts = run_alerts(s, risk, rules)
+            for rule in ("high_value_at_risk", None):
+                fig = rule_figures(s, alerts, rule)
+                rows.setdefault(f"θ {theta:g} {rule or 'all rules'}", []).append(fig)
+                print(f"  {s.name} θ {theta:g} {rule or 'all rules'}: {fmt(fig, keys)}", file=sys.stderr, flush=True)
+    print(f"| θ, rules | {' | '.join(keys)} | min lift | min caught | min lead |\n|---|{'---|' * (len(keys) + 3)}")
+    for name, per_seed in rows.items():
+        mins = [min(f[k] for f in per_seed) for k in ("lift", "caught", "median_lead_days")]
+        print(f"| {name} | {fmt(mean_of(per_seed), keys)} | {' | '.join(f'{m:.2f}' for m in mins)} |")
     return 0
 
 

@@ -69,12 +69,13 @@ class Learned:
 def _events_by_tick(rep: Replay) -> dict[int, list[tuple[int, int, bool]]]:
     """(time, customer, is a purchase) of every purchase and cancellation request, grouped by the tick folding it."""
     out: dict[int, list[tuple[int, int, bool]]] = {}
+    tick = rep.tick_ms
     for c, times in enumerate(rep.purchases):
         for t in times.tolist():
-            out.setdefault(-(-t // DAY_MS) * DAY_MS, []).append((t, c, True))
+            out.setdefault(-(-t // tick) * tick, []).append((t, c, True))
     for c, times in enumerate(rep.cancellations):
         for t in times.tolist():
-            out.setdefault(-(-t // DAY_MS) * DAY_MS, []).append((t, c, False))
+            out.setdefault(-(-t // tick) * tick, []).append((t, c, False))
     for items in out.values():
         items.sort()
     return out

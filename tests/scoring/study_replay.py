@@ -92,6 +92,7 @@ class Replay:
     start_ms: int
     end_ms: int
     cpu_s: float
+    tick_ms: int = DAY_MS
 
     def col(self, name: str) -> np.ndarray:
         return self.x[:, _COL[name]]
@@ -109,7 +110,7 @@ class Replay:
             columns=np.array(COLUMNS),
             purchases=np.array(self.purchases, dtype=object),
             cancellations=np.array(self.cancellations, dtype=object),
-            meta=np.array([self.start_ms, self.end_ms, self.cpu_s]),
+            meta=np.array([self.start_ms, self.end_ms, self.cpu_s, self.tick_ms]),
         )
 
     @classmethod
@@ -117,7 +118,7 @@ class Replay:
         d = np.load(path, allow_pickle=True)
         if tuple(d["columns"].tolist()) != COLUMNS:
             raise ValueError("stale replay cache: its columns differ")
-        start, end, cpu = d["meta"].tolist()
+        start, end, cpu, tick = d["meta"].tolist()
         return cls(
             d["customers"].tolist(),
             d["cust"],
@@ -131,6 +132,7 @@ class Replay:
             int(start),
             int(end),
             float(cpu),
+            int(tick),
         )
 
 
@@ -278,6 +280,7 @@ def replay(
         start_ms=start,
         end_ms=end,
         cpu_s=time.process_time() - cpu0,
+        tick_ms=tick_ms,
     )
 
 
@@ -357,7 +360,7 @@ def cached(history: Path, cache_dir: Path, tick_ms: int = DAY_MS, rescore: str =
     if path.exists() and path.stat().st_mtime > history.stat().st_mtime:
         try:
             return Replay.load(path)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError):  # a cache from an older layout: computed again
             pass
     r = replay(read_events(history), tick_ms, rescore)
     r.save(path)

@@ -159,3 +159,30 @@ def test_the_window_is_the_history_s_last_250_days_without_its_last_90() -> None
     w = outcomes.Window.of_history(1000 * DAY)
     assert (w.start_ms, w.end_ms) == (750 * DAY, 910 * DAY)
     assert outcomes.checkpoints(w).tolist() == [d * DAY for d in (750, 780, 810, 840, 870, 900)]
+
+
+def test_defection_signals_count_each_leaver_once_by_its_best_tier_and_month() -> None:
+    names = ["silence", "complaints", "cancellation"]
+    jan, feb = 1_767_225_600_000, 1_767_225_600_000 + 31 * DAY  # 2026-01-01, 2026-02-01
+    rows = [
+        # leaver 0, gone in February: tier A once, complaints 60 days before, silence 10 days before
+        (0, feb - 100 * DAY, "A", [0, 0, 0]),
+        (0, feb - 60 * DAY, "B", [0, 1, 0]),
+        (0, feb - 10 * DAY, "C", [1, 0, 0]),
+        (0, feb + 12 * DAY, "C", [1, 1, 1]),  # after leaving: not a precursor
+        # leaver 1, gone in February, tier A: a cancellation 200 days before is outside the 90-day lookback
+        (1, feb - 200 * DAY, "A", [0, 0, 1]),
+        (1, feb - 20 * DAY, "A", [0, 0, 0]),
+        # stayers in February, tier A: one in two silent
+        (2, feb + DAY, "A", [1, 0, 0]),
+        (3, feb + 2 * DAY, "A", [0, 0, 0]),
+    ]
+    churn = [feb + 9.0 * DAY, feb + 15.0 * DAY, math.inf, math.inf]
+    out = outcomes.defection_signals(
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], names, churn
+    )
+    assert out == [{
+        "tier": "A", "month": "2026-02", "leavers": 2, "silence": 0.5, "complaints": 0.5, "cancellation": 0.0,
+        "silence_others": 0.5, "complaints_others": 0.0, "cancellation_others": 0.0,
+    }]  # fmt: skip
+    assert jan < feb
