@@ -144,7 +144,9 @@ class Config:
         "Alert rules that are on, comma-separated (a TOML list works too); none turns alerts off.",
     )
     alert_churn_threshold: float = _f(
-        0.2, "CVM_ALERT_CHURN_THRESHOLD", "Chance of leaving (alert_churn_score) at which a high-value customer is at risk."
+        0.2,
+        "CVM_ALERT_CHURN_THRESHOLD",
+        "Chance of leaving (alert_churn_score) at which a high-value customer is at risk.",
     )
     alert_churn_score: str = _f(
         "churn_probability_60d", "CVM_ALERT_CHURN_SCORE", "The churn score high_value_at_risk reads."

@@ -29,13 +29,17 @@ The episodes live in an :class:`AlertState` of 26 bytes the worker keeps inside 
 >>> state = AlertState()
 >>> t0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC, the scoring's event time
 >>> scores = {"value_tier": "A", "clv_percentile": 0.97, "clv": 5400.0, "profitability": 812.5,
-...           "churn_probability": 0.18, "churn_probability_60d": 0.31, "complaints_30d": 2.7, "complaints_vs_usual": 1.2, "unresolved_30d": 1.8,
-...           "recency_days": 74.2, "silence_gaps": 3.1, "typical_gap_days": 24.0, "frequency": 9}
+...           "churn_probability": 0.18, "churn_probability_60d": 0.31, "complaints_30d": 2.7,
+...           "complaints_vs_usual": 1.2, "unresolved_30d": 1.8, "recency_days": 74.2, "silence_gaps": 3.1,
+...           "typical_gap_days": 24.0, "frequency": 9}
 >>> [alert] = rules.evaluate("c42", scores, state, None, t0)
 >>> alert["rule"], alert["severity"], alert["episode"]
 ('high_value_at_risk', 'critical', 'c42:high_value_at_risk:1772409600000')
->>> alert["reasons"]
-['31% chance of leaving within 60 days', '3 complaints in 30 days, 2 unresolved', 'no purchase for 74 days, usually every 24']
+>>> for reason in alert["reasons"]:
+...     print(reason)
+31% chance of leaving within 60 days
+3 complaints in 30 days, 2 unresolved
+no purchase for 74 days, usually every 24
 >>> rules.evaluate("c42", dict(scores, churn_probability_60d=0.5), state, None, t0 + 3_600_000)  # same episode
 []
 >>> state.open_rules
@@ -48,7 +52,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -379,7 +383,9 @@ class AlertRules:
                     days = round((now_s - state.times[i]) / _DAY_S)
                     state.open_episode(i, now_s)
                     lead.append(f"still at risk after {days} days")
-                    alerts.append(self._alert(customer_id, HIGH_VALUE_AT_RISK, stake, now_ms, now_ms, scores, lead, prev))
+                    alerts.append(
+                        self._alert(customer_id, HIGH_VALUE_AT_RISK, stake, now_ms, now_ms, scores, lead, prev)
+                    )
             elif churn >= self.churn_threshold and valuable and state.cooled(i, now_s, cooldown_s):
                 state.open_episode(i, now_s)
                 alerts.append(self._alert(customer_id, HIGH_VALUE_AT_RISK, stake, now_ms, now_ms, scores, lead, prev))

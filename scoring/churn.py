@@ -248,9 +248,7 @@ class ChurnModel:
         self._clf: Any
         if kind == "logreg":
             loss = NoisyLog() if self.noise_days else optim.losses.Log()
-            self._clf = linear_model.LogisticRegression(
-                optimizer=optim.AdaGrad(lr), loss=loss, l2=l2, intercept_lr=lr
-            )
+            self._clf = linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), loss=loss, l2=l2, intercept_lr=lr)
         elif kind == "hat":
             self._clf = tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=seed)
         else:
@@ -277,7 +275,8 @@ class ChurnModel:
         seen buying rarely, or seen for a short time only, may well stay silent for H days.
 
         >>> m = ChurnModel(noise_days=60)
-        >>> round(m.noise({"frequency": 0, "tenure_days": 0}), 3), round(m.noise({"frequency": 12, "tenure_days": 365}), 3)
+        >>> new, regular = {"frequency": 0, "tenure_days": 0}, {"frequency": 12, "tenure_days": 365}
+        >>> round(m.noise(new), 3), round(m.noise(regular), 3)
         (0.333, 0.159)
         """
         if not self.noise_days:

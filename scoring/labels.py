@@ -149,9 +149,7 @@ class LabelRule:
 
     def __post_init__(self) -> None:
         if self.silence_ms <= 0 or self.grace_ms < 0 or self.offset_ms < 0:
-            raise ValueError(
-                f"churn label rule: silence {self.silence_ms} ms must be > 0, grace and offset >= 0"
-            )
+            raise ValueError(f"churn label rule: silence {self.silence_ms} ms must be > 0, grace and offset >= 0")
 
     @classmethod
     def from_days(

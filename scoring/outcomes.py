@@ -27,7 +27,7 @@ Definitions (issue 13; docs/churn.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -122,9 +122,7 @@ def ece(p: ArrayLike, y: ArrayLike, bins: int = 10) -> float:
     return float(gap.sum() / p.size)
 
 
-def latest_at(
-    customer: ArrayLike, time: ArrayLike, at: ArrayLike, n_customers: int
-) -> NDArray[np.int64]:
+def latest_at(customer: ArrayLike, time: ArrayLike, at: ArrayLike, n_customers: int) -> NDArray[np.int64]:
     """Row index of each customer's latest scoring at or before each time of ``at``: shape (len(at), n_customers),
     -1 where the customer had no scoring yet.
 
@@ -222,7 +220,8 @@ def alert_precision(
     ``horizon_days`` after the alert?
 
     >>> day = DAY_MS
-    >>> alert_precision([0, 1, 1], [10 * day, 20 * day, 400 * day], [50.0 * day, np.inf], Window(0, 300 * day), base=0.25)
+    >>> churn = [50.0 * day, np.inf]
+    >>> alert_precision([0, 1, 1], [10 * day, 20 * day, 400 * day], churn, Window(0, 300 * day), base=0.25)
     {'alerts': 2, 'precision': 0.5, 'lift': 2.0}
     """
     c = np.asarray(alert_customer, dtype=np.int64)
@@ -352,9 +351,17 @@ def defection_signals(
 
     >>> day = DAY_MS
     >>> rows = defection_signals([0, 0, 1, 2], [10 * day, 40 * day, 40 * day, 41 * day], ["A", "B", "A", "A"],
-    ...                          [[0, 1], [1, 0], [0, 0], [1, 0]], ["silence", "complaints"], [50.0 * day, np.inf, np.inf])
-    >>> rows[0]
-    {'tier': 'A', 'month': '1970-02', 'leavers': 1, 'silence': 1.0, 'complaints': 1.0, 'silence_others': 0.5, 'complaints_others': 0.0}
+    ...                          [[0, 1], [1, 0], [0, 0], [1, 0]], ["silence", "complaints"],
+    ...                          [50.0 * day, np.inf, np.inf])
+    >>> for key, value in rows[0].items():
+    ...     print(key, value)
+    tier A
+    month 1970-02
+    leavers 1
+    silence 1.0
+    complaints 1.0
+    silence_others 0.5
+    complaints_others 0.0
     """
     from datetime import UTC, datetime
 

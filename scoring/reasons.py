@@ -87,8 +87,8 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
 
     recency, gaps, gap = get(scores, "recency_days"), get(scores, "silence_gaps"), get(scores, "typical_gap_days")
     if recency is not None and gaps is not None and gaps >= 2.0 and recency >= 14.0:
-        usual = f", usually every {round(gap)}" if gap and (get(scores, "frequency") or 0) >= 3 else ""
-        out["silence"] = (gaps, f"no purchase for {int(recency)} days{usual}")
+        rhythm = f", usually every {round(gap)}" if gap and (get(scores, "frequency") or 0) >= 3 else ""
+        out["silence"] = (gaps, f"no purchase for {int(recency)} days{rhythm}")
 
     p30, p365 = get(scores, "purchases_30d"), get(scores, "purchases_365d")
     if p30 is not None and p365 and tenure >= 60.0:
@@ -116,9 +116,9 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
     contacts, c_excess = get(scores, "contacts_30d"), get(scores, "contacts_vs_usual")
     c365 = get(scores, "contacts_365d")
     if contacts is not None and contacts >= 2.0 and c_excess is not None and c_excess >= math.log(2.5):
-        usual = f", usually {round(c365 / exposure_days(tenure, 365.0) * 30.0)}" if c365 is not None and tenure else ""
+        often = f", usually {round(c365 / exposure_days(tenure, 365.0) * 30.0)}" if c365 is not None and tenure else ""
         if "complaints" not in out:
-            out["contacts"] = (math.exp(c_excess), f"{_plural(_n(contacts), 'contact', 'contacts')} in 30 days{usual}")
+            out["contacts"] = (math.exp(c_excess), f"{_plural(_n(contacts), 'contact', 'contacts')} in 30 days{often}")
 
     if unresolved is not None and unresolved >= 0.5 and "complaints" not in out:
         u_excess = get(scores, "unresolved_vs_usual")
@@ -135,7 +135,10 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
             text += f", {_n(failed)} failed"
         out["payments"] = (round(1.0 + late, 6), text)
     elif failed is not None and failed >= 0.5:
-        out["payments"] = (round(1.0 + failed, 6), f"{_plural(_n(failed), 'failed payment', 'failed payments')} in 90 days")
+        out["payments"] = (
+            round(1.0 + failed, 6),
+            f"{_plural(_n(failed), 'failed payment', 'failed payments')} in 90 days",
+        )
 
     refunds = get(scores, "refunds_90d")
     if refunds is not None and refunds >= 1.5:

@@ -19,12 +19,11 @@ precision and lift of the alerts, high-value leavers caught 30 days ahead, media
 from __future__ import annotations
 
 import argparse
-import heapq
 import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from scoring.alerts import AlertRules, AlertState
 from scoring.churn import FEATURES, LEGACY_FEATURES, MODEL_FEATURES, ChurnModel, LabelRule
 from scoring.metrics import read_truth
 from scoring.state import DAY_MS
-from tests.scoring.study_learn import Learned, Variant, learn
+from tests.scoring.study_learn import Variant, learn
 from tests.scoring.study_replay import COLUMN_INDEX, COLUMNS, WEEK_MS, Replay, cached
 
 DATA = Path("/work/wt/churn-data")
@@ -260,7 +259,9 @@ def fmt(values: dict[str, Any], keys: Sequence[str]) -> str:
     out = []
     for k in keys:
         v = values.get(k)
-        out.append(f"{v:.3g}" if isinstance(v, float) and abs(v) >= 10 else f"{v:.3f}" if isinstance(v, float) else str(v))
+        out.append(
+            f"{v:.3g}" if isinstance(v, float) and abs(v) >= 10 else f"{v:.3f}" if isinstance(v, float) else str(v)
+        )
     return " | ".join(out)
 
 
@@ -280,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help="cache of histories and replays (outside the repo)")
     parser.add_argument("--per-week", type=float, default=25.0, help="alert volume the variants are compared at")
     parser.add_argument("--tick-hours", type=int, default=24, help="the stream's tick (the worker's default is 1)")
-    parser.add_argument("--rescore", choices=("timer", "every"), default="timer",
-                        help="silent customers re-scored on next_rescore_ms, or every customer at every tick")
+    parser.add_argument(
+        "--rescore",
+        choices=("timer", "every"),
+        default="timer",
+        help="silent customers re-scored on next_rescore_ms, or every customer at every tick",
+    )
     parser.add_argument("--sweep", default="", help="thresholds θ: the at-risk rule's figures per θ, per seed")
     args = parser.parse_args(argv)
     if args.list:
@@ -293,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}: see --list")
     cpu0 = time.process_time()
-    seeds = [load_seed(int(x), args.data, tick_hours=args.tick_hours, rescore=args.rescore) for x in args.seeds.split(",")]
+    seeds = [
+        load_seed(int(x), args.data, tick_hours=args.tick_hours, rescore=args.rescore) for x in args.seeds.split(",")
+    ]
     if args.sweep:
         return sweep(seeds, VARIANTS[keys[0]](), [float(x) for x in args.sweep.split(",")])
     print(f"replays: {sum(s.rep.cpu_s for s in seeds):.0f} s CPU when computed; "
@@ -406,7 +413,9 @@ def _v7() -> Variant:
 
 @variant("v8")
 def _v8() -> Variant:
-    return Variant("gone in 30 d, held / leaving 16 / noise-aware logreg, lr 0.05", GONE30, LEAVING, noise=True, lr=0.05)
+    return Variant(
+        "gone in 30 d, held / leaving 16 / noise-aware logreg, lr 0.05", GONE30, LEAVING, noise=True, lr=0.05
+    )
 
 
 @variant("v9")

@@ -21,6 +21,7 @@ from scoring.churn import FEATURES, ChurnModel, LabelRule, Matured, PendingLabel
 from scoring.state import DAY_MS
 from tests.scoring.study_replay import COLUMNS, LATENESS_MS, WEEK_MS, Replay
 
+
 @dataclass(frozen=True)
 class Variant:
     """One way to learn churn: the label rule(s), the model's inputs, the model, where snapshots are taken.

@@ -185,9 +185,7 @@ def _clv_inputs(s: CustomerState, now: int, margin_rate: float) -> tuple[float, 
     return x, t_x, age, m, min(max(margin, 0.0), 1.0)
 
 
-def replay(
-    events: Iterable[tuple[str, dict[str, Any]]], tick_ms: int = DAY_MS, rescore: str = "timer"
-) -> Replay:
+def replay(events: Iterable[tuple[str, dict[str, Any]]], tick_ms: int = DAY_MS, rescore: str = "timer") -> Replay:
     """Fold and score a sorted history on a grid of ``tick_ms``.
 
     ``rescore``: ``timer`` re-scores silent customers at :func:`scoring.features.next_rescore_ms`; ``every`` re-scores

@@ -419,8 +419,6 @@ def test_many_at_once_scores_a_feature_the_model_never_saw() -> None:
     assert model.predict_many_with_reasons(rows) == want
 
 
-
-
 # --- label noise ----------------------------------------------------------------------------------------------------
 
 
