@@ -20,7 +20,9 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import os
 import time
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +100,15 @@ class Replay:
         return self.x[:, _COL[name]]
 
     def save(self, path: Path) -> None:
+        """Write atomically: another study process may be reading the cache."""
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            self._write(fh)
+        os.replace(tmp, path)
+
+    def _write(self, fh: Any) -> None:
         np.savez_compressed(
-            path,
+            fh,
             customers=np.array(self.customers),
             cust=self.cust,
             time=self.time,
@@ -358,7 +367,7 @@ def cached(history: Path, cache_dir: Path, tick_ms: int = DAY_MS, rescore: str =
     if path.exists() and path.stat().st_mtime > history.stat().st_mtime:
         try:
             return Replay.load(path)
-        except (ValueError, KeyError):  # a cache from an older layout: computed again
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile):  # an older layout, or unreadable: computed again
             pass
     r = replay(read_events(history), tick_ms, rescore)
     r.save(path)
