@@ -131,6 +131,10 @@ _HEAD_LAYOUT = (
 _HEAD = struct.Struct(_HEAD_LAYOUT)
 #: The same fields with 32-bit offsets and 16-bit counts, for the (usual) customer whose values fit: 52 bytes less.
 _HEAD_NARROW = struct.Struct(_HEAD_LAYOUT.replace("3q3q3q3Q", "3i3q3q3Q").replace("20I", "20H"))
+#: cvm 0.1's layouts (formats 5 and 6): the first 11 decayed counters only; the others read as 0.
+_OLD_DECAYED = 11
+_HEAD_V5 = struct.Struct(_HEAD_LAYOUT.replace(f"{len(DECAYED)}d", f"{_OLD_DECAYED}d"))
+_HEAD_V6 = struct.Struct(_HEAD_V5.format.replace("3q3q3q3Q", "3i3q3q3Q").replace("20I", "20H"))
 _COUNTS = (
     "n_transactions",
     "n_purchases",
@@ -155,10 +159,10 @@ _COUNTS = (
 )
 _RECENT = struct.Struct("<IQ")  # (kind stream time - event time, event hash)
 _SECTIONS = struct.Struct("<BH")  # lengths of the alert and churn sections
-_FORMAT_VERSION = 5  # _HEAD; _FORMAT_VERSION + 1: _HEAD_NARROW
+_FORMAT_VERSION = 7  # _HEAD; _FORMAT_VERSION + 1: _HEAD_NARROW; 5 and 6: cvm 0.1's, read only
 _FORMAT_BYTE = bytes([_FORMAT_VERSION])
 _NARROW_BYTE = bytes([_FORMAT_VERSION + 1])
-_HEADS = {_FORMAT_VERSION: _HEAD, _FORMAT_VERSION + 1: _HEAD_NARROW}
+_HEADS = {_FORMAT_VERSION: _HEAD, _FORMAT_VERSION + 1: _HEAD_NARROW, 5: _HEAD_V5, 6: _HEAD_V6}
 _RECENT_N = [struct.Struct("<" + "IQ" * n) for n in range(256)]  # n entries of _RECENT at once
 _get_counts = operator.attrgetter(*_COUNTS)
 
@@ -607,6 +611,8 @@ class CustomerState:
             n,
         ) = f
         s.offsets, s.kind_times, s.floors, s.floor_hashes = [o0, o1, o2], [k0, k1, k2], [l0, l1, l2], [h0, h1, h2]
+        if len(decayed) < len(DECAYED):  # an older format: the counters it did not have start from nothing
+            decayed += [0.0] * (len(DECAYED) - len(decayed))
         s.decayed = decayed
         pos, times = 1 + head.size, s.kind_times
         if n:

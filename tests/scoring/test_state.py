@@ -109,3 +109,23 @@ def test_a_burst_of_one_kind_does_not_make_another_kind_late() -> None:
     contacts = [contact(100 + i, T0 + 80 * DAY + i) for i in range(RECENT_IDS * 2)]
     s = fold(contacts + [tx(1, T0, 5.0), tx(2, T0 + DAY, 5.0)])
     assert s.revenue_cents == 1000 and s.n_contacts == RECENT_IDS * 2
+
+
+def test_the_state_of_cvm_0_1_still_reads_its_new_counters_from_nothing() -> None:
+    """Formats 5 and 6 had 11 decayed counters: a state stored by them reads, the 8 new counters at 0."""
+    import struct
+
+    from scoring import state as st
+
+    s = fold([tx(1, T0, 10.0), contact(2, T0 + 1)], offsets=[3, 4])
+    new = s.to_bytes()
+    head = st._HEAD_NARROW if new[0] == 8 else st._HEAD
+    fields = list(head.unpack_from(new, 1))
+    at = len(fields) - 1 - len(st.DECAYED)  # the counters sit just before the count of remembered ids
+    old_fields = fields[: at + 11] + fields[-1:]
+    old_head = st._HEAD_V6 if new[0] == 8 else st._HEAD_V5
+    old = bytes([new[0] - 2]) + old_head.pack(*old_fields) + new[1 + head.size :]
+    back = CustomerState.from_bytes(old)
+    assert back.decayed[:11] == s.decayed[:11] and back.decayed[11:] == [0.0] * (len(st.DECAYED) - 11)
+    assert (back.revenue_cents, back.n_contacts, back.recent) == (s.revenue_cents, s.n_contacts, s.recent)
+    assert CustomerState.from_bytes(back.to_bytes()) == back and struct.calcsize("<B") == 1
