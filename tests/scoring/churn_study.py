@@ -77,25 +77,6 @@ def load_seed(
     return Seed(name, rep, churn, window, table)
 
 
-def tick_percentiles(rep: Replay, values: np.ndarray) -> np.ndarray:
-    """Each scoring's percentile (share of customers below, mid-rank on ties) among every customer's latest value,
-    once all of the tick's customers moved: what the worker's population reads (exactly, without buckets)."""
-    current = np.full(len(rep.customers), np.nan)
-    out = np.full(len(rep.time), np.nan)
-    _, starts = np.unique(rep.time, return_index=True)
-    bounds = [*starts.tolist(), len(rep.time)]
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        current[rep.cust[lo:hi]] = values[lo:hi]
-        known = np.sort(current[np.isfinite(current)])
-        if not known.size:
-            continue
-        v = values[lo:hi]
-        below = np.searchsorted(known, v, side="left")
-        upto = np.searchsorted(known, v, side="right")
-        out[lo:hi] = np.where(np.isfinite(v), (below + upto) / 2 / known.size, np.nan)
-    return out
-
-
 class RowScores(Mapping[str, Any]):
     """One scoring's scores as the worker hands them to the alert rules, read lazily from the replay's row."""
 
