@@ -1,7 +1,7 @@
 """The churn study of docs/churn.md: label × features × model variants, judged against the simulator's truth.
 
 ``python -m tests.scoring.churn_study [--seeds 1,2,3] [--variants NAME,...] [--data DIR]`` simulates (once, cached in
-``DIR``, default ``/work/wt/churn-data``) 3,000 customers × 400 days per seed with ``cvm simulate --out --truth``,
+``DIR``, default ``$CVM_STUDY_DATA`` or ``~/.cache/cvm-churn-study``) 3,000 customers × 400 days per seed with ``cvm simulate --out --truth``,
 replays each history through the worker's scoring loop (:mod:`tests.scoring.study_replay`), then for each variant
 runs what the stream does with the scorings, in stream order:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,7 +40,8 @@ from scoring.state import DAY_MS
 from tests.scoring.study_learn import Variant, learn
 from tests.scoring.study_replay import COLUMN_INDEX, COLUMNS, WEEK_MS, Replay, cached
 
-DATA = Path("/work/wt/churn-data")
+#: Where histories and replays are cached (outside the repository): ``--data``, or ``$CVM_STUDY_DATA``.
+DATA = Path(os.environ.get("CVM_STUDY_DATA") or Path.home() / ".cache" / "cvm-churn-study")
 TIERS = np.array(["A", "B", "C"])
 
 
@@ -260,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="", help="comma-separated variant keys (default: all); --list shows them")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--data", type=Path, default=DATA, help="cache of histories and replays (outside the repo)")
+    parser.add_argument("--customers", type=int, default=3000, help="customers per simulated history")
+    parser.add_argument("--days", type=int, default=400, help="days per simulated history")
     parser.add_argument("--per-week", type=float, default=25.0, help="alert volume the variants are compared at")
     parser.add_argument("--tick-hours", type=int, default=24, help="the stream's tick (the worker's default is 1)")
     parser.add_argument(
@@ -280,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variant {unknown[0]!r}: see --list")
     cpu0 = time.process_time()
     seeds = [
-        load_seed(int(x), args.data, tick_hours=args.tick_hours, rescore=args.rescore) for x in args.seeds.split(",")
+        load_seed(int(x), args.data, args.customers, args.days, tick_hours=args.tick_hours, rescore=args.rescore)
+        for x in args.seeds.split(",")
     ]
     if args.sweep:
         return sweep(seeds, VARIANTS[keys[0]](), [float(x) for x in args.sweep.split(",")])
