@@ -1,19 +1,13 @@
 """The churn study of docs/churn.md: label × features × model variants, judged against the simulator's truth.
 
-``python -m tests.scoring.churn_study [--seeds 1,2,3] [--variants NAME,...] [--data DIR]`` simulates (once, cached in
-``DIR``, default ``$CVM_STUDY_DATA`` or ``~/.cache/cvm-churn-study``) 3,000 customers × 400 days per seed with ``cvm simulate --out --truth``,
-replays each history through the worker's scoring loop (:mod:`tests.scoring.study_replay`), then for each variant
-runs what the stream does with the scorings, in stream order:
-
-* at each tick, the tick's purchases settle pending snapshots (0), its cancellation requests are recorded, label
-  deadlines passed by the tick time minus the allowed lateness (3 days) mature (1), then the tick's scorings are
-  scored by the model version in force and offer snapshots (:class:`scoring.churn.PendingLabels`, one per 30 days,
-  at most 2 pending);
-* every 7 days of stream time the learner learns the pairs known by then, in the order (known time, customer,
-  snapshot time), predicting each first (progressive validation), and publishes a version, used from the next tick;
-
-and computes the issue's figures with :mod:`scoring.outcomes` (AUC against the truth at 30 and 90 days, base rate,
-precision and lift of the alerts, high-value leavers caught 30 days ahead, median lead, ECE, µs per score).
+``python -m tests.scoring.churn_study [--seeds 1,2,3] [--variants v0,v10] [--data DIR]`` simulates (once, cached in
+``DIR``: ``$CVM_STUDY_DATA`` or ``~/.cache/cvm-churn-study``) 3,000 customers × 400 days per seed with
+``cvm simulate --out --truth``, replays each history through the worker's scoring loop
+(:mod:`tests.scoring.study_replay`), runs what the stream does with the scorings for each variant
+(:mod:`tests.scoring.study_learn`: labels, learner, model versions), raises the alerts with
+:class:`scoring.alerts.AlertRules`, and computes the issue's figures with :mod:`scoring.outcomes`: AUC against the
+truth at 30 and 90 days beside the baselines, base rate, precision and lift of the alerts, high-value leavers caught
+30 days ahead, median lead, ECE, µs per score. ``--sweep θ,...`` gives the alert audience of one variant per θ.
 """
 
 from __future__ import annotations
