@@ -1,8 +1,10 @@
 """Features of one customer, derived from its state at an event time ``now``: what a customer-value manager reads.
 
-Every feature here is a pure function of :class:`scoring.state.CustomerState` and ``now`` (the customer's stream
-time in the worker), so a replay of history gives exactly the features live processing gave. ``docs/features.md``
-defines each output column, its unit and its business meaning.
+Every feature here is a pure function of :class:`scoring.state.CustomerState` and ``now`` (the time of the scoring:
+the worker's tick, which may be later than the customer's last event), so a replay of history gives exactly the
+features live processing gave. ``docs/features.md`` defines each output column, its unit and its business meaning;
+:func:`leaving` computes the signals of leaving the churn model reads, :func:`next_rescore_ms` when a silent
+customer's features have moved enough to score it again.
 
 >>> from scoring.state import CustomerState, FoldRules
 >>> s, rules = CustomerState(), FoldRules(margin_rate=0.25, contact_costs={"phone": 5.0})
@@ -232,7 +234,18 @@ def _vs_usual(recent: float, recent_exposure: float, usual: float, usual_exposur
 def leaving(
     s: CustomerState, now: int, window: dict[str, float], tenure: float, recency: float, period_days: int = 1
 ) -> dict[str, float]:
-    """Signals of leaving: each one the customer's recent behaviour against its own rhythm and baseline."""
+    """Signals of leaving: each one the customer's recent behaviour against its own rhythm and baseline
+    (docs/features.md, "Signals of leaving"); :func:`compute` adds them to every scoring.
+
+    >>> from scoring.state import FoldRules
+    >>> s, t0, day = CustomerState(), 1_767_225_600_000, DAY_MS
+    >>> for d in range(0, 300, 10):  # every 10 days for 300 days, then 50 days of silence
+    ...     _ = s.apply("transactions", {"event_id": f"t{d}", "event_time": t0 + d * day, "amount": 20.0}, -1,
+    ...                 FoldRules())
+    >>> f = compute(s, t0 + 340 * day)
+    >>> round(f["typical_gap_days"], 1), round(f["silence_gaps"], 1), round(f["purchases_vs_usual"], 2)
+    (10.7, 4.7, -0.93)
+    """
     n = s.n_occasions
     span = (s.last_occasion - s.first_occasion) * period_days if n else 0.0
     gap = (span + PRIOR_GAP_DAYS) / max(n, 1)
