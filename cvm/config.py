@@ -113,17 +113,24 @@ class Config:
     kafka_sasl_password: str = _f("", "CVM_KAFKA_SASL_PASSWORD", "SASL password (never logged).")
     kafka_ssl_cafile: str = _f("", "CVM_KAFKA_SSL_CAFILE", "CA bundle for TLS to Kafka.")
     log_level: str = _f("WARNING", "CVM_LOG_LEVEL", "Log level of cvm processes.")
-    # Churn learning (docs/churn.md): scoring.churn.LabelRule.from_days and PendingLabels take these.
+    # Churn learning (docs/churn.md): scoring.labels.label_rules and PendingLabels take these.
     churn_silence_days: float = _f(
-        90.0, "CVM_CHURN_SILENCE_DAYS", "Event-time days without a purchase after a snapshot that mean churned."
+        45.0, "CVM_CHURN_SILENCE_DAYS", "Event-time days without a purchase, after the offset, that mean churned."
     )
+    churn_offset_days: float = _f(
+        30.0, "CVM_CHURN_OFFSET_DAYS", "Horizon of churn_probability: the label says gone by snapshot + this."
+    )
+    churn_early_offset_days: float = _f(
+        60.0, "CVM_CHURN_EARLY_OFFSET_DAYS", "Horizon of churn_probability_60d, the alerts' head (0: no such head)."
+    )
+
     churn_cancel_grace_days: float = _f(
         30.0, "CVM_CHURN_CANCEL_GRACE_DAYS", "Days after a cancellation request without a purchase that mean churned."
     )
     churn_snapshot_every_days: float = _f(
         30.0, "CVM_CHURN_SNAPSHOT_EVERY_DAYS", "Event-time days between a customer's churn snapshots."
     )
-    churn_max_pending: int = _f(2, "CVM_CHURN_MAX_PENDING", "Snapshots a customer keeps waiting for their label.")
+    churn_max_pending: int = _f(4, "CVM_CHURN_MAX_PENDING", "Snapshots a customer keeps waiting for their labels.")
     churn_model: str = _f("logreg", "CVM_CHURN_MODEL", "Churn model: logreg, hat (Hoeffding tree) or arf (forest).")
     idle_partition_s: float = _f(
         10.0,
@@ -154,13 +161,31 @@ class Config:
         "Alert rules that are on, comma-separated (a TOML list works too); none turns alerts off.",
     )
     alert_churn_threshold: float = _f(
-        0.6, "CVM_ALERT_CHURN_THRESHOLD", "Churn probability at which a high-value customer is at risk."
+        0.2,
+        "CVM_ALERT_CHURN_THRESHOLD",
+        "Chance of leaving (alert_churn_score) at which a high-value customer is at risk.",
+    )
+    alert_churn_score: str = _f(
+        "churn_probability_60d", "CVM_ALERT_CHURN_SCORE", "The churn score high_value_at_risk reads."
+    )
+    alert_churn_days: float = _f(60.0, "CVM_ALERT_CHURN_DAYS", "Horizon of alert_churn_score, in days (its wording).")
+    alert_churn_hysteresis: float = _f(
+        0.02, "CVM_ALERT_CHURN_HYSTERESIS", "How far below the threshold the churn score must fall to end an episode."
+    )
+    alert_high_value_days: float = _f(
+        180.0, "CVM_ALERT_HIGH_VALUE_DAYS", "A customer of tier A at a scoring within these days counts as high value."
+    )
+    alert_episode_days: float = _f(
+        60.0, "CVM_ALERT_EPISODE_DAYS", "A customer still at risk this long after its alert is raised again (0: never)."
+    )
+    alert_critical_value_percentile: float = _f(
+        0.95, "CVM_ALERT_CRITICAL_VALUE_PERCENTILE", "CLV percentile (value at stake) of a critical alert."
     )
     alert_hysteresis: float = _f(
-        0.1, "CVM_ALERT_HYSTERESIS", "How far back past a threshold a customer must recover to end an episode."
+        0.1, "CVM_ALERT_HYSTERESIS", "How far back past P(alive)'s low mark a customer must recover to end an episode."
     )
     alert_critical_probability: float = _f(
-        0.8, "CVM_ALERT_CRITICAL_PROBABILITY", "Churn probability (or 1 - P(alive)) that makes an alert critical."
+        0.8, "CVM_ALERT_CRITICAL_PROBABILITY", "1 - P(alive) that makes a p_alive_drop alert critical."
     )
     alert_profit_percentile: float = _f(
         0.0, "CVM_ALERT_PROFIT_PERCENTILE", "Also high value: profit_percentile at or above it (0.95: top 5%; 0: off)."
@@ -238,6 +263,8 @@ class Config:
             raise ConfigError(f"tick_s={self.tick_s:g} must be at least 1 and divide model_every_days * 86400")
         if self.churn_silence_days <= 0 or self.churn_cancel_grace_days < 0 or self.churn_max_pending < 1:
             raise ConfigError("churn_silence_days must be > 0, churn_cancel_grace_days >= 0, churn_max_pending >= 1")
+        if self.churn_offset_days < 0 or self.churn_early_offset_days < 0:
+            raise ConfigError("churn_offset_days and churn_early_offset_days must be >= 0 (0: no early head)")
         self._check_alerts()
         self._check_upstream()
 

@@ -1,49 +1,63 @@
 """Alerts on at-risk high-value customers: pure rules, raised once per episode, in event time only.
 
-Three rules (``docs/alerts.md`` has the full definitions and the settings that tune them):
+Three rules (``docs/alerts.md`` has the full definitions, the settings that tune them and what they achieve against
+the simulator's truth):
 
-* ``high_value_at_risk`` — a high-value customer (value tier A, or ``profit_percentile`` at or above a setting)
-  whose churn probability reached the threshold θ (default 0.6);
+* ``high_value_at_risk`` — a high-value customer (value tier A now or at some scoring in the last
+  ``high_value_days``, 180; or ``profit_percentile`` at or above a setting) whose early-warning churn probability —
+  the calibrated chance that it is gone within 60 days (``churn_probability_60d``, docs/churn.md) — reached θ
+  (default 0.2). Severity by the value at stake: ``critical`` when its CLV percentile was in the top 5% while of
+  high value, ``high`` for the rest of tier A;
 * ``p_alive_drop`` — P(alive) of a tier A or B customer fell sharply: from at least 0.8 to at most 0.4, either
   between two consecutive scorings or within a window (default 30 days) of the last time it was that high;
-* ``cancellation_request`` — a tier-A customer asked to cancel (a contact with that reason in the last 30 days).
+* ``cancellation_request`` — a high-value customer asked to cancel (a contact with that reason in the last 30 days).
 
 **Once, not a flood.** Each rule has, per customer, an *episode*: it opens when the rule's condition starts and
 the alert is raised then, never again while the episode stays open. It closes when the customer recovers, with
-hysteresis so that a score hovering at a threshold does not flap: churn probability below θ − 0.1, P(alive) back
+hysteresis so that a score hovering at a threshold does not flap: churn probability below θ − 0.02, P(alive) back
 above 0.4 + 0.1, or the cancellation window passed without a new request. After an episode closes, a new one can
-open only once a cooldown (default 7 days) has passed. The episode id ``"{customer_id}:{rule}:{start_ms}"`` is
-made of event times only, so replaying the same history gives the same ids and the sink collapses the repeats.
+open only once a cooldown (default 7 days) has passed. A customer still at risk ``episode_days`` (60) after its
+``high_value_at_risk`` episode opened is raised again, as a new episode ("still at risk"). The episode id
+``"{customer_id}:{rule}:{start_ms}"`` is made of event times only, so replaying the same history gives the same ids
+and the sink collapses the repeats.
 
-The episodes live in an :class:`AlertState` of 20 bytes the worker keeps inside the customer's state.
+Reasons are business words from the signals that moved (:mod:`scoring.reasons`), never a customer's size or age.
+
+The episodes live in an :class:`AlertState` of 26 bytes the worker keeps inside the customer's state.
 
 >>> rules = AlertRules()
 >>> state = AlertState()
->>> t0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC, the event time of the customer's latest event
->>> scores = {"value_tier": "A", "clv": 5400.0, "profitability": 812.5, "churn_probability": 0.72,
-...           "churn_reasons": ["recency_days +1.8", "complaints_30d +0.9"], "complaints_30d": 2.7,
-...           "recency_days": 74.2}
+>>> t0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC, the scoring's event time
+>>> scores = {"value_tier": "A", "clv_percentile": 0.97, "clv": 5400.0, "profitability": 812.5,
+...           "churn_probability": 0.18, "churn_probability_60d": 0.31, "complaints_30d": 2.7,
+...           "complaints_vs_usual": 1.2, "unresolved_30d": 1.8, "recency_days": 74.2, "silence_gaps": 3.1,
+...           "typical_gap_days": 24.0, "frequency": 9}
 >>> [alert] = rules.evaluate("c42", scores, state, None, t0)
 >>> alert["rule"], alert["severity"], alert["episode"]
-('high_value_at_risk', 'high', 'c42:high_value_at_risk:1772409600000')
->>> alert["reasons"]
-['recency_days +1.8', 'complaints_30d +0.9', '≈3 complaints in 30 days', 'no purchase for 74 days']
->>> rules.evaluate("c42", dict(scores, churn_probability=0.9), state, None, t0 + 3_600_000)  # same episode
+('high_value_at_risk', 'critical', 'c42:high_value_at_risk:1772409600000')
+>>> for reason in alert["reasons"]:
+...     print(reason)
+31% chance of leaving within 60 days
+3 complaints in 30 days, 2 unresolved
+no purchase for 74 days, usually every 24
+>>> rules.evaluate("c42", dict(scores, churn_probability_60d=0.5), state, None, t0 + 3_600_000)  # same episode
 []
 >>> state.open_rules
 ('high_value_at_risk',)
 >>> AlertState.from_bytes(state.to_bytes()) == state, len(state.to_bytes())
-(True, 20)
+(True, 26)
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
+
+from scoring.reasons import reasons as business_reasons
 
 __all__ = ["RULES", "AlertRules", "AlertState", "parse_rule_names", "severity"]
 
@@ -58,10 +72,12 @@ RULES = (HIGH_VALUE_AT_RISK, P_ALIVE_DROP, CANCELLATION_REQUEST)
 RECORDED = (
     "value_tier",
     "profit_percentile",
+    "clv_percentile",
     "clv",
     "profitability",
     "revenue",
     "churn_probability",
+    "churn_probability_60d",
     "p_alive",
     "recency_days",
     "complaints_30d",
@@ -70,16 +86,25 @@ RECORDED = (
     "n_cancellation_requests",
     "last_cancellation_time",
     "churn_model_version",
+    "silence_gaps",
+    "typical_gap_days",
+    "purchases_vs_usual",
+    "spend_vs_usual",
+    "contacts_vs_usual",
+    "complaints_vs_usual",
+    "unresolved_30d",
+    "late_payments_90d",
 )
-
-#: A gap without purchases at least this long is stated as a reason ("no purchase for 74 days").
-RECENCY_FACT_DAYS = 30.0
 
 _DAY_S = 86_400
 _MAX_U32 = 0xFFFF_FFFF
 _UNKNOWN_P = 0xFFFF
-_STATE = struct.Struct("<BB3IIH")  # format, open bits, per-rule time, time P(alive) was last high, last P(alive)
-_FORMAT_VERSION = 1
+# format, open bits, per-rule time, time P(alive) was last high, last P(alive), time last of high value, the highest
+# value percentile (1/10000) of that high-value spell
+_STATE = struct.Struct("<BB3IIHIH")
+_STATE_V1 = struct.Struct("<BB3IIH")  # cvm <= 0.1: no value fields
+_TIER_A_BIT = 0x8000  # in the value percentile field: tier A in the high-value spell
+_FORMAT_VERSION = 2
 
 
 def _seconds(ms: int, up: bool = False) -> int:
@@ -100,18 +125,21 @@ def _num(scores: Mapping[str, Any], key: str) -> float | None:
 
 
 class AlertState:
-    """One customer's alert episodes: which are open, and since/until when (20 bytes as :meth:`to_bytes`).
+    """One customer's alert episodes: which are open, and since/until when (26 bytes as :meth:`to_bytes`).
 
     ``open`` has bit ``i`` set while the episode of ``RULES[i]`` is open. ``times[i]`` is in epoch seconds: while
     open, the episode's start (for ``cancellation_request``: the latest request it covers); once closed, its end,
     from which the cooldown counts; 0 means never. ``high_time`` is the last time P(alive) was at or above the
     "high" mark (0: not since the last drop alert), and ``last_p_alive`` the P(alive) of the previous scoring.
+    ``value_time`` is the last scoring at which the customer was of high value (epoch seconds, 0: never),
+    ``value_pct`` the highest CLV percentile it had in that high-value spell (the value at stake) and ``value_a``
+    whether it was in tier A in that spell.
 
     >>> AlertState.from_bytes(b"") == AlertState()  # a customer that never had any: no bytes needed yet
     True
     """
 
-    __slots__ = ("open", "times", "high_time", "last_p_alive")
+    __slots__ = ("open", "times", "high_time", "last_p_alive", "value_time", "value_pct", "value_a")
 
     #: Bytes of :meth:`to_bytes`, for a caller packing the state inside its own.
     SIZE = _STATE.size
@@ -121,6 +149,9 @@ class AlertState:
         self.times = [0, 0, 0]
         self.high_time = 0
         self.last_p_alive: float | None = None
+        self.value_time = 0
+        self.value_pct = 0.0
+        self.value_a = False
 
     @property
     def open_rules(self) -> tuple[str, ...]:
@@ -129,17 +160,23 @@ class AlertState:
 
     def to_bytes(self) -> bytes:
         p = _UNKNOWN_P if self.last_p_alive is None else round(min(max(self.last_p_alive, 0.0), 1.0) * 10_000)
-        return _STATE.pack(_FORMAT_VERSION, self.open, *self.times, self.high_time, p)
+        v = round(min(max(self.value_pct, 0.0), 1.0) * 10_000) | (_TIER_A_BIT if self.value_a else 0)
+        return _STATE.pack(_FORMAT_VERSION, self.open, *self.times, self.high_time, p, self.value_time, v)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AlertState:
-        """The state :meth:`to_bytes` wrote; empty bytes give a fresh state."""
+        """The state :meth:`to_bytes` wrote (this format or cvm 0.1's); empty bytes give a fresh state."""
         state = cls()
         if not data:
             return state
-        if data[0] != _FORMAT_VERSION:
+        if data[0] == _FORMAT_VERSION:
+            _, state.open, t0, t1, t2, state.high_time, p, state.value_time, v = _STATE.unpack_from(data)
+            state.value_pct = (v & ~_TIER_A_BIT) / 10_000
+            state.value_a = bool(v & _TIER_A_BIT)
+        elif data[0] == 1:
+            _, state.open, t0, t1, t2, state.high_time, p = _STATE_V1.unpack_from(data)
+        else:
             raise ValueError(f"unknown alert state format {data[0]}")
-        _, state.open, t0, t1, t2, state.high_time, p = _STATE.unpack_from(data)
         state.times = [t0, t1, t2]
         state.last_p_alive = None if p == _UNKNOWN_P else p / 10_000
         return state
@@ -150,7 +187,10 @@ class AlertState:
         return self.to_bytes() == other.to_bytes()
 
     def __repr__(self) -> str:
-        return f"AlertState(open={self.open_rules}, times={self.times}, high_time={self.high_time})"
+        return (
+            f"AlertState(open={self.open_rules}, times={self.times}, high_time={self.high_time}, "
+            f"value_time={self.value_time}, value_pct={self.value_pct}, value_a={self.value_a})"
+        )
 
     def open_episode(self, i: int, start_s: int) -> None:
         """Open the episode of ``RULES[i]``, started at ``start_s`` (epoch seconds)."""
@@ -183,15 +223,16 @@ def severity(top: bool, strong: bool) -> str:
     return "high" if top or strong else "medium"
 
 
-def _count(value: float, one: str, many: str, window: str = "") -> str:
-    """A count in plain words, "≈" when the feature is a decayed (fractional) count.
+def value_severity(value_pct: float | None, critical_pct: float, tier_a: bool) -> str:
+    """Severity by the value at stake: ``critical`` for a customer in the top ``1 - critical_pct`` of value,
+    ``high`` for the rest of tier A, ``medium`` for a customer of high value by another measure.
 
-    >>> _count(3.0, "complaint", "complaints", " in 30 days"), _count(0.8, "complaint", "complaints")
-    ('3 complaints in 30 days', '≈1 complaint')
+    >>> value_severity(0.97, 0.95, True), value_severity(0.85, 0.95, True), value_severity(None, 0.95, False)
+    ('critical', 'high', 'medium')
     """
-    n = max(1, round(value))
-    approx = "≈" if abs(value - round(value)) > 1e-6 else ""
-    return f"{approx}{n} {one if n == 1 else many}{window}"
+    if value_pct is not None and value_pct >= critical_pct:
+        return "critical"
+    return "high" if tier_a else "medium"
 
 
 def _day(ms: int) -> str:
@@ -210,7 +251,13 @@ class AlertRules:
     """
 
     rules: tuple[str, ...] = RULES
-    churn_threshold: float = 0.6
+    churn_score: str = "churn_probability_60d"
+    churn_days: float = 60.0
+    churn_threshold: float = 0.2
+    churn_hysteresis: float = 0.02
+    high_value_days: float = 180.0
+    episode_days: float = 60.0
+    critical_value_percentile: float = 0.95
     hysteresis: float = 0.1
     critical_probability: float = 0.8
     profit_percentile: float = 0.0
@@ -219,23 +266,42 @@ class AlertRules:
     p_alive_window_days: float = 30.0
     cancellation_window_days: float = 30.0
     cooldown_days: float = 7.0
-    max_model_reasons: int = 3
+    max_reasons: int = 3
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.rules if r not in RULES]
         if unknown:
             raise ValueError(f"alert_rules: unknown rule {unknown[0]!r} (known: {', '.join(RULES)})")
-        for name in ("churn_threshold", "hysteresis", "critical_probability", "p_alive_high", "p_alive_low"):
+        for name in (
+            "churn_threshold",
+            "churn_hysteresis",
+            "critical_value_percentile",
+            "hysteresis",
+            "critical_probability",
+            "p_alive_high",
+            "p_alive_low",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"alert_{name}={value}: must be between 0 and 1")
+        if self.churn_hysteresis > self.churn_threshold:
+            raise ValueError(
+                f"alert_churn_hysteresis={self.churn_hysteresis} must not exceed "
+                f"alert_churn_threshold={self.churn_threshold}"
+            )
         if self.p_alive_low >= self.p_alive_high:
             raise ValueError(
                 f"alert_p_alive_low={self.p_alive_low} must be below alert_p_alive_high={self.p_alive_high}"
             )
         if not 0.0 <= self.profit_percentile <= 1.0:
             raise ValueError(f"alert_profit_percentile={self.profit_percentile}: must be between 0 (off) and 1")
-        for name in ("p_alive_window_days", "cancellation_window_days", "cooldown_days"):
+        for name in (
+            "high_value_days",
+            "episode_days",
+            "p_alive_window_days",
+            "cancellation_window_days",
+            "cooldown_days",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 3650.0:
                 raise ValueError(f"alert_{name}={value}: must be between 0 and 3650 days")
@@ -255,11 +321,24 @@ class AlertRules:
     # --- the rules -------------------------------------------------------------------------------------------------
 
     def high_value(self, scores: Mapping[str, Any]) -> bool:
-        """Tier A, or at or above the configured ``profit_percentile`` (0 = tier A only)."""
+        """Of high value now: tier A, or at or above the configured ``profit_percentile`` (0 = tier A only)."""
         if scores.get("value_tier") == "A":
             return True
         pct = _num(scores, "profit_percentile")
         return self.profit_percentile > 0 and pct is not None and pct >= self.profit_percentile
+
+    def _remember_value(self, scores: Mapping[str, Any], state: AlertState, now_s: int) -> bool:
+        """Note a high-value scoring in ``state``; whether the customer counts as of high value (now or within
+        ``high_value_days``)."""
+        window_s = round(self.high_value_days * _DAY_S)
+        recent = state.value_time > 0 and now_s - state.value_time <= window_s
+        if self.high_value(scores):
+            pct = _num(scores, "clv_percentile")
+            state.value_pct = max(state.value_pct if recent else 0.0, pct if pct is not None else 0.0)
+            state.value_a = (state.value_a and recent) or scores.get("value_tier") == "A"
+            state.value_time = max(state.value_time, now_s)
+            return True
+        return recent
 
     def evaluate(
         self,
@@ -273,33 +352,43 @@ class AlertRules:
 
         ``scores`` are the customer's current scores and features (a missing key leaves its rule's episode as it
         is: unknown is not recovered). ``prev_p_alive`` is P(alive) at the previous scoring; ``None`` uses the
-        value ``state`` remembers. ``now_ms`` is the event time of this scoring — the customer's stream time,
-        never the wall clock. Each alert is the JSON message of the ``alerts`` topic: ``alert_time`` (=
-        ``now_ms``), ``customer_id``, ``rule``, ``severity``, ``reasons``, ``scores`` and ``episode``.
+        value ``state`` remembers. ``now_ms`` is the event time of this scoring (the worker's tick), never the
+        wall clock. Each alert is the JSON message of the ``alerts`` topic: ``alert_time`` (= ``now_ms``),
+        ``customer_id``, ``rule``, ``severity``, ``reasons``, ``scores`` and ``episode``.
 
-        Severity (:func:`severity`): "top" is tier A for every rule; "strong" is churn probability ≥
-        ``critical_probability`` (high_value_at_risk), P(alive) ≤ 1 − ``critical_probability`` (p_alive_drop),
-        churn probability ≥ ``churn_threshold``, the model agreeing with the request (cancellation_request).
+        Severity: by the value at stake for ``high_value_at_risk`` and ``cancellation_request``
+        (:func:`value_severity` of the highest ``clv_percentile`` of the high-value spell); for ``p_alive_drop``,
+        :func:`severity` with "top" = tier A and "strong" = P(alive) ≤ 1 − ``critical_probability``.
         """
         now_ms = int(now_ms)
         now_s = _seconds(now_ms)
         cooldown_s = round(self.cooldown_days * _DAY_S)
         tier = scores.get("value_tier")
-        churn = _num(scores, "churn_probability")
+        churn = _num(scores, self.churn_score)
         p_alive = _num(scores, "p_alive")
         prev = prev_p_alive if prev_p_alive is not None else state.last_p_alive
+        valuable = self._remember_value(scores, state, now_s)
+        stake = value_severity(state.value_pct, self.critical_value_percentile, state.value_a)
         alerts: list[dict[str, Any]] = []
 
-        # high_value_at_risk: opens on value and risk; only the risk recovering closes it.
+        # high_value_at_risk: opens on value and risk; the risk recovering closes it; one still at risk after
+        # episode_days is raised again.
         i = 0
         if HIGH_VALUE_AT_RISK in self.rules and churn is not None:
+            lead = [f"{round(100 * churn)}% chance of leaving within {self.churn_days:g} days"]
             if state.open >> i & 1:
-                if churn < self.churn_threshold - self.hysteresis:
+                if churn < self.churn_threshold - self.churn_hysteresis:
                     state.close_episode(i, _seconds(now_ms, up=True))
-            elif churn >= self.churn_threshold and self.high_value(scores) and state.cooled(i, now_s, cooldown_s):
+                elif self.episode_days and now_s - state.times[i] >= round(self.episode_days * _DAY_S) and valuable:
+                    days = round((now_s - state.times[i]) / _DAY_S)
+                    state.open_episode(i, now_s)
+                    lead.append(f"still at risk after {days} days")
+                    alerts.append(
+                        self._alert(customer_id, HIGH_VALUE_AT_RISK, stake, now_ms, now_ms, scores, lead, prev)
+                    )
+            elif churn >= self.churn_threshold and valuable and state.cooled(i, now_s, cooldown_s):
                 state.open_episode(i, now_s)
-                sev = severity(tier == "A", churn >= self.critical_probability)
-                alerts.append(self._alert(customer_id, HIGH_VALUE_AT_RISK, sev, now_ms, now_ms, scores, [], prev))
+                alerts.append(self._alert(customer_id, HIGH_VALUE_AT_RISK, stake, now_ms, now_ms, scores, lead, prev))
 
         # p_alive_drop: armed while P(alive) was high at the previous scoring or recently; a drop alert disarms.
         i = 1
@@ -343,14 +432,12 @@ class AlertRules:
             if (
                 not state.open >> i & 1
                 and req_ms
-                and tier == "A"
+                and valuable
                 and now_ms - req_ms <= window_s * 1000
                 and state.cooled(i, now_s, cooldown_s)
             ):
                 state.open_episode(i, req_s)
-                fact = f"asked to cancel on {_day(req_ms)}"
-                sev = severity(True, churn is not None and churn >= self.churn_threshold)
-                alerts.append(self._alert(customer_id, CANCELLATION_REQUEST, sev, now_ms, req_ms, scores, [fact], prev))
+                alerts.append(self._alert(customer_id, CANCELLATION_REQUEST, stake, now_ms, req_ms, scores, [], prev))
         return alerts
 
     # --- the message -----------------------------------------------------------------------------------------------
@@ -382,48 +469,19 @@ class AlertRules:
             "customer_id": customer_id,
             "rule": rule,
             "severity": sev,
-            "reasons": _dedupe([*lead, *self.model_reasons(scores), *self.facts(scores, now_ms)]),
+            "reasons": _dedupe([*lead, *self.facts(scores, now_ms)]),
             "scores": recorded,
             "episode": f"{customer_id}:{rule}:{start_ms}",
         }
 
-    def model_reasons(self, scores: Mapping[str, Any]) -> list[str]:
-        """The churn model's top reason codes (``churn_reasons``), as it ranked them."""
-        found = scores.get("churn_reasons")
-        if isinstance(found, str):
-            found = [found]
-        if not isinstance(found, Sequence):
-            return []
-        return [str(r) for r in found if r][: self.max_model_reasons]
-
     def facts(self, scores: Mapping[str, Any], now_ms: int) -> list[str]:
-        """What the customer's features say in plain words.
+        """What the customer's signals of leaving say in business words (:func:`scoring.reasons.reasons`).
 
         >>> AlertRules().facts({"complaints_30d": 1.0, "failed_payments_90d": 2.0, "recency_days": 12,
         ...                     "last_cancellation_time": 1_772_409_600_000}, 1_772_500_000_000)
-        ['1 complaint in 30 days', '2 failed payments in 90 days', 'asked to cancel on 2026-03-02']
-        >>> AlertRules().facts({"n_failed_payments": 2, "recency_days": 74.9}, 0)
-        ['2 failed payments', 'no purchase for 74 days']
+        ['asked to cancel yesterday', '2 failed payments in 90 days', '1 complaint in 30 days']
         """
-        out = []
-        complaints = _num(scores, "complaints_30d")
-        if complaints is not None and complaints >= 0.5:
-            out.append(_count(complaints, "complaint", "complaints", " in 30 days"))
-        failed = _num(scores, "failed_payments_90d")
-        if failed is not None:
-            if failed >= 0.5:
-                out.append(_count(failed, "failed payment", "failed payments", " in 90 days"))
-        else:
-            total = _num(scores, "n_failed_payments")
-            if total is not None and total >= 1:
-                out.append(_count(total, "failed payment", "failed payments"))
-        recency = _num(scores, "recency_days")
-        if recency is not None and recency >= RECENCY_FACT_DAYS:
-            out.append(f"no purchase for {int(recency)} days")
-        requested = _num(scores, "last_cancellation_time")
-        if requested and 0 <= now_ms - requested <= self.cancellation_window_days * _DAY_S * 1000:
-            out.append(f"asked to cancel on {_day(int(requested))}")
-        return out
+        return business_reasons(scores, now_ms, self.max_reasons)
 
 
 def parse_rule_names(text: str) -> tuple[str, ...]:

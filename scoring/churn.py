@@ -1,28 +1,17 @@
-"""Churn learning with delayed labels: the label rule, compact snapshots, a customer's pending labels, the model.
+"""The churn model: an online, calibrated logistic regression of "gone within N days" with river's verbs.
 
-A churn label is known only long after the features that should have predicted it. The loop:
+The pairs it learns come from :mod:`scoring.labels` (label rules, snapshots, pending labels); the learner predicts
+each pair before learning it (progressive validation, :mod:`scoring.metrics`), learns it with
+:meth:`ChurnModel.learn_one` and publishes :meth:`ChurnModel.to_bytes` as new versions; workers score with
+:meth:`ChurnModel.predict_many_with_reasons` (or :meth:`ChurnModel.predict_many`), which never change the model.
+The labels are noisy — a customer who stays but buys rarely is labelled "gone" too — and the model knows how noisy
+(:class:`NoisyLog`, :meth:`ChurnModel.noise`), so its probability is that of being gone, not of being silent.
 
-1. on a customer's event, :meth:`PendingLabels.offer` keeps a **snapshot** of the features the model just scored
-   (at most one per ``every_ms``, at most ``max_pending`` per customer, packed in about 100 bytes);
-2. a purchase (:meth:`PendingLabels.purchase`) or stream time passing a deadline (:meth:`PendingLabels.advance`)
-   **matures** a snapshot's label under :class:`LabelRule`; the snapshot then leaves the customer's state, so each
-   (features, label) pair is produced exactly once per state;
-3. the trainer scores each matured pair before learning it (progressive validation, :mod:`scoring.metrics`),
-   learns it with :meth:`ChurnModel.learn_one`, and publishes :meth:`ChurnModel.to_bytes` as new versions;
-4. workers score every feature update with :meth:`ChurnModel.churn_probability` and :meth:`ChurnModel.reasons`,
-   which never change the model.
+``docs/churn.md`` states the design and the measurements that chose it. The label names are re-exported here.
 
-``docs/churn.md`` states the rule and the design in prose.
-
->>> rule = LabelRule.from_days(silence_days=90, grace_days=30)
->>> pending = PendingLabels()
->>> pending.offer(0, {"recency_days": 3.0, "frequency": 5.0}, every_ms=30 * DAY_MS, max_pending=2)
-True
->>> pending.purchase(10 * DAY_MS, rule)  # a purchase within 90 days: not churned, known at once
-[Matured(snapshot_ms=0, label_ms=864000000, label=0, features={'recency_days': 3.0, 'frequency': 5.0})]
->>> model = ChurnModel()
->>> model.learn_one({"recency_days": 3.0, "frequency": 5.0}, 0)
->>> model.n_learned, 0.0 < model.churn_probability({"recency_days": 3.0}) < 0.5
+>>> model = ChurnModel(noise_days=45)
+>>> model.learn_one({"silence_gaps": 0.5, "frequency": 5.0, "tenure_days": 200.0}, 0)
+>>> model.n_learned, 0.0 < model.churn_probability({"silence_gaps": 0.5}) < 0.5
 (1, True)
 """
 
@@ -30,59 +19,54 @@ from __future__ import annotations
 
 import math
 import pickle
-import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import river
 from river import forest, linear_model, optim, preprocessing, tree
 from river.utils.math import sigmoid
 
+from scoring.labels import (
+    DAY_MS,
+    FEATURES,
+    LEGACY_FEATURES,
+    MAX_HEADS,
+    MODEL_FEATURES,
+    LabelRule,
+    Matured,
+    PendingLabels,
+    Snapshot,
+    label_rules,
+    pack_snapshot,
+    unpack_snapshot,
+)
+
 __all__ = [
     "DAY_MS",
     "FEATURES",
+    "LEGACY_FEATURES",
+    "MAX_HEADS",
     "MODELS",
+    "MODEL_FEATURES",
     "ChurnModel",
     "LabelRule",
     "Matured",
+    "NoisyLog",
     "PendingLabels",
     "Snapshot",
+    "label_rules",
     "pack_snapshot",
     "prepare",
     "unpack_snapshot",
 ]
 
-DAY_MS = 86_400_000
+#: The prior of a customer's purchase rate in :meth:`ChurnModel.noise`: Gamma with this shape and this many days
+#: per unit of shape (mean: one purchase a month).
+NOISE_PRIOR_SHAPE = 1.0
+NOISE_PRIOR_DAYS = 30.0
 
-#: The churn model's inputs, in their packed order. Append only: a snapshot records how many of these it holds,
-#: so snapshots packed before a feature was added still unpack (the new feature is missing from them).
-FEATURES: tuple[str, ...] = (
-    "recency_days",
-    "frequency",
-    "monetary",
-    "tenure_days",
-    "regularity",
-    "spend_trend",
-    "spend_30d",
-    "spend_90d",
-    "purchases_30d",
-    "purchases_90d",
-    "contacts_30d",
-    "complaints_30d",
-    "complaint_share",
-    "repeat_contact_share",
-    "n_cancellation_requests",
-    "on_time_rate",
-    "avg_days_past_due",
-    "failed_payments_90d",
-    "p_alive",
-    "profitability",
-    "loyalty_score",
-)
-
-#: Heavy-tailed features (counts, money, days): the model sees ``sign(v) * log1p(|v|)`` of them.
+#: Heavy-tailed features (counts, money, days; any model input): the model sees ``sign(v) * log1p(|v|)`` of them.
 _LOG_FEATURES = frozenset(
     {
         "recency_days",
@@ -100,6 +84,15 @@ _LOG_FEATURES = frozenset(
         "avg_days_past_due",
         "failed_payments_90d",
         "profitability",
+        "typical_gap_days",
+        "silence_gaps",
+        "silence_rate",
+        "days_since_contact",
+        "contacts_7d",
+        "unresolved_30d",
+        "refunds_90d",
+        "late_payments_90d",
+        "clv",
     }
 )
 
@@ -110,271 +103,21 @@ _LOG_INDEX = tuple(i for i, name in enumerate(FEATURES) if name in _LOG_FEATURES
 MODELS = ("logreg", "hat", "arf")
 
 
-# --- the label rule -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelRule:
-    """When a snapshot taken at ``s`` is labelled churned (1) or not (0), and when that becomes known.
-
-    The **deadline** of a snapshot is ``s + silence_ms``, or ``c + grace_ms`` when a cancellation request ``c``
-    follows the snapshot (``c > s``) and that comes first. The first decisive thing after ``s`` settles the label:
-
-    * a purchase ``p`` with ``s < p <= deadline`` gives **0**, known at ``p``;
-    * stream time passing the deadline with no such purchase gives **1**, known at the deadline.
-
-    So a customer silent for ``silence_ms`` after a snapshot has churned, and so has one who asked to cancel and did
-    not buy within ``grace_ms`` of asking. "Purchase" means a transaction with a positive amount (a refund is not
-    one). Times are event times in ms.
-
-    >>> rule = LabelRule.from_days(silence_days=90, grace_days=30)
-    >>> rule.deadline(0) // DAY_MS, rule.deadline(0, cancel_ms=20 * DAY_MS) // DAY_MS
-    (90, 50)
-    >>> rule.on_purchase(0, 89 * DAY_MS), rule.on_purchase(0, 91 * DAY_MS)
-    (0, None)
-    >>> rule.on_time(0, 90 * DAY_MS), rule.on_time(0, 90 * DAY_MS + 1)
-    (None, 1)
-    >>> rule.on_time(0, 51 * DAY_MS, cancel_ms=20 * DAY_MS)  # asked to cancel, then 30 days without a purchase
-    1
-    """
-
-    silence_ms: int = 90 * DAY_MS
-    grace_ms: int = 30 * DAY_MS
-
-    def __post_init__(self) -> None:
-        if self.silence_ms <= 0 or self.grace_ms < 0:
-            raise ValueError(f"churn label rule: silence {self.silence_ms} ms must be > 0, grace >= 0")
-
-    @classmethod
-    def from_days(cls, silence_days: float, grace_days: float) -> LabelRule:
-        """The rule for ``CVM_CHURN_SILENCE_DAYS`` and ``CVM_CHURN_CANCEL_GRACE_DAYS``."""
-        return cls(int(silence_days * DAY_MS), int(grace_days * DAY_MS))
-
-    def deadline(self, snapshot_ms: int, cancel_ms: int | None = None) -> int:
-        """The event time after which a snapshot with no purchase since is labelled 1 (set a timer at it)."""
-        end = snapshot_ms + self.silence_ms
-        if cancel_ms is not None and cancel_ms > snapshot_ms:
-            end = min(end, cancel_ms + self.grace_ms)
-        return end
-
-    def on_purchase(self, snapshot_ms: int, purchase_ms: int, cancel_ms: int | None = None) -> int | None:
-        """0 when a purchase at ``purchase_ms`` settles the snapshot, else None (it says nothing about it).
-
-        A purchase after the deadline settles nothing by itself: the deadline passing does (:meth:`on_time`),
-        unless a purchase within it, delivered late, arrives first.
-        """
-        if snapshot_ms < purchase_ms <= self.deadline(snapshot_ms, cancel_ms):
-            return 0
-        return None
-
-    def on_time(self, snapshot_ms: int, now_ms: int, cancel_ms: int | None = None) -> int | None:
-        """1 when stream time ``now_ms`` is past the deadline, else None.
-
-        The caller guarantees that no purchase within the deadline has been seen (it would have labelled the
-        snapshot 0 and removed it). Pass as ``now_ms`` a time after which no event within the deadline can still
-        be accepted (the stream time minus the allowed lateness), or a late purchase could contradict the label.
-        """
-        return 1 if now_ms > self.deadline(snapshot_ms, cancel_ms) else None
-
-    def label(
-        self, snapshot_ms: int, now_ms: int, next_purchase_ms: int | None = None, cancel_ms: int | None = None
-    ) -> int | None:
-        """The label as known at ``now_ms``, from the first purchase after the snapshot (None: none yet).
-
-        >>> rule = LabelRule.from_days(90, 30)
-        >>> rule.label(0, 200 * DAY_MS, next_purchase_ms=60 * DAY_MS), rule.label(0, 200 * DAY_MS, None)
-        (0, 1)
-        >>> rule.label(0, 80 * DAY_MS, None), rule.label(0, 200 * DAY_MS, 60 * DAY_MS, cancel_ms=10 * DAY_MS)
-        (None, 1)
-        """
-        if next_purchase_ms is not None and next_purchase_ms <= now_ms:
-            if self.on_purchase(snapshot_ms, next_purchase_ms, cancel_ms) == 0:
-                return 0
-        return self.on_time(snapshot_ms, now_ms, cancel_ms)
-
-
-# --- compact snapshots ----------------------------------------------------------------------------------------------
-
-
-class Snapshot(NamedTuple):
-    """The features a customer was scored with at ``time_ms`` (event time)."""
-
-    time_ms: int
-    features: dict[str, float]
-
-
-_SNAP_HEAD = struct.Struct("<Bq")  # number of FEATURES packed, time
-_FLOATS = {n: struct.Struct(f"<{n}f") for n in range(len(FEATURES) + 1)}
-
-
-def pack_snapshot(time_ms: int, features: Mapping[str, float]) -> bytes:
-    """A snapshot as bytes: its time and the :data:`FEATURES` as float32, in order (93 bytes for 21 features).
-
-    A feature missing from ``features`` (or None) is packed as NaN and comes back missing; names outside
-    :data:`FEATURES` are not kept.
-
-    >>> data = pack_snapshot(1_700_000_000_000, {"recency_days": 2.5, "frequency": 3.0})
-    >>> len(data)
-    93
-    >>> unpack_snapshot(data)
-    Snapshot(time_ms=1700000000000, features={'recency_days': 2.5, 'frequency': 3.0})
-    """
-    values = []
-    for name in FEATURES:
-        v = features.get(name)
-        values.append(math.nan if v is None else float(v))
-    return _SNAP_HEAD.pack(len(FEATURES), time_ms) + _FLOATS[len(FEATURES)].pack(*values)
-
-
-def unpack_snapshot(data: bytes, offset: int = 0) -> Snapshot:
-    """The :class:`Snapshot` that :func:`pack_snapshot` packed (starting at ``offset`` of ``data``)."""
-    n, time_ms = _SNAP_HEAD.unpack_from(data, offset)
-    values = _FLOATS[n].unpack_from(data, offset + _SNAP_HEAD.size)
-    return Snapshot(time_ms, {name: v for name, v in zip(FEATURES, values, strict=False) if v == v})
-
-
-def _snapshot_size(data: bytes, offset: int) -> int:
-    return _SNAP_HEAD.size + 4 * data[offset]
-
-
-# --- a customer's pending labels ------------------------------------------------------------------------------------
-
-
-class Matured(NamedTuple):
-    """A snapshot whose label is known: learn ``(features, label)`` once. ``label_ms`` is when it became known."""
-
-    snapshot_ms: int
-    label_ms: int
-    label: int
-    features: dict[str, float]
-
-
-_PENDING_HEAD = struct.Struct("<BqB")  # format, time of the last snapshot taken, number pending
-_CANCEL = struct.Struct("<Q")  # ms from the snapshot to the first cancellation request after it (> 0); 0: none
-_PENDING_FORMAT = 1
-_NEVER = -(1 << 62)  # the time of the last snapshot before the first one
-
-
-class PendingLabels:
-    """One customer's snapshots waiting for their label, bounded; kept in the customer's state as bytes.
-
-    Pure and deterministic: the worker calls :meth:`offer` when it scores the customer, :meth:`purchase` and
-    :meth:`cancellation` on those events, :meth:`advance` when stream time moves (per-customer timer at
-    :meth:`next_deadline`), and sends every :class:`Matured` it gets back to the trainer. A pair's identity is
-    ``(customer_id, snapshot_ms)``: the trainer can drop a pair it has seen (redelivery after a crash).
-
-    >>> rule = LabelRule.from_days(90, 30)
-    >>> p = PendingLabels()
-    >>> p.offer(0, {"recency_days": 1.0}, every_ms=30 * DAY_MS, max_pending=2)
-    True
-    >>> p.offer(5 * DAY_MS, {"recency_days": 6.0}, every_ms=30 * DAY_MS, max_pending=2)  # too soon
-    False
-    >>> p.cancellation(40 * DAY_MS)
-    >>> p.next_deadline(rule) // DAY_MS
-    70
-    >>> p.advance(70 * DAY_MS, rule), [m.label for m in p.advance(70 * DAY_MS + 1, rule)]
-    ([], [1])
-    >>> len(p), len(PendingLabels().to_bytes())
-    (0, 10)
-    """
-
-    __slots__ = ("last_snapshot_ms", "entries")
-
-    def __init__(self) -> None:
-        self.last_snapshot_ms = _NEVER
-        # [snapshot_ms, packed snapshot, first cancellation request after it (ms) or None], oldest first
-        self.entries: list[list[Any]] = []
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def offer(self, now_ms: int, features: Mapping[str, float], every_ms: int, max_pending: int) -> bool:
-        """Keep a snapshot of ``features`` at ``now_ms`` if the last one is ``every_ms`` old and there is room."""
-        if now_ms - self.last_snapshot_ms < every_ms:
-            return False
-        if len(self.entries) >= max_pending or any(e[0] >= now_ms for e in self.entries):
-            return False
-        self.entries.append([now_ms, pack_snapshot(now_ms, features), None])
-        self.last_snapshot_ms = now_ms
-        return True
-
-    def cancellation(self, t_ms: int) -> None:
-        """Record a cancellation request at ``t_ms`` against the snapshots it follows (the earliest one counts)."""
-        for e in self.entries:
-            if e[0] < t_ms and (e[2] is None or t_ms < e[2]):
-                e[2] = t_ms
-
-    def purchase(self, t_ms: int, rule: LabelRule) -> list[Matured]:
-        """A purchase at ``t_ms``: the snapshots it settles as 0, removed from the pending ones."""
-        if not self.entries:
-            return []
-        done = [e for e in self.entries if rule.on_purchase(e[0], t_ms, e[2]) == 0]
-        if not done:
-            return []
-        self.entries = [e for e in self.entries if e not in done]
-        return [Matured(e[0], t_ms, 0, unpack_snapshot(e[1]).features) for e in done]
-
-    def advance(self, now_ms: int, rule: LabelRule) -> list[Matured]:
-        """Stream time is ``now_ms``: the snapshots whose deadline it passed, labelled 1 and removed."""
-        if not self.entries:
-            return []
-        done = [e for e in self.entries if rule.on_time(e[0], now_ms, e[2]) == 1]
-        if not done:
-            return []
-        self.entries = [e for e in self.entries if e not in done]
-        return [Matured(e[0], rule.deadline(e[0], e[2]), 1, unpack_snapshot(e[1]).features) for e in done]
-
-    def next_deadline(self, rule: LabelRule) -> int | None:
-        """The earliest deadline among the pending snapshots: when to call :meth:`advance` next."""
-        return min((rule.deadline(e[0], e[2]) for e in self.entries), default=None)
-
-    def to_bytes(self) -> bytes:
-        out = [_PENDING_HEAD.pack(_PENDING_FORMAT, self.last_snapshot_ms, len(self.entries))]
-        for s, packed, cancel in self.entries:
-            out.append(_CANCEL.pack(0 if cancel is None else cancel - s))
-            out.append(packed)
-        return b"".join(out)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> PendingLabels:
-        fmt, last, n = _PENDING_HEAD.unpack_from(data, 0)
-        if fmt != _PENDING_FORMAT:
-            raise ValueError(f"unknown pending-labels format {fmt}")
-        p = cls()
-        p.last_snapshot_ms = last
-        pos = _PENDING_HEAD.size
-        for _ in range(n):
-            (delta,) = _CANCEL.unpack_from(data, pos)
-            pos += _CANCEL.size
-            size = _snapshot_size(data, pos)
-            packed = bytes(data[pos : pos + size])
-            s = _SNAP_HEAD.unpack_from(packed, 0)[1]
-            p.entries.append([s, packed, s + delta if delta else None])
-            pos += size
-        return p
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PendingLabels):
-            return NotImplemented
-        return self.last_snapshot_ms == other.last_snapshot_ms and self.entries == other.entries
-
-    def __repr__(self) -> str:
-        return f"PendingLabels(pending={[e[0] for e in self.entries]})"
-
-
 # --- the model ------------------------------------------------------------------------------------------------------
 
 
-def prepare(x: Mapping[str, float | None]) -> dict[str, float]:
-    """The model's view of a feature dict: known features only, heavy tails compressed, missing values dropped.
+def prepare(x: Mapping[str, float | None], features: Sequence[str] = MODEL_FEATURES) -> dict[str, float]:
+    """The model's view of a feature dict: its ``features`` only, heavy tails compressed, missing values dropped.
 
-    >>> prepare({"recency_days": math.e - 1, "profitability": -(math.e - 1), "p_alive": 0.5, "other": 1.0})
-    {'recency_days': 1.0, 'p_alive': 0.5, 'profitability': -1.0}
-    >>> prepare({"recency_days": None, "frequency": float("nan")})
+    >>> prepare({"silence_gaps": math.e - 1, "spend_trend": -(math.e - 1), "spend_vs_usual": 0.5, "other": 1.0})
+    {'silence_gaps': 1.0, 'spend_vs_usual': 0.5, 'spend_trend': -1.0}
+    >>> prepare({"silence_gaps": None, "frequency": float("nan")})
     {}
+    >>> prepare({"silence_gaps": 0.0, "frequency": 1.0}, features=("frequency",))
+    {'frequency': 0.6931471805599453}
     """
     out = {}
-    for name in FEATURES:
+    for name in features:
         v = x.get(name)
         if v is None or v != v:
             continue
@@ -383,6 +126,33 @@ def prepare(x: Mapping[str, float | None]) -> dict[str, float]:
             v = math.copysign(math.log1p(abs(v)), v)
         out[name] = v
     return out
+
+
+class NoisyLog(optim.losses.Log):
+    """Log loss of a label that is 1 for a leaver and, with a known probability ρ, for a stayer too.
+
+    ``P(label 1) = q + (1 − q) ρ`` with ``q = sigmoid(z)`` the probability that the customer is gone. A label 0 is
+    passed as 0 (the usual log loss of ``1 − q``); a label 1 as ``1 + ρ``. ``ρ = 0`` is the usual log loss; ``ρ = 1``
+    (a stayer would be labelled 1 anyway) teaches nothing. The gradient is with respect to ``z``, as river's losses.
+
+    >>> loss = NoisyLog()
+    >>> round(loss.gradient(1.0, 0.0), 4), round(loss.gradient(1.5, 0.0), 4), loss.gradient(0, 0.0)
+    (-0.5, -0.1667, 0.5)
+    """
+
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        q = sigmoid(y_pred)
+        if y_true < 1:
+            return -math.log(max(1e-15, 1.0 - q))
+        rho = min(1.0, float(y_true) - 1.0)
+        return -math.log(max(1e-15, q + (1.0 - q) * rho))
+
+    def gradient(self, y_true: Any, y_pred: Any) -> Any:
+        q = sigmoid(y_pred)
+        if y_true < 1:
+            return q
+        rho = min(1.0, float(y_true) - 1.0)
+        return -q * (1.0 - q) * (1.0 - rho) / max(1e-15, q + (1.0 - q) * rho)
 
 
 _MODEL_MAGIC = b"CVMCHURN"
@@ -410,6 +180,15 @@ class ChurnModel:
         Trees of the ``arf`` forest.
     seed
         Seed of the tree models.
+    features
+        The model's inputs (None: :data:`MODEL_FEATURES`). Snapshots hold :data:`FEATURES`; the worker's rows too
+        (:meth:`predict_many_with_reasons`), so a model reading other names is for studies only.
+    noise_days
+        The label rule's silence (after its offset), for a logistic regression that knows its labels are noisy: a
+        customer who stays but buys less often than that is labelled 1 too, with probability
+        ``ρ`` (:meth:`noise`, from the customer's own purchase record). The model then
+        learns the probability ``q`` that the customer is gone, from ``P(label 1) = q + (1 − q) ρ`` (:class:`NoisyLog`).
+        0 turns it off (plain log loss: the model learns the label's probability).
 
     Attributes
     ----------
@@ -422,13 +201,13 @@ class ChurnModel:
     --------
     >>> m = ChurnModel()
     >>> for i in range(1000):
-    ...     m.learn_one({"recency_days": float(i % 100), "frequency": 1.0}, int(i % 100 > 60))
-    >>> m.churn_probability({"recency_days": 95.0}) > 0.5 > m.churn_probability({"recency_days": 5.0})
+    ...     m.learn_one({"silence_gaps": float(i % 100) / 10, "frequency": 1.0}, int(i % 100 > 60))
+    >>> m.churn_probability({"silence_gaps": 9.5}) > 0.5 > m.churn_probability({"silence_gaps": 0.5})
     True
-    >>> m.reasons({"recency_days": 95.0, "frequency": 1.0}, k=1)
-    ['recency_days +1.7']
+    >>> m.reasons({"silence_gaps": 9.5, "frequency": 1.0}, k=1)
+    ['silence_gaps +1.1']
     >>> copy = ChurnModel.from_bytes(m.to_bytes())
-    >>> copy.n_learned, copy.churn_probability({"recency_days": 95.0}) == m.churn_probability({"recency_days": 95.0})
+    >>> copy.n_learned, copy.churn_probability({"silence_gaps": 9.5}) == m.churn_probability({"silence_gaps": 9.5})
     (1000, True)
     >>> m.clone().n_learned
     0
@@ -437,14 +216,24 @@ class ChurnModel:
     def __init__(
         self,
         kind: str = "logreg",
-        lr: float = 0.1,
+        lr: float = 0.05,
         l2: float = 1e-4,
         clip: float = 5.0,
         n_models: int = 10,
         seed: int = 42,
+        features: Sequence[str] | None = None,
+        noise_days: float = 0.0,
     ) -> None:
         if kind not in MODELS:
             raise ValueError(f"unknown churn model {kind!r}: use one of {', '.join(MODELS)}")
+        chosen = tuple(dict.fromkeys(MODEL_FEATURES if features is None else features))
+        if not chosen:
+            raise ValueError("a churn model needs at least one feature")
+        if not noise_days >= 0:
+            raise ValueError(f"noise_days must be >= 0, got {noise_days}")
+        # FEATURES order first (the order rows come in), then any other names a study may give
+        self.features = (*(n for n in FEATURES if n in chosen), *(n for n in chosen if n not in FEATURES))
+        self.noise_days = float(noise_days)
         self.kind = kind
         self.lr = lr
         self.l2 = l2
@@ -458,7 +247,8 @@ class ChurnModel:
         self._scaler = preprocessing.StandardScaler()
         self._clf: Any
         if kind == "logreg":
-            self._clf = linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=l2, intercept_lr=lr)
+            loss = NoisyLog() if self.noise_days else optim.losses.Log()
+            self._clf = linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), loss=loss, l2=l2, intercept_lr=lr)
         elif kind == "hat":
             self._clf = tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=seed)
         else:
@@ -475,12 +265,45 @@ class ChurnModel:
     def _inputs(self, z: dict[str, float]) -> dict[str, float]:
         return self._scaled(z) if self.kind == "logreg" else z
 
+    def noise(self, x: Mapping[str, float | None]) -> float:
+        """ρ: the chance that this customer, staying, makes no purchase for ``noise_days`` and is labelled 1 anyway
+        (0 when ``noise_days`` is off).
+
+        The customer's purchases are Poisson at a rate unknown but for its ``frequency`` occasions in
+        ``tenure_days``; with a Gamma(:data:`NOISE_PRIOR_SHAPE`, :data:`NOISE_PRIOR_DAYS`) prior on the rate, the
+        chance of no purchase in H days is the negative binomial's ``((b + E) / (b + E + H)) ** (a + n)``: a customer
+        seen buying rarely, or seen for a short time only, may well stay silent for H days.
+
+        >>> m = ChurnModel(noise_days=60)
+        >>> new, regular = {"frequency": 0, "tenure_days": 0}, {"frequency": 12, "tenure_days": 365}
+        >>> round(m.noise(new), 3), round(m.noise(regular), 3)
+        (0.333, 0.159)
+        """
+        if not self.noise_days:
+            return 0.0
+        n = x.get("frequency") or 0.0
+        exposure = x.get("tenure_days") or 0.0
+        if not (n == n and exposure == exposure):
+            return 0.0
+        b = NOISE_PRIOR_DAYS + max(0.0, float(exposure))
+        return float((b / (b + self.noise_days)) ** (NOISE_PRIOR_SHAPE + max(0.0, float(n))))
+
     def learn_one(self, x: Mapping[str, float | None], y: int | bool) -> None:
         """Learn one matured pair: features ``x`` (as snapshotted) and label ``y`` (1: churned)."""
-        z = prepare(x)
+        z = prepare(x, self.features)
         self._scaler.learn_one(z)
-        self._clf.learn_one(self._inputs(z), bool(y))
+        target: float | bool = bool(y)
+        if self.kind == "logreg" and self.noise_days and y:
+            target = 1.0 + self.noise(x)  # NoisyLog's encoding of a 1 and its ρ
+        self._clf.learn_one(self._inputs(z), target)
         self.n_learned += 1
+
+    def label_probability(self, x: Mapping[str, float | None]) -> float:
+        """The probability that the label rule labels this customer 1: ``q + (1 − q) ρ``, what matured labels test
+        (progressive validation); :meth:`churn_probability` without label noise."""
+        q = self.churn_probability(x)
+        rho = self.noise(x) if self.kind == "logreg" else 0.0
+        return q + (1.0 - q) * rho
 
     def predict_proba_one(self, x: Mapping[str, float | None]) -> dict[bool, float]:
         """``{False: p(stays), True: p(churns)}``, river's form; changes nothing."""
@@ -489,7 +312,7 @@ class ChurnModel:
 
     def churn_probability(self, x: Mapping[str, float | None]) -> float:
         """The probability that the customer churns under the label rule; changes nothing."""
-        return self._p(self._inputs(prepare(x)))
+        return self._p(self._inputs(prepare(x, self.features)))
 
     def _p(self, inputs: dict[str, float]) -> float:
         return float(self._clf.predict_proba_one(inputs).get(True, 0.0))
@@ -500,7 +323,7 @@ class ChurnModel:
         Logistic regression: weight × scaled value (exact). Trees: the change of the log-odds when the feature is
         set to its mean (one extra prediction per feature). Positive: raises the churn risk.
         """
-        return self._explain(prepare(x))[1]
+        return self._explain(prepare(x, self.features))[1]
 
     def _explain(self, z: dict[str, float]) -> tuple[float, dict[str, float]]:
         if self.kind == "logreg":
@@ -522,11 +345,20 @@ class ChurnModel:
     def predict_with_reasons(self, x: Mapping[str, float | None], k: int = 3) -> tuple[float, list[str]]:
         """:meth:`churn_probability` and :meth:`reasons` in one pass (what a worker calls on every update).
 
-        >>> ChurnModel().predict_with_reasons({"recency_days": 10.0})
+        >>> ChurnModel().predict_with_reasons({"silence_gaps": 1.0})
         (0.5, [])
         """
-        p, contributions = self._explain(prepare(x))
+        p, contributions = self._explain(prepare(x, self.features))
         return p, _top(contributions, k)
+
+    def predict_many(self, rows: Sequence[Sequence[float | None]]) -> list[float]:
+        """:meth:`churn_probability` of many customers in one pass (rows of :data:`FEATURES`, as
+        :meth:`predict_many_with_reasons`): what a worker calls for a head whose reasons it does not show.
+
+        >>> ChurnModel().predict_many([[1.0] * len(FEATURES)])
+        [0.5]
+        """
+        return [p for p, _ in self.predict_many_with_reasons(rows, 0)]
 
     def predict_many_with_reasons(
         self, rows: Sequence[Sequence[float | None]], k: int = 3
@@ -542,8 +374,8 @@ class ChurnModel:
 
         >>> m = ChurnModel()
         >>> for i in range(200):
-        ...     m.learn_one({"recency_days": float(i % 100), "frequency": 1.0}, int(i % 100 > 60))
-        >>> rows = [[95.0, 1.0] + [None] * (len(FEATURES) - 2), [float("nan"), 3.0] + [0.5] * (len(FEATURES) - 2)]
+        ...     m.learn_one({"silence_gaps": float(i % 100) / 10, "tenure_days": 99.0}, int(i % 100 > 60))
+        >>> rows = [[9.5] + [None] * (len(FEATURES) - 1), [float("nan")] + [0.5] * (len(FEATURES) - 1)]
         >>> m.predict_many_with_reasons(rows) == [m.predict_with_reasons(dict(zip(FEATURES, r))) for r in rows]
         True
         """
@@ -554,7 +386,7 @@ class ChurnModel:
         if (
             self.kind != "logreg"
             or not isinstance(self._clf, linear_model.LogisticRegression)
-            or not isinstance(self._clf.loss, optim.losses.Log)
+            or type(self._clf.loss) not in (optim.losses.Log, NoisyLog)
             or getattr(scaler, "window_size", None) is not None
             or not scaler.with_std
         ):
@@ -610,6 +442,8 @@ class ChurnModel:
             "clip": self.clip,
             "n_models": self.n_models,
             "seed": self.seed,
+            "features": self.features,
+            "noise_days": self.noise_days,
         }
 
     def clone(self) -> ChurnModel:
@@ -641,6 +475,8 @@ class ChurnModel:
             raise ValueError(f"unknown churn model format {data[head]}")
         state = pickle.loads(data[head + 1 :])
         m = cls(**state["params"])
+        if "features" in state["params"]:  # the very objects the scaler's keys share: bytes round-trip exactly
+            m.features = state["params"]["features"]
         m.version = state["version"]
         m.n_learned = state["n_learned"]
         m._scaler = state["scaler"]

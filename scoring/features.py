@@ -1,8 +1,10 @@
 """Features of one customer, derived from its state at an event time ``now``: what a customer-value manager reads.
 
-Every feature here is a pure function of :class:`scoring.state.CustomerState` and ``now`` (the customer's stream
-time in the worker), so a replay of history gives exactly the features live processing gave. ``docs/features.md``
-defines each output column, its unit and its business meaning.
+Every feature here is a pure function of :class:`scoring.state.CustomerState` and ``now`` (the time of the scoring:
+the worker's tick, which may be later than the customer's last event), so a replay of history gives exactly the
+features live processing gave. ``docs/features.md`` defines each output column, its unit and its business meaning;
+:func:`leaving` computes the signals of leaving the churn model reads, :func:`next_rescore_ms` when a silent
+customer's features have moved enough to score it again.
 
 >>> from scoring.state import CustomerState, FoldRules
 >>> s, rules = CustomerState(), FoldRules(margin_rate=0.25, contact_costs={"phone": 5.0})
@@ -29,7 +31,17 @@ from typing import Any
 
 from scoring.state import CHANNELS, DAY_MS, DECAYED, DECAYED_KIND, TAU_MS, CustomerState
 
-__all__ = ["LOYALTY_WEIGHTS", "compute", "loyalty_score", "rfm_segment", "spend_trend"]
+__all__ = [
+    "LOYALTY_WEIGHTS",
+    "PRIOR_GAP_DAYS",
+    "compute",
+    "exposure_days",
+    "leaving",
+    "loyalty_score",
+    "next_rescore_ms",
+    "rfm_segment",
+    "spend_trend",
+]
 
 _CHANNEL_KEYS = tuple(f"contacts_{c}" for c in CHANNELS)
 _channel_counts = operator.attrgetter(*(f"n_{c}" for c in CHANNELS))
@@ -190,4 +202,96 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
         "n_unresolved": s.n_unresolved,
     }
     out.update(zip(_CHANNEL_KEYS, _channel_counts(s), strict=True))
+    out.update(leaving(s, now, window, tenure, recency, period_days))
     return out
+
+
+#: One pseudo-gap of this many days is added to a customer's observed gaps between purchase occasions, so that a
+#: customer with one or two occasions has a typical gap (shrunk toward a month) rather than none.
+PRIOR_GAP_DAYS = 30.0
+
+
+def exposure_days(tenure_days: float, tau_days: float) -> float:
+    """How many days of a steady rate a decayed counter with time constant τ has seen after ``tenure_days``.
+
+    A customer buying at a steady rate λ per day has ``E[counter] = λ · exposure``, so ``counter / exposure`` is an
+    unbiased rate whether the customer is new or old: ``τ (1 − exp(−tenure / τ))``, at least one day.
+
+    >>> round(exposure_days(10.0, 30.0), 3), round(exposure_days(3650.0, 30.0), 3), exposure_days(0.0, 30.0)
+    (8.504, 30.0, 1.0)
+    """
+    return max(1.0, tau_days * -math.expm1(-tenure_days / tau_days))
+
+
+def _vs_usual(recent: float, recent_exposure: float, usual: float, usual_exposure: float) -> float:
+    """log((recent + ½) / (expected + ½)): recent count against what the customer's own long-run rate predicts."""
+    expected = usual / usual_exposure * recent_exposure
+    return math.log((recent + 0.5) / (expected + 0.5))
+
+
+def leaving(
+    s: CustomerState, now: int, window: dict[str, float], tenure: float, recency: float, period_days: int = 1
+) -> dict[str, float]:
+    """Signals of leaving: each one the customer's recent behaviour against its own rhythm and baseline
+    (docs/features.md, "Signals of leaving"); :func:`compute` adds them to every scoring.
+
+    >>> from scoring.state import FoldRules
+    >>> s, t0, day = CustomerState(), 1_767_225_600_000, DAY_MS
+    >>> for d in range(0, 300, 10):  # every 10 days for 300 days, then 50 days of silence
+    ...     _ = s.apply("transactions", {"event_id": f"t{d}", "event_time": t0 + d * day, "amount": 20.0}, -1,
+    ...                 FoldRules())
+    >>> f = compute(s, t0 + 340 * day)
+    >>> round(f["typical_gap_days"], 1), round(f["silence_gaps"], 1), round(f["purchases_vs_usual"], 2)
+    (10.7, 4.7, -0.93)
+    """
+    n = s.n_occasions
+    span = (s.last_occasion - s.first_occasion) * period_days if n else 0.0
+    gap = (span + PRIOR_GAP_DAYS) / max(n, 1)
+    e30, e365 = exposure_days(tenure, 30.0), exposure_days(tenure, 365.0)
+    rate365 = window["purchases_365d"] / e365
+    spend365 = window["spend_365d"] / e365
+    spend_ratio = (window["spend_30d"] / e30) / spend365 if spend365 > 0 else 1.0
+    since_cancel = (now - s.last_cancellation_time) / DAY_MS if s.last_cancellation_time else math.inf
+    since_contact = (now - s.last_contact_day * DAY_MS) / DAY_MS if s.last_contact_day >= 0 else tenure
+    return {
+        "typical_gap_days": gap,
+        "silence_gaps": recency / gap,
+        "silence_rate": recency * rate365,
+        "purchases_vs_usual": _vs_usual(window["purchases_30d"], e30, window["purchases_365d"], e365),
+        "spend_vs_usual": min(3.0, max(0.0, spend_ratio)),
+        "contacts_vs_usual": _vs_usual(window["contacts_30d"], e30, window["contacts_365d"], e365),
+        "complaints_vs_usual": _vs_usual(window["complaints_30d"], e30, window["complaints_365d"], e365),
+        "unresolved_vs_usual": _vs_usual(window["unresolved_30d"], e30, window["unresolved_365d"], e365),
+        "recent_cancellation": math.exp(-since_cancel / 30.0) if since_cancel >= 0 else 1.0,
+        "days_since_cancellation": min(365.0, since_cancel),
+        "days_since_contact": min(365.0, since_contact),
+    }
+
+
+#: Bounds of the re-scoring step of a silent customer (:func:`next_rescore_ms`).
+RESCORE_MIN_MS = DAY_MS
+RESCORE_MAX_MS = 30 * DAY_MS
+#: A silent customer is re-scored each time its silence has grown by this share (of the silence, or of its typical
+#: gap while the silence is shorter): its silence in gaps is never staler than that.
+RESCORE_SHARE = 0.25
+
+
+def next_rescore_ms(s: CustomerState, now: int, period_days: int = 1) -> int:
+    """When to score a customer again if no event of its own comes first: its features move with silence alone.
+
+    The step is a quarter of the longer of the customer's silence and its typical gap between purchases, between a
+    day and 30 days: a customer's silence in units of its own gap is at most 25% stale, and a customer gone for good
+    costs a re-scoring a month at most (a few per year in all).
+
+    >>> from scoring.state import FoldRules
+    >>> s = CustomerState()
+    >>> t0 = 1_767_225_600_000
+    >>> _ = s.apply("transactions", {"event_id": "t", "event_time": t0, "amount": 5.0}, -1, FoldRules())
+    >>> [(next_rescore_ms(s, t0 + d * DAY_MS) - t0 - d * DAY_MS) / DAY_MS for d in (0, 10, 60, 400)]
+    [7.5, 7.5, 15.0, 30.0]
+    """
+    recency = (now - s.last_purchase_time) if s.last_purchase_time else (now - s.first_time if s.first_time else 0)
+    n = s.n_occasions
+    gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / max(n, 1) * DAY_MS if n else 0.0
+    step = RESCORE_SHARE * max(recency, gap)
+    return now + int(min(RESCORE_MAX_MS, max(RESCORE_MIN_MS, step)))

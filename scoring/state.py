@@ -107,10 +107,35 @@ DECAYED = (
     "contacts_90d",
     "complaints_30d",
     "failed_payments_90d",
+    # The customer's own long-run baselines and the signals of leaving (docs/churn.md): appended, so the
+    # positions above keep their meaning.
+    "purchases_365d",
+    "spend_365d",
+    "contacts_365d",
+    "complaints_365d",
+    "unresolved_30d",
+    "unresolved_365d",
+    "refunds_90d",
+    "late_payments_90d",
 )
 TAU_MS = tuple(int(name.rsplit("_", 1)[1][:-1]) * DAY_MS for name in DECAYED)
+_SPEND = tuple(i for i, name in enumerate(DECAYED) if name.startswith("spend_"))
+_PURCHASES = tuple(i for i, name in enumerate(DECAYED) if name.startswith("purchases_"))
+_CONTACTS = tuple(i for i, name in enumerate(DECAYED) if name.startswith("contacts_"))
+_COMPLAINTS = tuple(i for i, name in enumerate(DECAYED) if name.startswith("complaints_"))
+_UNRESOLVED = tuple(i for i, name in enumerate(DECAYED) if name.startswith("unresolved_"))
+_REFUNDS = tuple(i for i, name in enumerate(DECAYED) if name.startswith("refunds_"))
+_FAILED = (DECAYED.index("failed_payments_90d"),)
+_LATE = (DECAYED.index("late_payments_90d"),)
 #: The event kind (:data:`KIND_INDEX`) that feeds each decayed counter: its stream time is the counter's time.
-DECAYED_KIND = (0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2)
+DECAYED_KIND = tuple(
+    0
+    if name.startswith(("spend_", "purchases_", "refunds_"))
+    else 1
+    if name.startswith(("contacts_", "complaints_", "unresolved_"))
+    else 2
+    for name in DECAYED
+)
 
 _HEAD_LAYOUT = (
     "<I"  # version
@@ -120,7 +145,7 @@ _HEAD_LAYOUT = (
     "20I"  # counts (see _COUNTS)
     "iiiQQI"  # first/last/prior occasion, occasion bits, squared gaps, active months
     "qqiQ"  # last purchase time, last cancellation time, last contact day, contact bits
-    "11d"  # decayed counters
+    f"{len(DECAYED)}d"  # decayed counters
     "qId"  # as of (ms), tick version, ranked CLV
     "B"  # recent ids
 )
@@ -161,6 +186,8 @@ _FORMAT_BYTES = {
 }
 _HEADS = {7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW}
 _NO_REKEY = (0, 0, 0)
+#: cvm 0.1's formats: their customers are rebuilt from history (cvm rebuild), not read.
+_OLD_FORMATS = (5, 6)
 _RECENT_N = [struct.Struct("<" + "IQ" * n) for n in range(256)]  # n entries of _RECENT at once
 _get_counts = operator.attrgetter(*_COUNTS)
 
@@ -392,12 +419,12 @@ class CustomerState:
             if kind == k and decayed[i]:
                 decayed[i] *= exp(-dt / TAU_MS[i])
 
-    def _add_decayed(self, first: int, count: int, value: float, t: int) -> None:
-        # Counters first..first+count-1 receive `value` at time t, seen from their kind's stream time (apply() has
-        # moved it to t already when t is the latest).
-        dt = self.stream_time(DECAYED_KIND[first]) - t
+    def _add_decayed(self, counters: tuple[int, ...], value: float, t: int) -> None:
+        # These counters (all fed by one kind) receive `value` at time t, seen from their kind's stream time (apply()
+        # has moved it to t already when t is the latest).
+        dt = self.stream_time(DECAYED_KIND[counters[0]]) - t
         decayed, exp = self.decayed, math.exp
-        for i in range(first, first + count):
+        for i in counters:
             decayed[i] += value * exp(-dt / TAU_MS[i]) if dt else value
 
     def _transaction(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
@@ -411,14 +438,15 @@ class CustomerState:
             self.n_refunds += 1
         if cents <= 0:  # refunds and zero amounts are no purchase: no occasion, no basket, no recency
             if cents:
-                self._add_decayed(0, 3, amount, t)
+                self._add_decayed(_SPEND, amount, t)
+                self._add_decayed(_REFUNDS, 1.0, t)
             return
         self.n_purchases += 1
         self.purchase_cents += cents
         if t > self.last_purchase_time:
             self.last_purchase_time = t
-        self._add_decayed(0, 3, amount, t)
-        self._add_decayed(3, 3, 1.0, t)
+        self._add_decayed(_SPEND, amount, t)
+        self._add_decayed(_PURCHASES, 1.0, t)
         self._add_occasion(t // rules.period_ms, cents, rules.period_days)
 
     def _add_occasion(self, p: int, cents: int, period_days: int) -> None:
@@ -442,8 +470,14 @@ class CustomerState:
             self._new_occasion(p, last, -1, period_days)
             return
         pos = last - p
-        if pos >= _BITS:  # cannot happen: lateness is capped well below 64 periods (Config)
-            raise ValueError(f"purchase occasion {pos} periods before the newest one is beyond the bitmap")
+        if pos >= _BITS:
+            # Older than the bitmap reaches: only a record through the re-key topic can be (its partition may lag the
+            # customer's others by more than the allowed lateness). Before the first occasion it is exactly a new
+            # first one; between, whether its period had an occasion is unknown: it counts as none (its money does).
+            if p < first:
+                self.first_occasion, self.first_occasion_cents = p, cents
+                self._new_occasion(p, -1, first, period_days)
+            return
         bits = self.occasion_bits
         if bits >> pos & 1:
             return
@@ -481,16 +515,17 @@ class CustomerState:
             setattr(self, name, getattr(self, name) + 1)
         reason = r.get("reason")
         complaint = reason == "complaint"
-        self._add_decayed(6, 3, 1.0, t)
+        self._add_decayed(_CONTACTS, 1.0, t)
         if complaint:
             self.n_complaints += 1
-            self._add_decayed(9, 1, 1.0, t)
+            self._add_decayed(_COMPLAINTS, 1.0, t)
         elif reason == "cancellation_request":
             self.n_cancellations += 1
             if t > self.last_cancellation_time:
                 self.last_cancellation_time = t
         if not r.get("resolved", True):
             self.n_unresolved += 1
+            self._add_decayed(_UNRESOLVED, 1.0, t)
         self._add_contact_day(t // DAY_MS)
 
     def _add_contact_day(self, d: int) -> None:
@@ -503,6 +538,9 @@ class CustomerState:
             self.contact_bits = (self.contact_bits << shift) & _MASK if shift < _BITS else 0
             self.last_contact_day = d
         pos = self.last_contact_day - d
+        if pos >= _BITS:  # older than the bitmap (through the re-key topic only): a fresh day, not remembered
+            self.n_fresh_contact_days += 1
+            return
         bits = self.contact_bits
         if bits >> pos & 1:
             return  # another contact that day: a repeat, freshness unchanged
@@ -525,14 +563,17 @@ class CustomerState:
         paid, due = r.get("paid_date"), r.get("due_date")
         if status == "failed":
             self.n_failed += 1
-            self._add_decayed(10, 1, 1.0, t)
+            self._add_decayed(_FAILED, 1.0, t)
+            self._add_decayed(_LATE, 1.0, t)
         elif status == "chargeback":
             self.n_chargebacks += 1
         elif paid is not None and due is not None and paid > due:
             self.n_late += 1
             self.past_due_hours += -(-(int(paid) - int(due)) // HOUR_MS)  # started hours count
+            self._add_decayed(_LATE, 1.0, t)
         elif status == "late":
             self.n_late += 1
+            self._add_decayed(_LATE, 1.0, t)
         else:
             self.n_on_time += 1
 
@@ -586,6 +627,11 @@ class CustomerState:
     def from_bytes(cls, data: bytes) -> CustomerState:
         head = _HEADS.get(data[0])
         if head is None:
+            if data[0] in _OLD_FORMATS:
+                raise ValueError(
+                    f"a customer state of cvm 0.1 (format {data[0]}): rebuild the customers from ClickHouse's history "
+                    "with 'cvm rebuild' (README: Stopping, restarting, upgrading)"
+                )
             raise ValueError(f"unknown customer state format {data[0]}")
         s = cls.__new__(cls)
         f = head.unpack_from(data, 1)

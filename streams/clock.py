@@ -74,6 +74,7 @@ class Source:
     latest: int | None = None  # latest event time delivered
     seen: float = 0.0  # monotonic time of the latest delivery (or of the assignment)
     next_offset: int | None = None  # the offset after the latest record delivered
+    follower: bool = False  # its records follow the others' (the re-key topic): it never holds stream time back
     caught_up: float | None = None  # since when the broker has had nothing past its position (monotonic)
 
     def passed(self, t: int) -> bool:
@@ -104,11 +105,21 @@ class StreamClock:
 
     # --- assignment ------------------------------------------------------------------------------------------------
 
-    def assign(self, sources: Iterable[tuple[str, int]], clocks: Mapping[int, int | None]) -> None:
-        """Take new source partitions, with their partitions' clocks as recovered (``None``: never ticked)."""
+    def assign(
+        self,
+        sources: Iterable[tuple[str, int]],
+        clocks: Mapping[int, int | None],
+        followers: Iterable[str] = (),
+    ) -> None:
+        """Take new source partitions, with their partitions' clocks as recovered (``None``: never ticked).
+
+        Sources of the ``followers`` topics (the re-key topic) carry records the worker itself copies there as their
+        phases come: they never hold stream time back, and their records fold in the phase they arrive in.
+        """
         now = self.monotonic()
+        following = set(followers)
         for key in sources:
-            self.sources[key] = Source(seen=now)
+            self.sources[key] = Source(seen=now, follower=key[0] in following)
         self.clocks.update(clocks)
         self.awake = now
 
@@ -199,11 +210,12 @@ class StreamClock:
         if known:
             start = min(known)
         else:
-            firsts = [s.first_time for s in self.sources.values() if s.first_time is not None]
+            leaders = [s for s in self.sources.values() if not s.follower]
+            firsts = [s.first_time for s in leaders if s.first_time is not None]
             if not firsts or self.first_delivery is None:
                 return False
             waited = self.monotonic() - self.first_delivery
-            if len(firsts) < len(self.sources) and waited < self.start_s:
+            if len(firsts) < len(leaders) and waited < self.start_s:
                 return False
             start = min(firsts) // self.tick_ms * self.tick_ms
         for p, c in self.clocks.items():
@@ -219,7 +231,7 @@ class StreamClock:
     def ready(self, t: int) -> bool:
         """Whether tick ``t`` can be evaluated: every source that is not idle has passed it."""
         now = self.monotonic()
-        waiting = [s for s in self.sources.values() if not self.idle(s, now)]
+        waiting = [s for s in self.sources.values() if not s.follower and not self.idle(s, now)]
         if waiting:
             return all(s.passed(t) for s in waiting)
         latest = self.latest()
@@ -228,7 +240,7 @@ class StreamClock:
     def horizon(self) -> int | None:
         """The latest tick that is ready now (``None``: none)."""
         now = self.monotonic()
-        waiting = [s for s in self.sources.values() if not self.idle(s, now)]
+        waiting = [s for s in self.sources.values() if not s.follower and not self.idle(s, now)]
         if waiting:
             tops = []
             for s in waiting:
@@ -245,7 +257,8 @@ class StreamClock:
         return min((i.time for s in self.sources.values() for i in s.items if isinstance(i, Event)), default=None)
 
     def take(self, t: int) -> list[Item]:
-        """The records of the phase of tick ``t`` (each source up to its first event at or after ``t``), removed."""
+        """The records of the phase of tick ``t`` (each source up to its first event at or after ``t``; all of a
+        follower's), removed."""
         out: list[Item] = []
         now = self.monotonic()
         for src in self.sources.values():
@@ -253,7 +266,7 @@ class StreamClock:
             taken = len(out)
             while items:
                 head = items[0]
-                if isinstance(head, Event) and head.time >= t:
+                if isinstance(head, Event) and head.time >= t and not src.follower:
                     break
                 out.append(items.popleft())
             _strip(items)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from scoring.churn import LabelRule, PendingLabels
+from scoring.labels import LabelRule, PendingLabels
 from scoring.state import REKEYED, CustomerState, FoldRules
 from streams.records import Event, Outputs, late_event
 
@@ -24,15 +24,15 @@ class Folder:
     ----------
     rules
         How events add up (margin and contact-cost defaults, allowed lateness, purchase-occasion period).
-    label_rule
-        When a churn snapshot's label is settled.
+    label_rules
+        When a churn snapshot's labels are settled, one rule per head.
     rekey_topic
         The worker's re-key topic: its records use their own offsets slot in the state.
     """
 
-    def __init__(self, rules: FoldRules, label_rule: LabelRule, rekey_topic: str) -> None:
+    def __init__(self, rules: FoldRules, label_rules: tuple[LabelRule, ...], rekey_topic: str) -> None:
         self.rules = rules
-        self.label_rule = label_rule
+        self.label_rules = label_rules
         self.rekey_topic = rekey_topic
 
     def fold(
@@ -64,7 +64,7 @@ class Folder:
         if moments:
             pending = PendingLabels.from_bytes(state.churn_bytes) if state.churn_bytes else PendingLabels()
             if len(pending):
-                rule = self.label_rule
+                rule = self.label_rules
                 for t, purchase in sorted(moments):
                     if purchase:
                         emit_labels(customer_id, pending.purchase(t, rule), known_ms, out)
@@ -85,7 +85,7 @@ def emit_labels(customer_id: str, matured: Iterable, known_ms: int, out: Outputs
     """Send matured (features, label) pairs to the learner, known at tick ``known_ms``."""
     for m in matured:
         pair = {"customer_id": customer_id, "snapshot_ms": m.snapshot_ms, "label_ms": m.label_ms}
-        pair.update(known_ms=known_ms, label=m.label, features=m.features)
+        pair.update(known_ms=known_ms, head=m.head, label=m.label, features=m.features)
         out.labels.append((customer_id, pair))
 
 

@@ -48,6 +48,7 @@ from scoring import clv
 from scoring.churn import ChurnModel
 from scoring.metrics import ProgressiveMetrics
 from streams.models import ModelFeed, pack_churn, unpack_churn
+from streams.score import heads_of
 
 __all__ = ["ChurnTrainer", "ClvFitter", "Learner", "main"]
 
@@ -129,37 +130,55 @@ class ClvFitter:
 
 class ChurnTrainer:
     """Learns the matured (features, label) pairs known by each grid point, in a fixed order, predicting each first
-    (progressive validation)."""
+    (progressive validation): one model per churn head (scoring.labels), published together as one version.
+
+    The metrics a head keeps compare its prediction of the *label* (:meth:`ChurnModel.label_probability`, which
+    knows the label's noise) with the label.
+    """
 
     def __init__(self, cfg: Config, latest: tuple[dict[str, Any], bytes] | None) -> None:
-        if latest is None:
-            self.model = ChurnModel(kind=cfg.churn_model)
-            self.metrics = ProgressiveMetrics()
+        heads = len(heads_of(cfg))
+        parts = None
+        if latest is not None:
+            try:
+                parts = unpack_churn(latest[1])
+            except ValueError as exc:
+                log.warning("%s", exc)
+        if parts is not None and len(parts["models"]) == heads:
+            self.models = [ChurnModel.from_bytes(m) for m in parts["models"]]
+            self.metrics = [ProgressiveMetrics.from_bytes(m) for m in parts["metrics"]]
         else:
-            parts = unpack_churn(latest[1])
-            self.model = ChurnModel.from_bytes(parts["model"])
-            self.metrics = ProgressiveMetrics.from_bytes(parts["metrics"])
-        self.waiting: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}  # (customer, snapshot) -> (offset, pair)
+            self.models = [ChurnModel(kind=cfg.churn_model, noise_days=cfg.churn_silence_days) for _ in range(heads)]
+            self.metrics = [ProgressiveMetrics() for _ in range(heads)]
+        # (customer, snapshot, head) -> (offset, pair): the pairs known after the clock, waiting for it
+        self.waiting: dict[tuple[str, int, int], tuple[int, dict[str, Any]]] = {}
         self.duplicates = 0
+
+    @property
+    def model(self) -> ChurnModel:
+        """The model of the first head (``churn_probability``)."""
+        return self.models[0]
 
     def offer(self, pair: dict[str, Any], offset: int, clock: int | None) -> bool:
         """Take a pair from ``churn-labels`` at ``offset``; False when it is known at or before ``clock`` (learned)."""
         known = int(pair.get("known_ms", pair["label_ms"]))
-        key = (str(pair["customer_id"]), int(pair["snapshot_ms"]))
-        if (clock is not None and known <= clock) or key in self.waiting:
+        head = int(pair.get("head", 0))
+        key = (str(pair["customer_id"]), int(pair["snapshot_ms"]), head)
+        if (clock is not None and known <= clock) or key in self.waiting or not 0 <= head < len(self.models):
             self.duplicates += 1
             return False
         self.waiting[key] = (offset, pair)
         return True
 
     def learn_through(self, clock: int) -> int:
-        """Learn the pairs known by ``clock``, in (known time, customer, snapshot) order; how many."""
+        """Learn the pairs known by ``clock``, in (known time, customer, snapshot, head) order; how many."""
         ready = [(k, v) for k, v in self.waiting.items() if int(v[1].get("known_ms", v[1]["label_ms"])) <= clock]
-        ready.sort(key=lambda kv: (int(kv[1][1].get("known_ms", kv[1][1]["label_ms"])), kv[0][0], kv[0][1]))
+        ready.sort(key=lambda kv: (int(kv[1][1].get("known_ms", kv[1][1]["label_ms"])), kv[0]))
         for key, (_, pair) in ready:
+            model, figures = self.models[key[2]], self.metrics[key[2]]
             features, label = pair["features"], int(pair["label"])
-            self.metrics.update(self.model.churn_probability(features), label, int(pair["label_ms"]))
-            self.model.learn_one(features, label)
+            figures.update(model.label_probability(features), label, int(pair["label_ms"]))
+            model.learn_one(features, label)
             del self.waiting[key]
         return len(ready)
 
@@ -167,14 +186,24 @@ class ChurnTrainer:
         return min((offset for offset, _ in self.waiting.values()), default=None)
 
     def publication(self, version: int, valid_from: int, key: ModelKey | None = None) -> tuple[bytes, bytes]:
-        """The ``models`` message of this state as ``version``, and its ``model-metrics`` message."""
-        self.model.version = version
-        meta = {"kind": "churn", "version": version, "model": self.model.kind, "n_learned": self.model.n_learned}
-        meta.update(valid_from=valid_from, time=valid_from)
-        blob = pack_churn(self.model.to_bytes(), self.metrics.to_bytes())
-        metrics = {k: v for k, v in self.metrics.snapshot().items() if math.isfinite(v)}
-        metrics_meta = {"kind": "metrics", "time": valid_from, "model_version": version, "metrics": metrics}
+        """The ``models`` message of this state as ``version``, and its ``model-metrics`` message (the first head's
+        metrics under their names, the others' with the head's suffix: ``roc_auc_60d``)."""
+        for model in self.models:
+            model.version = version
+        first = self.models[0]
+        meta = {"kind": "churn", "version": version, "model": first.kind, "n_learned": first.n_learned}
+        meta.update(valid_from=valid_from, time=valid_from, heads=len(self.models))
+        blob = pack_churn([m.to_bytes() for m in self.models], [m.to_bytes() for m in self.metrics])
+        figures: dict[str, float] = {}
+        for i, head in enumerate(self.metrics):
+            suffix = _HEAD_SUFFIX[i] if i < len(_HEAD_SUFFIX) else f"_head{i}"
+            figures.update({f"{k}{suffix}": v for k, v in head.snapshot().items() if math.isfinite(v)})
+        metrics_meta = {"kind": "metrics", "time": valid_from, "model_version": version, "metrics": figures}
         return encode_model(meta, blob, key=key), encode_model(metrics_meta, key=key)
+
+
+#: The suffix of each churn head's metric names (as its probability's score key: churn_probability_60d).
+_HEAD_SUFFIX = ("", "_60d")
 
 
 class Learner:
@@ -334,7 +363,7 @@ class Learner:
         self.producer.produce(self.cfg.topic("model-metrics"), key=b"churn", value=figures)
         self.feed.offer(model)
         metrics.models_published.labels(kind="churn").inc()
-        log.info("churn version %s after %s pairs", version, self.trainer.model.n_learned)
+        log.info("churn version %s after %s pairs", version, [m.n_learned for m in self.trainer.models])
 
     def _publish_clock(self) -> None:
         assert self.trainer is not None

@@ -161,16 +161,26 @@ def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return (a.get("through") or 0, a.get("seq", 0)) >= (b.get("through") or 0, b.get("seq", 0))
 
 
-def pack_churn(model: bytes, metrics: bytes) -> bytes:
-    """The blob of a churn ``models`` message: the model and its progressive metrics.
+def pack_churn(models: list[bytes], metrics: list[bytes]) -> bytes:
+    """The blob of a churn ``models`` message: each head's model and its progressive metrics, in head order.
 
-    >>> unpack_churn(pack_churn(b"m", b"x"))
-    {'model': b'm', 'metrics': b'x'}
+    >>> unpack_churn(pack_churn([b"m0", b"m1"], [b"x0", b"x1"]))
+    {'models': [b'm0', b'm1'], 'metrics': [b'x0', b'x1']}
     """
-    return json.dumps({"format": 2}).encode() + b"\n" + len(model).to_bytes(8, "little") + model + metrics
+    parts = [*models, *metrics]
+    head = json.dumps({"format": 3, "heads": len(models)}).encode() + b"\n"
+    return head + b"".join(len(p).to_bytes(8, "little") + p for p in parts)
 
 
-def unpack_churn(blob: bytes) -> dict[str, bytes]:
-    _head, _, rest = blob.partition(b"\n")
-    n = int.from_bytes(rest[:8], "little")
-    return {"model": rest[8 : 8 + n], "metrics": rest[8 + n :]}
+def unpack_churn(blob: bytes) -> dict[str, list[bytes]]:
+    head, _, rest = blob.partition(b"\n")
+    meta = json.loads(head)
+    if meta.get("format") != 3:
+        raise ValueError(f"a churn model of another format ({meta.get('format')}): the learner trains a new one")
+    parts, pos = [], 0
+    while pos < len(rest):
+        n = int.from_bytes(rest[pos : pos + 8], "little")
+        parts.append(rest[pos + 8 : pos + 8 + n])
+        pos += 8 + n
+    heads = int(meta["heads"])
+    return {"models": parts[:heads], "metrics": parts[heads : 2 * heads]}

@@ -33,15 +33,16 @@ import numpy as np
 from cvm.config import Config
 from scoring import features
 from scoring.alerts import AlertRules, AlertState
-from scoring.churn import FEATURES, ChurnModel, LabelRule, PendingLabels
+from scoring.churn import FEATURES, ChurnModel
 from scoring.clv import ClvModel, summary
+from scoring.labels import LabelRule, PendingLabels, label_rules
 from scoring.population import Population
-from scoring.schedule import next_rescore_ms
+from scoring.reasons import reasons
 from scoring.state import DAY_MS, CustomerState, FoldRules
 from streams.fold import emit_labels
 from streams.records import Outputs
 
-__all__ = ["SCORED_BY", "Assessor", "Candidate", "InForce", "ranked", "score_version"]
+__all__ = ["HEADS", "SCORED_BY", "Assessor", "Candidate", "InForce", "heads_of", "ranked", "score_version"]
 
 log = logging.getLogger("cvm.worker")
 
@@ -60,13 +61,18 @@ class Candidate:
     scores: dict[str, Any] | None = None
 
 
+#: The score key of each churn head's probability, in head order (scoring.labels: one label rule per head).
+HEADS = ("churn_probability", "churn_probability_60d")
+
+
 @dataclass(frozen=True, slots=True)
 class InForce:
-    """The models a scoring uses, and their versions (0: none yet)."""
+    """The models a scoring uses, and their versions (0: none yet): CLV, and the churn model of each head (one
+    version for all heads: the learner publishes them together)."""
 
     clv: ClvModel | None = None
     clv_version: int = 0
-    churn: ChurnModel | None = None
+    churn: tuple[ChurnModel, ...] = ()
     churn_version: int = 0
 
 
@@ -107,7 +113,7 @@ class Assessor:
             period_days=cfg.clv_period_days,
         )
         self.alert_rules = AlertRules.from_config(cfg)
-        self.label_rule = LabelRule.from_days(cfg.churn_silence_days, cfg.churn_cancel_grace_days)
+        self.label_rules: tuple[LabelRule, ...] = heads_of(cfg)
         self.snapshot_every_ms = int(cfg.churn_snapshot_every_days * DAY_MS)
         self.max_pending = cfg.churn_max_pending
         self.tick_ms = int(cfg.tick_s * 1000)
@@ -132,6 +138,7 @@ class Assessor:
         if not cands:
             return
         tick = scored_by == "tick"
+        moved = [c.state.version != c.state.tick_version for c in cands]  # events since the last tick scoring
         for c in cands:
             s = c.state
             as_of = at if at is not None else max(s.last_time, s.as_of)
@@ -147,14 +154,15 @@ class Assessor:
         for c in cands:
             self._rank(c)
         rows = [_churn_row(c.scores) for c in cands]  # type: ignore[arg-type]
-        if models.churn is not None:
-            self._score_churn(models, cands, rows)
-        for c, row in zip(cands, rows, strict=True):
+        self._score_churn(models, cands, rows)
+        for c, row, events in zip(cands, rows, moved, strict=True):
             scores, s = c.scores, c.state
             assert scores is not None
+            scores["churn_reasons"] = reasons(scores, scores["as_of"])
             if tick:
                 self._alerts(c, scores, at or 0, out)
-                self._offer(c, row, at or 0)
+                if events:  # snapshots only where the customer's events moved it (docs/churn.md)
+                    self._offer(c, row, at or 0)
                 s.tick_version = s.version
             s.as_of = scores["as_of"]
             out.scores.append((c.customer_id, scores))
@@ -164,13 +172,12 @@ class Assessor:
         lateness, after which no purchase can settle it any more), or the next step of its silence."""
         deadline = None
         if s.churn_bytes:
-            d = PendingLabels.from_bytes(s.churn_bytes).next_deadline(self.label_rule)
+            d = PendingLabels.from_bytes(s.churn_bytes).next_deadline(self.label_rules)
             if d is not None:
                 deadline = d + self.rules.lateness_ms + 1
         if not s.last_time:
             return deadline
-        gap = _typical_gap_days(s, self.rules.period_days)
-        silence = next_rescore_ms(s.last_purchase_time or s.last_time, gap, max(s.as_of, s.last_time))
+        silence = features.next_rescore_ms(s, max(s.as_of, s.last_time), self.rules.period_days)
         return silence if deadline is None else min(deadline, silence)
 
     # --- the steps -------------------------------------------------------------------------------------------------
@@ -181,7 +188,7 @@ class Assessor:
         if not s.churn_bytes:
             return
         pending = PendingLabels.from_bytes(s.churn_bytes)
-        matured = pending.advance(at - self.rules.lateness_ms, self.label_rule)
+        matured = pending.advance(at - self.rules.lateness_ms, self.label_rules)
         if matured:
             emit_labels(c.customer_id, matured, at, out)
             s.churn_bytes = pending.to_bytes()
@@ -270,8 +277,10 @@ class Assessor:
         assert scores is not None
         percentile = pop.percentile("profitability", scores["profitability"])
         scores["profit_percentile"] = round(percentile, 6)
+        if "clv" in scores:
+            scores["clv_percentile"] = round(pop.percentile("clv", scores["clv"]), 6)
         if self.cfg.tier_by == "clv" and "clv" in scores:
-            scores["value_tier"] = pop.tier(pop.percentile("clv", scores["clv"]))
+            scores["value_tier"] = pop.tier(scores["clv_percentile"])
         else:
             scores["value_tier"] = pop.tier(percentile)
         if state.n_occasions:
@@ -285,26 +294,25 @@ class Assessor:
             rfm_r=r, rfm_f=fq, rfm_m=m, rfm_score=100 * r + 10 * fq + m, rfm_segment=features.rfm_segment(r, fq, m)
         )
 
-    def _score_churn(self, models: InForce, cands: list[Candidate], rows: list[list[float]]) -> None:
-        """Churn probability and reasons, in one vectorised pass (one customer at a time if that fails)."""
-        model, version = models.churn, models.churn_version
-        assert model is not None
-        results: list[tuple[float, list[str]] | None]
-        try:
-            results = list(model.predict_many_with_reasons(rows, 3))
-        except Exception:  # one customer's failure must cost that customer only
-            log.warning("vectorised churn scoring failed; scoring one customer at a time", exc_info=True)
-            results = []
-            for c in cands:
-                try:
-                    results.append(model.predict_with_reasons(churn_inputs(c.scores or {}), 3))
-                except Exception:
-                    log.exception("churn scoring failed for customer %s", c.customer_id)
-                    results.append(None)
-        for c, result in zip(cands, results, strict=True):
-            if result is not None and c.scores is not None:
-                p, reasons = result
-                c.scores.update(churn_probability=p, churn_reasons=reasons, churn_model_version=version)
+    def _score_churn(self, models: InForce, cands: list[Candidate], rows: list[list[float | None]]) -> None:
+        """Each head's churn probability, in one vectorised pass per head (one customer at a time if that fails)."""
+        for key, model in zip(HEADS, models.churn, strict=False):
+            results: list[float | None]
+            try:
+                results = list(model.predict_many(rows))
+            except Exception:  # one customer's failure must cost that customer only
+                log.warning("vectorised churn scoring failed; scoring one customer at a time", exc_info=True)
+                results = []
+                for c, row in zip(cands, rows, strict=True):
+                    try:
+                        results.append(model.predict_many([row])[0])
+                    except Exception:
+                        log.exception("churn scoring failed for customer %s", c.customer_id)
+                        results.append(None)
+            for c, p in zip(cands, results, strict=True):
+                if p is not None and c.scores is not None:
+                    c.scores[key] = p
+                    c.scores["churn_model_version"] = models.churn_version
 
     def _alerts(self, c: Candidate, scores: dict[str, Any], at: int, out: Outputs) -> None:
         if not self.alert_rules.rules:
@@ -317,27 +325,25 @@ class Assessor:
         except Exception:
             log.exception("alert rules failed for customer %s", c.customer_id)
 
-    def _offer(self, c: Candidate, row: list[float], at: int) -> None:
+    def _offer(self, c: Candidate, row: list[float | None], at: int) -> None:
         """Keep a churn snapshot of the features scored at tick ``at`` (one per period, a few pending at most)."""
         s = c.state
         pending = PendingLabels.from_bytes(s.churn_bytes) if s.churn_bytes else PendingLabels()
-        if pending.offer(at, dict(zip(FEATURES, row, strict=True)), self.snapshot_every_ms, self.max_pending):
+        known = {
+            name: v for name, v in zip(FEATURES, row, strict=True) if v is not None
+        }  # missing: NaN, unpacked as such
+        if pending.offer(at, known, self.snapshot_every_ms, self.max_pending):
             s.churn_bytes = pending.to_bytes()
 
 
-def churn_inputs(scores: dict[str, Any]) -> dict[str, float]:
-    """The churn model's inputs from a customer's scores (the features it is snapshotted and scored on)."""
-    return {name: float(scores.get(name) or 0.0) for name in FEATURES}
+def heads_of(cfg: Config) -> tuple[LabelRule, ...]:
+    """The label rules of the churn heads (docs/churn.md): gone within ``CVM_CHURN_OFFSET_DAYS``, and within
+    ``CVM_CHURN_EARLY_OFFSET_DAYS`` (the alerts' head) unless that is 0."""
+    offsets = [cfg.churn_offset_days] + ([cfg.churn_early_offset_days] if cfg.churn_early_offset_days else [])
+    return label_rules(cfg.churn_silence_days, cfg.churn_cancel_grace_days, offsets)
 
 
-def _churn_row(scores: dict[str, Any]) -> list[float]:
-    """:func:`churn_inputs` as a row, in :data:`FEATURES` order."""
+def _churn_row(scores: dict[str, Any]) -> list[float | None]:
+    """A churn snapshot's features from a customer's scores, in :data:`FEATURES` order (None: not known)."""
     get = scores.get
-    return [float(get(name) or 0.0) for name in FEATURES]
-
-
-def _typical_gap_days(s: CustomerState, period_days: int) -> float | None:
-    """The customer's mean gap between purchase occasions in days (``None`` before its second occasion)."""
-    if s.n_occasions < 2:
-        return None
-    return (s.last_occasion - s.first_occasion) / (s.n_occasions - 1) * period_days
+    return [None if (v := get(name)) is None else float(v) for name in FEATURES]

@@ -113,7 +113,7 @@ class Scorer:
         self.timers = Timers()
         self.population = Population(cfg.tier_a_share, cfg.tier_b_share)
         self.assessor = Assessor(cfg, self.population)
-        self.folder = Folder(self.assessor.rules, self.assessor.label_rule, self.rekey_topic)
+        self.folder = Folder(self.assessor.rules, self.assessor.label_rules, self.rekey_topic)
         self.out = Outputs()
         self.fates: Counter[tuple[str, int, str]] = Counter()  # every record consumed, by fate (cumulative)
         self.counters: Counter[str] = Counter()  # scorings by occasion, model waits, ...
@@ -167,7 +167,7 @@ class Scorer:
             read = self.table.recover(fresh)
         metrics.table_recovered_records.inc(read)
         clocks = {p: _clock_of(self.table.get(p, CLOCK_KEY)) for p in partitions}
-        self.clock.assign([(tp.topic, tp.partition) for tp in assigned], clocks)
+        self.clock.assign([(tp.topic, tp.partition) for tp in assigned], clocks, followers=[self.rekey_topic])
         log.info("assigned partitions %s", " ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "none")
         log.info("table ready: %d partitions, %d changelog records read", len(partitions), read)
         self.rebalanced = True
@@ -272,9 +272,7 @@ class Scorer:
             rec = RawRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
             item = decoder.decode(rec, now_ms)
             if isinstance(item, Event):
-                if decoder.needs_rekey(item):
-                    out.rekeyed.append((item.time, item.customer_id.encode(), rec.value or b""))
-                    out.count(rec, "rekeyed")
+                if decoder.needs_rekey(item):  # copied to the re-key topic when its phase comes (see _fold)
                     item = Event(rec, item.kind, item.record, rekeyed=True)
                 by_source.setdefault((rec.topic, rec.partition), []).append(item)
             else:
@@ -373,10 +371,15 @@ class Scorer:
 
     def _fold(self, items: list[Item], known_ms: int, now_ms: int) -> None:
         by_customer: dict[str, list[Event]] = {}
-        for item in items:
-            if isinstance(item, Event) and not item.rekeyed:
-                by_customer.setdefault(item.customer_id, []).append(item)
         out = self.out
+        for item in items:
+            if not isinstance(item, Event):
+                continue
+            if item.rekeyed:  # in phase order: the re-key topic's order stays close to event time
+                out.rekeyed.append((item.time, item.customer_id.encode(), item.rec.value or b""))
+                out.count(item.rec, "rekeyed")
+            else:
+                by_customer.setdefault(item.customer_id, []).append(item)
         for customer_id, events in by_customer.items():
             partition = events[-1].rec.partition
             entry = self._entry(customer_id, partition)
@@ -528,17 +531,18 @@ class Scorer:
         return self._in_force(self.models.get("clv"), self.models.get("churn"))
 
     def _in_force(self, clv: Found, churn: Found) -> InForce:
-        clv_model = churn_model = None
+        clv_model = None
         clv_version = churn_version = 0
+        heads: tuple[ChurnModel, ...] = ()
         if clv is not None:
             clv_version = int(clv[0]["version"])
             clv_model = self._cached("clv", clv_version, lambda: self._clv_model(clv[0]))
         if churn is not None:
             churn_version, blob = int(churn[0]["version"]), churn[1]
-            churn_model = self._cached(
-                "churn", churn_version, lambda: ChurnModel.from_bytes(unpack_churn(blob)["model"])
+            heads = self._cached(
+                "churn", churn_version, lambda: tuple(ChurnModel.from_bytes(m) for m in unpack_churn(blob)["models"])
             )
-        return InForce(clv_model, clv_version, churn_model, churn_version)
+        return InForce(clv_model, clv_version, heads, churn_version)
 
     def _cached(self, kind: str, version: int, build: Callable[[], Any]) -> Any:
         key = (kind, version)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cvm.config import EVENT_TOPICS, Config
+from cvm.events import parse_time
 from cvm.replay import HistoryFile
 from cvm.verify import Report, expect_file, verify
 from tests.conftest import spawn, stop
@@ -152,6 +153,24 @@ class Stack:
         tps = self.wait(done, timeout, f"an assignment of {name}")
         self.note(f"{name} assigned {len(tps)} event partitions")
         return tps
+
+    def settle(self, path: Path, timeout: float = 180) -> None:
+        """Wait until the stream went idle after ``path`` and every customer's latest score holds as of its end (the
+        idle scoring: scores no longer depend on where batches ended)."""
+        end = max(parse_time(json.loads(line)["event_time"]) for line in path.read_text().splitlines() if line)
+        fresh_from = end - int(self.cfg.tick_s * 1000)
+        db = self.cfg.clickhouse_database
+        query = (
+            f"SELECT count() AS n, countIf(toUnixTimestamp64Milli(as_of) >= {fresh_from}) AS fresh "
+            f"FROM {db}.customers FINAL"
+        )
+
+        def done() -> bool | None:
+            row = self.sql(query)[0]
+            return int(row["n"]) > 0 and int(row["n"]) == int(row["fresh"]) or None
+
+        self.wait(done, timeout, "the idle scoring at the end of the history")
+        self.note("settled: every customer scored as of the end")
 
     def verify(self, path: Path, replays: int = 1, dead_letters: int = 0, wait: float = 120) -> Report:
         """The verifier's comparison of ``path`` with what the sink wrote, waiting up to ``wait`` s for a match

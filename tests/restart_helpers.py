@@ -16,6 +16,7 @@ from typing import Any
 
 from cvm.broker import port_free
 from cvm.config import Config
+from cvm.events import parse_time
 from cvm.simulate import ANCHOR_MS, generate, write_jsonl
 
 
@@ -67,6 +68,19 @@ class Up:
         done = self.cvm("sql", query.replace("{db}", self.cfg.clickhouse_database), "--format", "json")
         assert done.returncode == 0, done.stderr
         return list(json.loads(done.stdout))
+
+    def settle(self, path: Path, timeout: float = 180) -> None:
+        """Wait until every customer's latest score holds as of the end of ``path`` (the stream went idle)."""
+        end = max(json.loads(line)["event_time"] for line in path.read_text().splitlines() if line)
+        fresh_from = parse_time(end) - int(self.cfg.tick_s * 1000)
+        query = "SELECT count() AS n, countIf(toUnixTimestamp64Milli(as_of) >= {t}) AS fresh FROM {db}.customers FINAL"
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.sql(query.replace("{t}", str(fresh_from)))[0]
+            if int(row["n"]) and int(row["n"]) == int(row["fresh"]):
+                return
+            assert time.monotonic() < deadline, f"never settled at the end of {path.name}: {row}\n{self.logs()}"
+            time.sleep(2)
 
     def wait_metrics(self, after: int, timeout: float = 90) -> dict[str, Any]:
         """Model metrics rows and their latest (event) time, once one is later than ``after`` or at the timeout."""

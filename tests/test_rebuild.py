@@ -4,7 +4,6 @@ write time), since a rebuild is a replay of the same events in the same order.""
 
 from __future__ import annotations
 
-import math
 import signal
 import subprocess
 import sys
@@ -18,35 +17,10 @@ from typing import Any
 import pytest
 
 from cvm.config import Config
-from scoring.state import DECAYED
 from tests.conftest import free_port
 from tests.restart_helpers import Up, customers, history
 
 pytestmark = pytest.mark.integration
-
-#: Columns that depend on how the worker batched the events (the population a customer is ranked in) or on when
-#: the learner published its models, in today's worker and learner; the lead's deterministic worker (ticks, models
-#: on a stream-time grid) makes them a function of the events and their order, like the rest.
-AWAITING_TICKS = {
-    "profit_percentile",
-    "value_tier",
-    "rfm_r",
-    "rfm_f",
-    "rfm_m",
-    "rfm_score",
-    "rfm_segment",
-    "churn_probability",
-    "churn_reasons",
-    "churn_model_version",
-    "p_alive",
-    "expected_purchases",
-    "expected_spend",
-    "clv",
-    "clv_params_version",
-}
-#: Exponentially decayed sums: today a customer's three kinds interleave in the order of arrival, which changes the
-#: float rounding (1e-15 relative, measured); the lead's fold keeps one order per kind.
-ROUNDING = {*DECAYED, "spend_trend"}
 
 
 @dataclass
@@ -82,6 +56,7 @@ def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rebuilt]:
         report = up.verify(path)
         assert report["ok"], report
         up.wait_metrics(0)
+        up.settle(path)
         up.ctrl_c()
         before = customers(up)
         interrupted = _interrupted_rebuild(up)
@@ -107,19 +82,13 @@ def _interrupted_rebuild(up: Up) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", seen + rest)
 
 
-def _differences(before: dict[str, Any], after: dict[str, Any], skip: set[str], tolerant: bool) -> list[str]:
-    """``column: before -> after`` for every column that differs (``tolerant``: ROUNDING within 1e-9 relative)."""
-    out = []
-    for column, value in before.items():
-        if column in skip or column == "updated_at":
-            continue
-        other = after.get(column)
-        if tolerant and column in ROUNDING and isinstance(value, float) and isinstance(other, float):
-            if math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12):
-                continue
-        if other != value:
-            out.append(f"{column}: {value!r} -> {other!r}")
-    return out
+def _differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``column: before -> after`` for every column that differs, but the write time."""
+    return [
+        f"{column}: {value!r} -> {after.get(column)!r}"
+        for column, value in before.items()
+        if column != "updated_at" and after.get(column) != value
+    ]
 
 
 def test_an_interrupted_rebuild_changes_nothing_and_runs_again(rebuilt: Rebuilt) -> None:
@@ -132,25 +101,11 @@ def test_an_interrupted_rebuild_changes_nothing_and_runs_again(rebuilt: Rebuilt)
     assert report["ok"], report
 
 
-def test_a_rebuild_gives_back_what_the_replay_computed(rebuilt: Rebuilt) -> None:
-    """Every column but those that today depend on batching and wall-clock model timing (see AWAITING_TICKS)."""
-    assert set(rebuilt.after) == set(rebuilt.before)
-    wrong = {
-        cid: d
-        for cid, row in rebuilt.before.items()
-        if (d := _differences(row, rebuilt.after[cid], AWAITING_TICKS, tolerant=True))
-    }
-    assert not wrong, f"{len(wrong)} customers differ, e.g. {next(iter(wrong.items()))}"
-
-
 def test_a_rebuild_leaves_every_customers_row_identical(rebuilt: Rebuilt) -> None:
-    """The issue's "done when": every column but the write time, bit for bit. Awaits the lead's deterministic worker
-    (ticks, one fold order per kind, models on a stream-time grid): today percentiles, tiers, RFM scores, churn and
-    CLV outputs and the last bits of the decayed sums depend on batching and timing."""
+    """The issue's "done when": every column but the write time, bit for bit (the worker's ticks, one fold order per
+    kind and models on a stream-time grid make every figure a function of the events and their order per partition)."""
     assert set(rebuilt.after) == set(rebuilt.before)
-    wrong = {
-        cid: d for cid, row in rebuilt.before.items() if (d := _differences(row, rebuilt.after[cid], set(), False))
-    }
+    wrong = {cid: d for cid, row in rebuilt.before.items() if (d := _differences(row, rebuilt.after[cid]))}
     columns = sorted({x.split(":")[0] for d in wrong.values() for x in d})
     assert not wrong, f"{len(wrong)} of {len(rebuilt.before)} customers differ in {columns}"
 
@@ -191,7 +146,7 @@ def test_on_kafka_a_rebuild_resets_cvms_topics_first(cfg: Config, tmp_path: Path
         assert done.returncode == 0, done.stderr + up.logs()
         after = customers(up)
         assert set(after) == set(before)
-        wrong = {c: d for c, row in before.items() if (d := _differences(row, after[c], AWAITING_TICKS, True))}
+        wrong = {c: d for c, row in before.items() if (d := _differences(row, after[c]))}
         assert not wrong, f"{len(wrong)} customers differ, e.g. {next(iter(wrong.items()))}"
         assert up.verify(path, wait=0)["ok"]
         epochs = up.sql("SELECT epoch, state FROM {db}.epochs FINAL ORDER BY epoch")

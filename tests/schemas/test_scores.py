@@ -72,7 +72,7 @@ def _messages(with_clv: bool, with_churn: bool) -> list[dict]:
         meta = {"kind": "clv", "version": 3, "valid_from": 0, "bgnbd": {"r": 0.5, "alpha": 5.0, "a": 0.7, "b": 2.5}}
         feed.offer(encode_model({**meta, "gamma_gamma": {}}, key=feed.key))
     if with_churn:
-        blob = pack_churn(ChurnModel().to_bytes(), b"")
+        blob = pack_churn([ChurnModel().to_bytes(), ChurnModel().to_bytes()], [b"", b""])
         feed.offer(encode_model({"kind": "churn", "version": 4, "valid_from": 0}, blob, key=feed.key))
     log = fakes.Log(cfg.partitions)
     for i in range(6):
@@ -96,3 +96,4 @@ def test_the_workers_score_messages_keep_the_contract(with_clv: bool, with_churn
     assert buyer["first_purchase_time"] == (T0 - 60 * DAY) // DAY * DAY
     assert (buyer.get("p_alive") is not None) == with_clv
     assert (buyer.get("churn_probability") is not None) == with_churn
+    assert (buyer.get("churn_probability_60d") is not None) == with_churn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
@@ -30,24 +31,24 @@ def run(
 
 
 def tier_a(churn: float, **extra: Any) -> dict[str, Any]:
-    return {"value_tier": "A", "churn_probability": churn, "clv": 4000.0, "profitability": 600.0, **extra}
+    return {"value_tier": "A", "churn_probability_60d": churn, "clv": 4000.0, "profitability": 600.0, **extra}
 
 
 # --- high_value_at_risk --------------------------------------------------------------------------------------------
 
 
 def test_an_episode_alerts_once_and_recovery_closes_it() -> None:
-    rules = AlertRules()
+    rules = AlertRules()  # θ 0.2, closes below 0.18
     alerts, state = run(
         rules,
         [
-            (T0, tier_a(0.3)),
-            (T0 + 1 * DAY, tier_a(0.65)),  # opens: alert
-            (T0 + 2 * DAY, tier_a(0.9)),  # worse, same episode: quiet
-            (T0 + 3 * DAY, tier_a(0.55)),  # inside the hysteresis band (0.5 ≤ p < 0.6): still open
-            (T0 + 4 * DAY, tier_a(0.62)),  # so this is not a new episode
-            (T0 + 5 * DAY, tier_a(0.45)),  # recovered below 0.6 − 0.1: closed
-            (T0 + 13 * DAY, tier_a(0.7)),  # 8 days later, past the 7-day cooldown: a new episode
+            (T0, tier_a(0.1)),
+            (T0 + 1 * DAY, tier_a(0.25)),  # opens: alert
+            (T0 + 2 * DAY, tier_a(0.6)),  # worse, same episode: quiet
+            (T0 + 3 * DAY, tier_a(0.19)),  # inside the hysteresis band (0.18 ≤ p < 0.2): still open
+            (T0 + 4 * DAY, tier_a(0.22)),  # so this is not a new episode
+            (T0 + 5 * DAY, tier_a(0.1)),  # recovered below 0.2 − 0.02: closed
+            (T0 + 13 * DAY, tier_a(0.3)),  # 8 days later, past the 7-day cooldown: a new episode
         ],
     )
     assert [(a["rule"], a["alert_time"]) for a in alerts] == [
@@ -55,61 +56,103 @@ def test_an_episode_alerts_once_and_recovery_closes_it() -> None:
         ("high_value_at_risk", T0 + 13 * DAY),
     ]
     assert alerts[0]["episode"] == f"c1:high_value_at_risk:{T0 + DAY}"
-    assert alerts[0]["scores"] == {"value_tier": "A", "clv": 4000.0, "profitability": 600.0, "churn_probability": 0.65}
+    assert alerts[0]["scores"] == {
+        "value_tier": "A", "clv": 4000.0, "profitability": 600.0, "churn_probability_60d": 0.25
+    }  # fmt: skip
+    assert alerts[0]["reasons"] == ["25% chance of leaving within 60 days"]
     assert state.open_rules == ("high_value_at_risk",)
 
 
 def test_cooldown_counts_from_the_recovery_in_event_time() -> None:
     rules = AlertRules(cooldown_days=7)
     updates = [
-        (T0, tier_a(0.7)),  # alert
-        (T0 + 10 * DAY, tier_a(0.2)),  # recovered: cooldown runs until T0 + 17 days
-        (T0 + 12 * DAY, tier_a(0.8)),  # relapse inside the cooldown: no episode yet
-        (T0 + 16 * DAY, tier_a(0.8)),
-        (T0 + 17 * DAY, tier_a(0.8)),  # cooldown over, still at risk: the episode opens now
-        (T0 + 18 * DAY, tier_a(0.9)),
+        (T0, tier_a(0.3)),  # alert
+        (T0 + 10 * DAY, tier_a(0.05)),  # recovered: cooldown runs until T0 + 17 days
+        (T0 + 12 * DAY, tier_a(0.4)),  # relapse inside the cooldown: no episode yet
+        (T0 + 16 * DAY, tier_a(0.4)),
+        (T0 + 17 * DAY, tier_a(0.4)),  # cooldown over, still at risk: the episode opens now
+        (T0 + 18 * DAY, tier_a(0.5)),
     ]
     alerts, _ = run(rules, updates)
     assert [a["alert_time"] for a in alerts] == [T0, T0 + 17 * DAY]
-    assert alerts[1]["severity"] == "critical"  # tier A and churn ≥ 0.8
 
 
-def test_high_value_means_tier_a_or_the_configured_percentile() -> None:
-    b_top = {"value_tier": "B", "profit_percentile": 0.97, "churn_probability": 0.7}
+def test_a_customer_still_at_risk_is_raised_again_after_the_episode_length() -> None:
+    rules = AlertRules(episode_days=60)
+    updates = [(T0 + d * DAY, tier_a(0.4)) for d in (0, 30, 59, 61, 100, 121)]
+    alerts, _ = run(rules, updates)
+    assert [a["alert_time"] for a in alerts] == [T0, T0 + 61 * DAY, T0 + 121 * DAY]
+    assert alerts[1]["reasons"][:2] == ["40% chance of leaving within 60 days", "still at risk after 61 days"]
+    assert len({a["episode"] for a in alerts}) == 3
+    assert len(run(AlertRules(episode_days=0), updates)[0]) == 1  # 0: an episode lasts until the customer recovers
+
+
+def test_high_value_is_tier_a_now_or_within_the_window_or_the_configured_percentile() -> None:
+    b_top = {"value_tier": "B", "profit_percentile": 0.97, "churn_probability_60d": 0.7}
     assert run(AlertRules(), [(T0, b_top)])[0] == []
     [alert], _ = run(AlertRules(profit_percentile=0.95), [(T0, b_top)])
-    assert alert["severity"] == "medium"  # not tier A, churn below the critical 0.8
-    [alert], _ = run(AlertRules(profit_percentile=0.95), [(T0, dict(b_top, churn_probability=0.85))])
+    assert alert["severity"] == "medium"  # of high value, but never tier A
+    assert run(AlertRules(), [(T0, {"value_tier": "C", "churn_probability_60d": 0.99})])[0] == []
+    # A tier-A customer whose value fell with its purchases is still watched for high_value_days.
+    fading = [(T0, tier_a(0.05)), (T0 + 100 * DAY, {"value_tier": "B", "churn_probability_60d": 0.5})]
+    [alert], _ = run(AlertRules(high_value_days=180), fading)
     assert alert["severity"] == "high"
-    assert run(AlertRules(), [(T0, {"value_tier": "C", "churn_probability": 0.99})])[0] == []
+    assert run(AlertRules(high_value_days=90), fading)[0] == []
+
+
+def test_severity_is_the_value_at_stake() -> None:
+    """The highest CLV percentile of the high-value spell: a customer whose value already fell keeps its stake."""
+    top = [(T0, tier_a(0.05, clv_percentile=0.98)), (T0 + 30 * DAY, {"value_tier": "B", "churn_probability_60d": 0.5,
+                                                                    "clv_percentile": 0.7})]  # fmt: skip
+    [alert], state = run(AlertRules(), top)
+    assert alert["severity"] == "critical" and state.value_pct == 0.98
+    [alert], _ = run(AlertRules(), [(T0, tier_a(0.5, clv_percentile=0.9))])
+    assert alert["severity"] == "high"
+    # A new high-value spell, after the window, starts its stake afresh.
+    later = [*top, (T0 + 400 * DAY, tier_a(0.05, clv_percentile=0.85)), (T0 + 401 * DAY, tier_a(0.05))]
+    assert run(AlertRules(), later)[1].value_pct == 0.85
 
 
 def test_missing_scores_neither_open_nor_close() -> None:
     rules = AlertRules()
     alerts, state = run(rules, [(T0, tier_a(0.7)), (T0 + DAY, {"value_tier": "A"}), (T0 + 9 * DAY, tier_a(0.7))])
     assert len(alerts) == 1 and state.open_rules == ("high_value_at_risk",)
-    assert run(rules, [(T0, {"value_tier": "A", "churn_probability": float("nan")})])[0] == []
+    assert run(rules, [(T0, {"value_tier": "A", "churn_probability_60d": float("nan")})])[0] == []
 
 
-def test_reasons_are_model_codes_then_facts_in_plain_words() -> None:
+def test_the_rule_reads_the_score_it_is_told_to() -> None:
+    """A worker with one churn head points the rule at ``churn_probability`` (and its horizon)."""
+    scores = {"value_tier": "A", "churn_probability": 0.3}
+    assert run(AlertRules(), [(T0, scores)])[0] == []
+    [alert], _ = run(AlertRules(churn_score="churn_probability", churn_days=30, churn_threshold=0.13), [(T0, scores)])
+    assert alert["reasons"][0] == "30% chance of leaving within 30 days"
+
+
+def test_reasons_are_business_words_never_size_or_age() -> None:
     scores = tier_a(
-        0.74,
-        churn_reasons=["recency_days +1.8", "complaints_30d +0.9", "on_time_rate +0.4", "tenure_days -0.2"],
+        0.34,
+        churn_reasons=["tenure_days +1.8", "frequency -0.9"],
         complaints_30d=2.7,
+        complaints_vs_usual=1.5,
+        unresolved_30d=1.2,
         failed_payments_90d=2.0,
+        late_payments_90d=3.1,
         recency_days=74.6,
+        silence_gaps=3.4,
+        typical_gap_days=22.0,
+        frequency=14,
+        tenure_days=900.0,
         last_cancellation_time=T0 - 2 * DAY,
     )
-    [alert], _ = run(AlertRules(rules=("high_value_at_risk",)), [(T0, scores)])
+    [alert] = run(AlertRules(rules=("high_value_at_risk",)), [(T0, scores)])[0]
     assert alert["reasons"] == [
-        "recency_days +1.8",
-        "complaints_30d +0.9",
-        "on_time_rate +0.4",  # the model's top three
-        "≈3 complaints in 30 days",
-        "2 failed payments in 90 days",
-        "no purchase for 74 days",
-        "asked to cancel on 2026-02-28",
+        "34% chance of leaving within 60 days",
+        "asked to cancel 2 days ago",
+        "3 complaints in 30 days, 1 unresolved",
+        "3 late or failed payments in 90 days, 2 failed",
     ]
+    words = " ".join(alert["reasons"])
+    assert "tenure" not in words and "frequency" not in words
 
 
 # --- p_alive_drop --------------------------------------------------------------------------------------------------
@@ -157,12 +200,12 @@ def test_p_alive_episode_recovers_and_the_worker_may_pass_the_previous_value() -
 # --- cancellation_request ------------------------------------------------------------------------------------------
 
 
-def test_cancellation_request_from_tier_a() -> None:
+def test_cancellation_request_from_a_high_value_customer() -> None:
     rules = AlertRules()
     asked = T0 - 3_600_000
-    [alert], state = run(rules, [(T0, tier_a(0.3, last_cancellation_time=asked, n_cancellation_requests=1))])
-    assert alert["rule"] == "cancellation_request" and alert["severity"] == "high"  # the model does not agree
-    assert alert["reasons"][0] == "asked to cancel on 2026-03-01"
+    [alert], state = run(rules, [(T0, tier_a(0.1, last_cancellation_time=asked, n_cancellation_requests=1))])
+    assert alert["rule"] == "cancellation_request" and alert["severity"] == "high"
+    assert alert["reasons"][0] == "asked to cancel today"
     assert alert["episode"] == f"c1:cancellation_request:{asked}"  # anchored at the request, not the scoring
     assert run(rules, [(T0, {"value_tier": "B", "last_cancellation_time": asked})])[0] == []
 
@@ -170,8 +213,9 @@ def test_cancellation_request_from_tier_a() -> None:
 def test_repeated_requests_extend_the_episode_and_a_later_one_alerts_again() -> None:
     rules = AlertRules(cancellation_window_days=30, cooldown_days=7)
     first, second, third = T0, T0 + 20 * DAY, T0 + 100 * DAY
+    top = {"clv_percentile": 0.99}
     updates = [
-        (first, tier_a(0.7, last_cancellation_time=first)),  # cancellation (critical) and high_value_at_risk
+        (first, tier_a(0.7, last_cancellation_time=first, **top)),  # cancellation (critical) and high_value_at_risk
         (second, tier_a(0.7, last_cancellation_time=second)),  # within 30 days: same episode, extended
         (second + 29 * DAY, tier_a(0.7, last_cancellation_time=second)),  # still within the extended window
         (third, tier_a(0.7, last_cancellation_time=third)),  # the episode ended at second + 30 days
@@ -183,21 +227,30 @@ def test_repeated_requests_extend_the_episode_and_a_later_one_alerts_again() -> 
 
 
 def test_an_old_request_does_not_alert() -> None:
-    assert run(AlertRules(), [(T0, tier_a(0.2, last_cancellation_time=T0 - 31 * DAY))])[0] == []
+    old = tier_a(0.1, last_cancellation_time=T0 - 31 * DAY)
+    assert run(AlertRules(), [(T0, old)])[0] == []
 
 
 # --- state, settings -----------------------------------------------------------------------------------------------
 
 
-def test_state_is_20_bytes_and_round_trips() -> None:
-    _, state = run(AlertRules(), [(T0, tier_a(0.7, p_alive=0.9)), (T0 + DAY, tier_a(0.7, p_alive=0.3))])
+def test_state_is_26_bytes_and_round_trips() -> None:
+    updates = [(T0, tier_a(0.7, p_alive=0.9, clv_percentile=0.93)), (T0 + DAY, tier_a(0.7, p_alive=0.3))]
+    _, state = run(AlertRules(), updates)
     data = state.to_bytes()
-    assert len(data) == AlertState.SIZE == 20
+    assert len(data) == AlertState.SIZE == 26
     back = AlertState.from_bytes(data)
     assert back == state and back.open_rules == ("high_value_at_risk", "p_alive_drop")
-    assert back.last_p_alive == 0.3
+    assert (back.last_p_alive, back.value_pct, back.value_time) == (0.3, 0.93, (T0 + DAY) // 1000)
     with pytest.raises(ValueError, match="format"):
         AlertState.from_bytes(b"\x09" + data[1:])
+
+
+def test_the_state_of_cvm_0_1_still_reads() -> None:
+    old = struct.pack("<BB3IIH", 1, 0b101, T0 // 1000, 0, T0 // 1000 - 5, T0 // 1000 - 9, 4200)
+    state = AlertState.from_bytes(old)
+    assert state.open_rules == ("high_value_at_risk", "cancellation_request") and state.last_p_alive == 0.42
+    assert (state.value_time, state.value_pct) == (0, 0.0)
 
 
 def test_rules_come_from_the_configuration(tmp_path) -> None:
@@ -208,6 +261,8 @@ def test_rules_come_from_the_configuration(tmp_path) -> None:
     rules = AlertRules.from_config(Config.load(path, env={}))
     assert rules.rules == ("high_value_at_risk",) and rules.churn_threshold == 0.7 and rules.cooldown_days == 14
     assert AlertRules.from_config(Config.load(env={})) == AlertRules()
+    with pytest.raises(ValueError, match="alert_churn_hysteresis=0.3 must not exceed"):
+        AlertRules(churn_threshold=0.2, churn_hysteresis=0.3)
     off = AlertRules.from_config(Config.load(env={"CVM_ALERT_RULES": "none"}))
     assert run(off, [(T0, tier_a(0.99, last_cancellation_time=T0))])[0] == []
     with pytest.raises(ConfigError, match="unknown rule 'churn'"):
@@ -224,7 +279,8 @@ update = st.tuples(
         {},
         optional={
             "value_tier": st.sampled_from(["A", "B", "C"]),
-            "churn_probability": st.floats(0, 1),
+            "churn_probability_60d": st.floats(0, 1),
+            "clv_percentile": st.floats(0, 1),
             "p_alive": st.floats(0, 1),
             "profit_percentile": st.floats(0, 1),
         },
@@ -244,9 +300,9 @@ def _timeline(steps: list[tuple[int, dict[str, Any], bool]]) -> list[tuple[int, 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(update, max_size=60), st.sampled_from([0.0, 1.0, 7.0]))
-def test_replay_gives_the_same_alerts_once_per_episode(steps, cooldown_days) -> None:
-    rules = AlertRules(cooldown_days=cooldown_days, profit_percentile=0.9)
+@given(st.lists(update, max_size=60), st.sampled_from([0.0, 1.0, 7.0]), st.sampled_from([0.0, 10.0]))
+def test_replay_gives_the_same_alerts_once_per_episode(steps, cooldown_days, episode_days) -> None:
+    rules = AlertRules(cooldown_days=cooldown_days, profit_percentile=0.9, episode_days=episode_days)
     timeline = _timeline(steps)
     alerts, state = run(rules, timeline)
     # A replay of the same history, and one restarted from stored bytes at every step, raise the same alerts.
@@ -266,8 +322,9 @@ def test_replay_gives_the_same_alerts_once_per_episode(steps, cooldown_days) -> 
         for (k0, earlier), (k1, later) in zip(mine, mine[1:], strict=False):
             assert later - earlier >= cooldown_ms - 999
             between = [s for _, s in timeline[k0 + 1 : k1]]
-            if rule == "high_value_at_risk":
-                assert any(s.get("churn_probability", 1.0) < 0.5 for s in between)
+            if rule == "high_value_at_risk":  # recovered in between, or raised again as still at risk
+                still = episode_days and later - earlier >= episode_days * DAY - 999
+                assert still or any(s.get("churn_probability_60d", 1.0) < 0.18 for s in between)
             if rule == "p_alive_drop":
                 assert any(s.get("p_alive", 0.0) >= 0.5 for s in between)
     for a in alerts:

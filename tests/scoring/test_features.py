@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from scoring.features import compute, loyalty_score, spend_trend
+from scoring.features import compute, exposure_days, loyalty_score, next_rescore_ms, spend_trend
 from scoring.state import CHANNELS, DAY_MS, DECAYED, TAU_MS, CustomerState, FoldRules
 
 T0 = 1_767_225_600_000  # 2026-01-01
@@ -100,7 +100,57 @@ def reference(events, now: int) -> dict:
         **{n: v for n, v in zip(DECAYED[3:6], count[3:6], strict=True)},
         **{n: v for n, v in zip(DECAYED[6:9], contact_n[6:9], strict=True)},
         "complaints_30d": sum(math.exp(-(now - r["event_time"]) / (30 * DAY_MS)) for r in complaints),
+        **leaving_reference(txs, purchases, contacts, pays, days, first, now),
     }
+
+
+def _decay(rows, days: float, now: int, value=lambda r: 1.0) -> float:
+    return sum(value(r) * math.exp(-(now - r["event_time"]) / (days * DAY_MS)) for r in rows)
+
+
+def leaving_reference(txs, purchases, contacts, pays, days, first, now) -> dict:
+    """The long-run baselines and the signals of leaving, from the event lists (docs/features.md's definitions)."""
+    tenure = (now - first) / DAY_MS
+    unresolved = [r for r in contacts if not r["resolved"]]
+    complaints = [r for r in contacts if r["reason"] == "complaint"]
+    refunds = [r for r in txs if round(r["amount"] * 100) < 0]
+    late = [r for r in pays if r["status"] == "failed"]
+    late += [r for r in pays if r["status"] not in ("failed", "chargeback") and r["paid_date"] > r["due_date"]]
+    late += [r for r in pays if r["status"] == "late" and r["paid_date"] <= r["due_date"]]
+    out = {
+        "purchases_365d": _decay(purchases, 365, now),
+        "spend_365d": _decay([r for r in txs if round(r["amount"] * 100)], 365, now, lambda r: r["amount"]),
+        "contacts_365d": _decay(contacts, 365, now),
+        "complaints_365d": _decay(complaints, 365, now),
+        "unresolved_30d": _decay(unresolved, 30, now),
+        "unresolved_365d": _decay(unresolved, 365, now),
+        "refunds_90d": _decay(refunds, 90, now),
+        "late_payments_90d": _decay(late, 90, now),
+    }
+    e = {tau: max(1.0, tau * (1 - math.exp(-tenure / tau))) for tau in (30, 90, 365)}
+    gap = ((days[-1] - days[0] if days else 0) + 30.0) / max(len(days), 1)
+    recency = (now - max(r["event_time"] for r in purchases)) / DAY_MS if purchases else tenure
+
+    def vs(recent: float, usual: float) -> float:
+        return math.log((recent + 0.5) / (usual / e[365] * e[30] + 0.5))
+
+    spend365 = out["spend_365d"] / e[365]
+    spend30 = _decay([r for r in txs if round(r["amount"] * 100)], 30, now, lambda r: r["amount"])
+    cancels = [r["event_time"] for r in contacts if r["reason"] == "cancellation_request"]
+    since = (now - max(cancels)) / DAY_MS if cancels else math.inf
+    out.update(
+        typical_gap_days=gap,
+        silence_gaps=recency / gap,
+        silence_rate=recency * out["purchases_365d"] / e[365],
+        purchases_vs_usual=vs(_decay(purchases, 30, now), out["purchases_365d"]),
+        spend_vs_usual=min(3.0, max(0.0, spend30 / e[30] / spend365)) if spend365 > 0 else 1.0,
+        contacts_vs_usual=vs(_decay(contacts, 30, now), out["contacts_365d"]),
+        complaints_vs_usual=vs(_decay(complaints, 30, now), out["complaints_365d"]),
+        unresolved_vs_usual=vs(out["unresolved_30d"], out["unresolved_365d"]),
+        recent_cancellation=math.exp(-since / 30) if cancels else 0.0,
+        days_since_cancellation=min(365.0, since),
+    )
+    return out
 
 
 def same(a: dict, b: dict, keys=None) -> None:
@@ -184,6 +234,44 @@ def test_the_decayed_views_are_what_the_window_names_say_for_a_steady_customer()
     assert f["spend_trend"] == pytest.approx(0.0, abs=0.02)
 
 
+def test_a_customer_s_own_rhythm_and_baselines() -> None:
+    """Every two weeks for a year, then silence: the silence is counted in the customer's own gaps; the purchases
+    and spend of the last 30 days against its own long-run rate."""
+    events = [("transactions", {"event_id": f"t{d}", "event_time": T0 + d * DAY_MS, "amount": 20.0})
+              for d in range(0, 365, 14)]  # fmt: skip
+    s = fold(events)[0]
+    steady = compute(s, s.last_time + 7 * DAY_MS)  # half-way to its next purchase
+    assert steady["typical_gap_days"] == pytest.approx((364 + 30) / 27)
+    assert steady["silence_gaps"] == pytest.approx(7 / ((364 + 30) / 27))
+    assert abs(steady["purchases_vs_usual"]) < 0.1 and steady["spend_vs_usual"] == pytest.approx(1.0, abs=0.1)
+    gone = compute(s, s.last_time + 60 * DAY_MS)
+    assert gone["silence_gaps"] == pytest.approx(60 / ((364 + 30) / 27))
+    assert gone["purchases_vs_usual"] < -0.8 and gone["spend_vs_usual"] < 0.25
+    assert gone["silence_rate"] == pytest.approx(60 * gone["purchases_365d"] / exposure_days(gone["tenure_days"], 365))
+
+
+def test_a_new_customer_s_rates_are_not_diluted_by_the_counters_warming_up() -> None:
+    """exposure_days: a 30-day-old customer buying daily reads as usual, not as 12 times its yearly average."""
+    events = [("transactions", {"event_id": f"t{d}", "event_time": T0 + d * DAY_MS, "amount": 5.0}) for d in range(30)]
+    f = compute(fold(events)[0], T0 + 29 * DAY_MS)
+    assert abs(f["purchases_vs_usual"]) < 0.05 and f["spend_vs_usual"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_silent_customers_are_rescored_as_their_silence_grows() -> None:
+    s = fold([("transactions", {"event_id": "t", "event_time": T0, "amount": 5.0})])[0]
+    steps = []
+    now = T0
+    while now < T0 + 400 * DAY_MS:
+        later = next_rescore_ms(s, now)
+        steps.append((later - now) / DAY_MS)
+        now = later
+    assert steps[0] == 7.5 and steps[-1] == 30.0 and sorted(steps) == steps  # longer as the silence grows
+    assert len(steps) < 25  # a year and more of silence: a couple of dozen scorings, not 400
+    busy = fold([("transactions", {"event_id": f"t{d}", "event_time": T0 + d * DAY_MS, "amount": 5.0})
+                 for d in range(0, 60, 2)])[0]  # fmt: skip
+    assert next_rescore_ms(busy, busy.last_time) - busy.last_time == DAY_MS  # at least a day apart
+
+
 def test_payment_reliability() -> None:
     events = [make(i, "payments", T0 + i * DAY_MS, x) for i, x in enumerate([0, 1, 2, 3, 4])]  # paid, late, ...
     f = compute(fold(events)[0], T0 + 5 * DAY_MS)
@@ -251,4 +339,4 @@ def test_state_stays_compact_for_a_busy_customer() -> None:
               for i in range(2000)]  # fmt: skip
     s = fold(events)[0]
     # 16 remembered event ids (8 transactions, 4 contacts, 4 payments: 12 bytes each) fill up here; the rest is fixed
-    assert len(s.to_bytes()) <= 560
+    assert len(s.to_bytes()) <= 620

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cvm.config import Config
 from cvm.kafka import ModelKey, create_topics, encode_model, make_producer
 from cvm.metrics import sample_sums
+from schemas.scores import ScoreContract
 from sinks.clickhouse import ClickHouse
 from sinks.writer import Writer
 from tests.conftest import free_port
@@ -121,9 +122,10 @@ def test_a_revoked_partition_releases_its_unwritten_records(cfg: Config, ch: Cli
     label = "customer-scores"
     before = Counter({fate: _sample("cvm_records_total", topic=label, fate=fate) for fate in SINK_FATES})
     consumed = _sample("cvm_records_consumed_total", topic=label)
+    contract = ScoreContract.load()
     for offset in range(3):
-        assert writer.add(topic, 0, offset, json.dumps({"customer_id": f"a{offset}", "version": 1}).encode())
-        assert writer.add(topic, 1, offset, json.dumps({"customer_id": f"b{offset}", "version": 1}).encode())
+        assert writer.add(topic, 0, offset, json.dumps(contract.example(f"a{offset}")).encode())
+        assert writer.add(topic, 1, offset, json.dumps(contract.example(f"b{offset}")).encode())
     assert not writer.add(topic, 1, 3, b"[not an object]")
     writer._forget([TopicPartition(topic, 1)])  # a rebalance took partition 1 before its batch was written
     assert writer.flush()
@@ -137,7 +139,7 @@ def test_a_refused_insert_is_counted_and_tried_again_by_the_writer(cfg: Config, 
     writer = Writer(cfg, ch)
     topic = cfg.topic("customer-scores")
     failures = _sample("cvm_insert_failures_total", table="customers")
-    assert writer.add(topic, 0, 0, json.dumps({"customer_id": "c1", "version": 1}).encode())
+    assert writer.add(topic, 0, 0, json.dumps({**ScoreContract.load().example("c1"), "version": 1}).encode())
     ch.command(f"RENAME TABLE {ch.database}.customers TO {ch.database}.customers_away")
     try:
         started = time.monotonic()

@@ -83,8 +83,8 @@ def feed_with_models() -> Feed:
     feed.offer(encode_model({"kind": "clv", "version": 1, "valid_from": 0, "bgnbd": BG, "gamma_gamma": GG}))
     model = ChurnModel()
     for i in range(300):
-        model.learn_one({"recency_days": float(i % 90), "frequency": float(i % 6)}, int(i % 90 > 40))
-    blob = pack_churn(model.to_bytes(), b"")
+        model.learn_one({"silence_gaps": float(i % 90) / 10, "frequency": float(i % 6)}, int(i % 90 > 40))
+    blob = pack_churn([model.to_bytes(), model.to_bytes()], [b"", b""])
     feed.offer(encode_model({"kind": "churn", "version": 1, "valid_from": T0 + 30 * DAY}, blob))
     return feed
 
@@ -147,7 +147,7 @@ def test_labels_mature_at_ticks_once_and_carry_the_tick_they_became_known() -> N
     log, _ = run(seed=1, batch=1000)
     labels = [json.loads(v) for v in log.values(CFG.topic("churn-labels"))]
     pairs = [m for m in labels if m.get("kind") != "progress"]
-    assert len({(m["customer_id"], m["snapshot_ms"]) for m in pairs}) == len(pairs)  # once each
+    assert len({(m["customer_id"], m["snapshot_ms"], m["head"]) for m in pairs}) == len(pairs)  # once each per head
     silent = [m for m in pairs if m["customer_id"] == "c3" and m["label"] == 1]
     assert silent and all(m["known_ms"] % DAY == 0 and m["known_ms"] > m["label_ms"] for m in silent)
     progress = [m for m in labels if m.get("kind") == "progress"]
