@@ -48,13 +48,13 @@ class Event:
     rec: RawRecord
     kind: str
     record: dict[str, Any]
-    #: Copied to the re-key topic already: it still marks how far its partition has come in event time, but it is
-    #: folded where its copy arrives.
+    #: To be copied to the re-key topic when its phase comes: it marks how far its partition has come in event time,
+    #: and is folded where its copy arrives.
     rekeyed: bool = False
+    time: int = field(init=False)  # its event time (ms), read once
 
-    @property
-    def time(self) -> int:
-        return int(self.record["event_time"])
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "time", int(self.record["event_time"]))
 
     @property
     def customer_id(self) -> str:

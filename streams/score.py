@@ -59,6 +59,18 @@ class Candidate:
     state: CustomerState
     previous: dict[str, float | None]
     scores: dict[str, Any] | None = None
+    _pending: PendingLabels | None = None  # the state's churn snapshots, parsed once per scoring
+
+    @property
+    def pending(self) -> PendingLabels:
+        if self._pending is None:
+            data = self.state.churn_bytes
+            self._pending = PendingLabels.from_bytes(data) if data else PendingLabels()
+        return self._pending
+
+    def forget_pending(self) -> None:
+        """The state's churn section changed under it (a fold): parse it again when asked."""
+        self._pending = None
 
 
 #: The score key of each churn head's probability, in head order (scoring.labels: one label rule per head).
@@ -167,12 +179,13 @@ class Assessor:
             s.as_of = scores["as_of"]
             out.scores.append((c.customer_id, scores))
 
-    def due(self, s: CustomerState) -> int | None:
+    def due(self, c: Candidate) -> int | None:
         """When this customer must be scored again without an event: a label deadline passed (plus the allowed
         lateness, after which no purchase can settle it any more), or the next step of its silence."""
+        s = c.state
         deadline = None
         if s.churn_bytes:
-            d = PendingLabels.from_bytes(s.churn_bytes).next_deadline(self.label_rules)
+            d = c.pending.next_deadline(self.label_rules)
             if d is not None:
                 deadline = d + self.rules.lateness_ms + 1
         if not s.last_time:
@@ -187,7 +200,7 @@ class Assessor:
         s = c.state
         if not s.churn_bytes:
             return
-        pending = PendingLabels.from_bytes(s.churn_bytes)
+        pending = c.pending
         matured = pending.advance(at - self.rules.lateness_ms, self.label_rules)
         if matured:
             emit_labels(c.customer_id, matured, at, out)
@@ -328,7 +341,7 @@ class Assessor:
     def _offer(self, c: Candidate, row: list[float | None], at: int) -> None:
         """Keep a churn snapshot of the features scored at tick ``at`` (one per period, a few pending at most)."""
         s = c.state
-        pending = PendingLabels.from_bytes(s.churn_bytes) if s.churn_bytes else PendingLabels()
+        pending = c.pending
         known = {
             name: v for name, v in zip(FEATURES, row, strict=True) if v is not None
         }  # missing: NaN, unpacked as such

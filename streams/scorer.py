@@ -228,6 +228,15 @@ class Scorer:
             self._open_phase(now_ms)
             self._idle()
         self._finish()
+        if os.environ.get("CVM_DEBUG_STEPS"):
+            log.warning(
+                "step n=%d tick=%s held=%d paused=%d waits=%s",
+                n,
+                self.clock.tick,
+                sum(len(x.items) for x in self.clock.sources.values()),
+                len(self.paused),
+                self.status().split("next tick waits for: ")[1][:200],
+            )
         if n:
             metrics.batch_records.observe(n)
             metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -250,10 +259,21 @@ class Scorer:
         """One line on where the worker stands in stream time (logged every 10 s)."""
         clock, tick = self.clock, self.clock.tick
         held = sum(len(s.items) for s in clock.sources.values())
-        idle = sorted(f"{t}[{p}]" for (t, p), src in clock.sources.items() if clock.idle(src, self.monotonic()))
+        now = self.monotonic()
+        idle = sorted(f"{t}[{p}]" for (t, p), src in clock.sources.items() if clock.idle(src, now))
+        blocking = []
+        if tick is not None:
+            nxt = tick + self.tick_ms
+            for (t, p), src in clock.sources.items():
+                if not src.follower and not clock.idle(src, now) and not src.passed(nxt):
+                    caught = "no" if src.caught_up is None else f"for {now - src.caught_up:.1f} s"
+                    blocking.append(
+                        f"{t}[{p}](seen {now - src.seen:.1f}s ago, caught up {caught}, {self._debug.get((t, p))}, next {src.next_offset})"
+                    )
         return (
             f"stream time: tick {tick}, latest event {clock.latest()}, {held} records held, "
             f"{len(self.paused)} partitions paused, idle: {' '.join(idle) or 'none'}, "
+            f"next tick waits for: {' '.join(blocking) or 'nothing'}, "
             f"waiting for models: {self.waiting_since is not None}, customers changed since their tick: "
             f"{len(self.changed)}, timers: {len(self.timers)}, scored {dict(self.counters)}"
         )
@@ -307,8 +327,9 @@ class Scorer:
     def _positions(self) -> None:
         """Which sources have read everything the broker holds (from the consumer's own figures, no round trip).
 
-        Tansu reports as high watermark the base offset of a partition's last record batch: there, the record at
-        the watermark must have been read too (fetches return whole batches).
+        Tansu may report as high watermark the base offset of a partition's last record batch rather than its end:
+        a source at the watermark may then be one batch short, which the next fetch brings well within the second
+        the clock waits before it counts a source that has read to the end as idle.
         """
         sources = self.clock.sources
         if not sources:
@@ -317,7 +338,6 @@ class Scorer:
             positions = self.consumer.position([TopicPartition(t, p) for t, p in sources])
         except KafkaException:
             return
-        extra = 1 if self.cfg.embedded_broker else 0
         committed = self.clock.commit_positions()
         for tp in positions:
             key = (tp.topic, tp.partition)
@@ -332,7 +352,7 @@ class Scorer:
             label = metrics.topic_label(self.cfg, tp.topic)
             metrics.consumer_lag.labels(topic=label, partition=str(tp.partition)).set(max(0, high - position))
             if not sources[key].items:
-                self.clock.read_to_end(key, high == 0 or position >= high + extra)
+                self.clock.read_to_end(key, high == 0 or position >= high)
 
     def _ticks(self, now_ms: int) -> None:
         """Evaluate every tick that every source has passed, each after folding its phase."""
@@ -344,23 +364,24 @@ class Scorer:
             models = self._models_at(t)
             if models is None:
                 return  # the learner is behind: wait for it (sources that passed the tick stay paused)
-            earliest = clock.earliest_held()
+            items = clock.take(t)
             due = self.timers.next_due()
             if (
-                (earliest is None or earliest >= t)
+                not items
                 and not self.changed
                 and (due is None or due > t)
                 and _versions(models) == _versions(self.in_force)
             ):
                 # Nothing happens at this tick: go straight to the last tick before something does.
                 limits = [clock.horizon() or t, grid_point(t, self.grid_ms) + self.grid_ms]
+                earliest = clock.earliest_held()
                 if earliest is not None:
                     limits.append(closing_tick(earliest, self.tick_ms) - self.tick_ms)
                 if due is not None:
                     limits.append(-(-due // self.tick_ms) * self.tick_ms - self.tick_ms)
                 clock.advance(max(t, min(limits)))
                 continue
-            self._fold(clock.take(t), t, now_ms)
+            self._fold(items, t, now_ms)
             self._tick(t, models)
             clock.advance(t)
 
@@ -392,6 +413,7 @@ class Scorer:
                     out.dead_letters.append((ev.rec.key, dead_letter(ev.rec, exc, now_ms)))
                     out.count(ev.rec, "dead")
                 continue
+            entry.forget_pending()
             if changed:
                 self.changed[customer_id] = partition
                 self.unscored.add(customer_id)
@@ -432,7 +454,7 @@ class Scorer:
         for c in cands:
             self.changed.pop(c.customer_id, None)
             self.unscored.discard(c.customer_id)
-            self.timers.set(c.customer_id, self.assessor.due(c.state))
+            self.timers.set(c.customer_id, self.assessor.due(c))
         for customer_id in later:
             self.timers.set(customer_id, t + self.tick_ms)
         self.in_force = models
@@ -585,7 +607,7 @@ class Scorer:
                 state = CustomerState.from_bytes(data)
                 customer_id = key.decode()
                 values.append(ranked(state))
-                self.timers.set(customer_id, self.assessor.due(state))
+                self.timers.set(customer_id, self.assessor.due(Candidate(customer_id, p, state, {})))
                 if state.version != state.tick_version:
                     self.changed[customer_id] = p
         self.population.rebuild(values)
