@@ -228,15 +228,6 @@ class Scorer:
             self._open_phase(now_ms)
             self._idle()
         self._finish()
-        if os.environ.get("CVM_DEBUG_STEPS"):
-            log.warning(
-                "step n=%d tick=%s held=%d paused=%d waits=%s",
-                n,
-                self.clock.tick,
-                sum(len(x.items) for x in self.clock.sources.values()),
-                len(self.paused),
-                self.status().split("next tick waits for: ")[1][:200],
-            )
         if n:
             metrics.batch_records.observe(n)
             metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -267,9 +258,7 @@ class Scorer:
             for (t, p), src in clock.sources.items():
                 if not src.follower and not clock.idle(src, now) and not src.passed(nxt):
                     caught = "no" if src.caught_up is None else f"for {now - src.caught_up:.1f} s"
-                    blocking.append(
-                        f"{t}[{p}](seen {now - src.seen:.1f}s ago, caught up {caught}, {self._debug.get((t, p))}, next {src.next_offset})"
-                    )
+                    blocking.append(f"{t}[{p}] (last delivery {now - src.seen:.1f} s ago, read to the end {caught})")
         return (
             f"stream time: tick {tick}, latest event {clock.latest()}, {held} records held, "
             f"{len(self.paused)} partitions paused, idle: {' '.join(idle) or 'none'}, "
