@@ -271,27 +271,30 @@ def leaving(
 #: Bounds of the re-scoring step of a silent customer (:func:`next_rescore_ms`).
 RESCORE_MIN_MS = DAY_MS
 RESCORE_MAX_MS = 30 * DAY_MS
-#: A silent customer is re-scored each time its silence has grown by this share (of the silence, or of its typical
-#: gap while the silence is shorter): its silence in gaps is never staler than that.
-RESCORE_SHARE = 0.25
+#: The silences, in units of the customer's typical gap, at which a silent customer is scored again (then every
+#: RESCORE_MAX_MS).
+RESCORE_GAPS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
 
 
 def next_rescore_ms(s: CustomerState, now: int, period_days: int = 1) -> int:
     """When to score a customer again if no event of its own comes first: its features move with silence alone.
 
-    The step is a quarter of the longer of the customer's silence and its typical gap between purchases, between a
-    day and 30 days: a customer's silence in units of its own gap is at most 25% stale, and a customer gone for good
-    costs a re-scoring a month at most (a few per year in all).
+    At the next of :data:`RESCORE_GAPS` its silence reaches, in units of its typical gap between purchases (as
+    :func:`leaving` measures it), at least a day and at most 30 days on: a customer who keeps its rhythm is scored
+    about once between two purchases, a silence about a dozen times as it grows from one gap to twelve, then once a
+    month. On the study's histories (docs/churn.md) this scores 29% less than re-scoring every quarter of the
+    silence, with the same AUC, audience, caught-ahead share and lead.
 
     >>> from scoring.state import FoldRules
     >>> s = CustomerState()
     >>> t0 = 1_767_225_600_000
     >>> _ = s.apply("transactions", {"event_id": "t", "event_time": t0, "amount": 5.0}, -1, FoldRules())
-    >>> [(next_rescore_ms(s, t0 + d * DAY_MS) - t0 - d * DAY_MS) / DAY_MS for d in (0, 10, 60, 400)]
-    [7.5, 7.5, 15.0, 30.0]
+    >>> [round((next_rescore_ms(s, t0 + d * DAY_MS) - t0) / DAY_MS, 1) for d in (0, 10, 31, 400)]
+    [30.0, 30.0, 45.0, 430.0]
     """
-    recency = (now - s.last_purchase_time) if s.last_purchase_time else (now - s.first_time if s.first_time else 0)
+    last = s.last_purchase_time or s.first_time or now
+    silence = now - last
     n = s.n_occasions
-    gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / max(n, 1) * DAY_MS if n else 0.0
-    step = RESCORE_SHARE * max(recency, gap)
-    return now + int(min(RESCORE_MAX_MS, max(RESCORE_MIN_MS, step)))
+    gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / max(n, 1) * DAY_MS
+    due = next((last + int(g * gap) for g in RESCORE_GAPS if g * gap > silence), now + RESCORE_MAX_MS)
+    return min(now + RESCORE_MAX_MS, max(now + RESCORE_MIN_MS, due))
