@@ -63,6 +63,7 @@ class Population:
         self.tier_b_share = tier_b_share
         self.counts: dict[str, Counter[int]] = {m: Counter() for m in METRICS}
         self._frozen: dict[str, tuple[list[int], list[int], list[int], int]] = {}
+        self._dirty: set[str] = set(METRICS)  # metrics whose counts changed since the last freeze
         # per metric, the last value update() counted and its bucket: the caller usually ranks that value next
         self._last: dict[str, tuple[float, int]] = {}
 
@@ -78,20 +79,24 @@ class Population:
         if b_old is not None:
             if b_old == b_new and counts.get(b_old, 0) > 0:
                 return  # same bucket: leaving and entering it cancel out
+            self._dirty.add(metric)
             counts[b_old] -= 1
             if counts[b_old] <= 0:
                 del counts[b_old]
         if b_new is not None:
+            self._dirty.add(metric)
             counts[b_new] += 1
 
     def reset(self, metric: str) -> None:
         """Forget every customer's value of ``metric`` (they are all about to be counted again)."""
         self.counts[metric] = Counter()
         self._last.pop(metric, None)
+        self._dirty.add(metric)
 
     def rebuild(self, values: Iterable[dict[str, float | None]]) -> None:
         """Start again from every customer's values (e.g. the table after a rebalance)."""
         self.counts = {m: Counter() for m in METRICS}
+        self._dirty = set(METRICS)
         for row in values:
             for metric, value in row.items():
                 if value is not None:
@@ -99,9 +104,10 @@ class Population:
         self.freeze()
 
     def freeze(self) -> None:
-        """Take the view :meth:`percentile` reads (once per batch)."""
-        frozen = {}
-        for metric, counts in self.counts.items():
+        """Take the view :meth:`percentile` reads (once per batch; only the metrics whose counts moved)."""
+        frozen = dict(self._frozen)
+        for metric in self._dirty:
+            counts = self.counts[metric]
             keys = sorted(counts)
             below, total = [], 0
             for k in keys:
@@ -109,6 +115,7 @@ class Population:
                 total += counts[k]
             frozen[metric] = (keys, below, [counts[k] for k in keys], total)
         self._frozen = frozen
+        self._dirty = set()
 
     def size(self, metric: str) -> int:
         """Customers counted in ``metric`` in the frozen view."""

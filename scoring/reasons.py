@@ -52,6 +52,8 @@ SIGNALS = (
 
 def _num(scores: Mapping[str, Any], key: str) -> float | None:
     value = scores.get(key)
+    if type(value) is float:  # the usual case, first
+        return value if value - value == 0.0 else None  # finite
     if value is None or isinstance(value, bool | str):
         return None
     try:

@@ -114,7 +114,7 @@ def render_table(records: Sequence[Mapping[str, Any]], width: int | None = None)
                 str(r.get("severity") or ""),
                 _money(scores.get("clv")),
                 _money(scores.get("profitability")),
-                _share(scores.get("churn_probability")),
+                _share(scores.get("churn_probability_60d", scores.get("churn_probability"))),
                 "; ".join(str(x) for x in r.get("reasons") or []),
             )
         )

@@ -84,7 +84,7 @@ def alerts(n: int, tier_a: bool = True) -> list[dict[str, Any]]:
     rules = AlertRules(rules=("high_value_at_risk",))
     out = []
     for i in range(n):
-        scores = {"value_tier": "A", "churn_probability": 0.7, "clv": 100.0 * i, "complaints_30d": 2.0}
+        scores = {"value_tier": "A", "churn_probability_60d": 0.7, "clv": 100.0 * i, "complaints_30d": 2.0}
         out.extend(rules.evaluate(f"c{i}", scores, AlertState(), None, T0 + i * 1000))
     return out
 
@@ -110,10 +110,10 @@ def test_failed_posts_are_retried_until_delivered(hook: Hook) -> None:
         "customer_id": "c0",
         "rule": "high_value_at_risk",
         "severity": "high",
-        "reasons": ["2 complaints in 30 days"],
-        "scores": {"value_tier": "A", "clv": 0.0, "churn_probability": 0.7, "complaints_30d": 2.0},
+        "reasons": ["70% chance of leaving within 60 days", "2 complaints in 30 days"],
+        "scores": {"value_tier": "A", "clv": 0.0, "churn_probability_60d": 0.7, "complaints_30d": 2.0},
         "episode": f"c0:high_value_at_risk:{T0}",
-        "text": "[high] c0 high_value_at_risk: 2 complaints in 30 days",
+        "text": "[high] c0 high_value_at_risk: 70% chance of leaving within 60 days; 2 complaints in 30 days",
     }
     assert second["customer_id"] == "c1"
     path, headers, _ = hook.requests[-1]
