@@ -136,11 +136,13 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
     Population-relative features (RFM scores, percentile, value tier) and model outputs are added by the caller.
     """
     days = DAY_MS
-    times = [s.stream_time(k) for k in range(3)]  # each decayed counter is kept as of its kind's stream time
-    window = {
-        name: (v * math.exp(-max(0, now - times[k]) / tau) if v and now > times[k] else v)
-        for name, v, tau, k in zip(DECAYED, s.decayed, TAU_MS, DECAYED_KIND, strict=True)
-    }
+    # each decayed counter is kept as of its kind's stream time: decay it from there to now
+    elapsed = [now - s.stream_time(k) for k in range(3)]
+    exp = math.exp
+    window = dict(zip(DECAYED, s.decayed, strict=True))
+    for name, v, tau, k in zip(DECAYED, s.decayed, TAU_MS, DECAYED_KIND, strict=True):
+        if v and elapsed[k] > 0:
+            window[name] = v * exp(-elapsed[k] / tau)
     n_gaps = s.n_occasions - 1
     if n_gaps >= 2:
         mean_gap = (s.last_occasion - s.first_occasion) / n_gaps
