@@ -283,16 +283,27 @@ def _alert_figures(
     return fig
 
 
+def _summary(figures: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of an :func:`evaluate`."""
+    keys = ("alerts", "precision", "lift", "caught", "median_lead_days")
+    return {
+        "basis": figures["basis"],
+        "base_rate": figures["base_rate"],
+        "leavers_in_window": figures["leavers_in_window"],
+        "rules": {rule: {k: r[k] for k in keys} for rule, r in figures["rules"].items()},
+        "auc": figures["auc"]["churn_probability"],
+    }
+
+
 def targets(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each done-when target of issue 13: the figure, the target and whether it is met."""
     rule = figures["rules"].get("high_value_at_risk", {})
     auc = figures["auc"]
-    models = [auc[m] for m in MODELS if m in auc]
     baselines = [v for k, v in auc.items() if k not in MODELS]
 
     def margin(horizon: str) -> float:
         best = max((b[horizon] for b in baselines if b[horizon] == b[horizon]), default=math.nan)
-        return min(m[horizon] for m in models) - best if models else math.nan
+        return float(auc["churn_probability"][horizon] - best)
 
     values = {
         "high_value_at_risk lift": rule.get("lift", math.nan),
@@ -343,7 +354,21 @@ def report(figures: dict[str, Any]) -> str:
     lines += ["", f"{'ROC AUC against leaving within':<38}{'30 d':>8}{'90 d':>8}"]
     for name, v in figures["auc"].items():
         lines.append(f"{name:<38}{_f(v['30d']):>8}{_f(v['90d']):>8}")
-    lines += ["", *(f"ECE, {k}: {_f(v)}" for k, v in figures["ece"].items()), "", "issue 13's targets:"]
+    lines += ["", *(f"ECE, {k}: {_f(v)}" for k, v in figures["ece"].items())]
+    seen = figures.get("observed")
+    if seen:
+        lines += [
+            "",
+            f"observed by cvm itself (the dashboard's basis): {seen['leavers_in_window']:,} leavers in the window, "
+            f"base rate {_f(seen['base_rate'], '%')}, churn_probability AUC {_f(seen['auc']['30d'])} (30 d), "
+            f"{_f(seen['auc']['90d'])} (90 d)",
+        ]
+        for rule, r in seen["rules"].items():
+            lines.append(
+                f"  {rule:<36}{_f(r['alerts']):>8}{'':>8}{_f(r['precision'], '%'):>11}{_f(r['lift']):>7}{'':>12}"
+                f"{_f(r['caught'], '%'):>13}{_f(r['median_lead_days'], 'd'):>13}"
+            )
+    lines += ["", "issue 13's targets:"]
     for name, t in figures["targets"].items():
         lines.append(f"  {'met ' if t['met'] else 'MISS'}  {name}: {_f(t['value'])} (target {t['target']:g})")
     return "\n".join(lines)
@@ -412,8 +437,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             show("")
         stack.stop()
         ch = connect(stack.cfg)
+        settings = OutcomeSettings.from_config(stack.cfg)
         try:
-            figures = evaluate(ch, end_ms, OutcomeSettings.from_config(stack.cfg), truth)
+            figures = evaluate(ch, end_ms, settings, truth)
+            if truth is not None:  # beside the truth, what cvm observed by itself (the dashboard's figures)
+                figures["observed"] = _summary(evaluate(ch, end_ms, settings, None))
         finally:
             ch.close()
         ok = True

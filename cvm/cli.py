@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the history (any format cvm replay reads, e.g. cvm simulate --out)")
     p.add_argument("--truth", help="judge against this `cvm simulate --truth` file (default: the leaving cvm observed)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--keep", metavar="DIR", help="keep the private stack's ClickHouse and logs in DIR (a new directory)")
+    p.add_argument("--keep", metavar="DIR", help="keep the private stack's data and logs in DIR (new)")
 
     p = sub.add_parser("bench", help="measure throughput, latency and footprint against Faust and Quix Streams")
     p.add_argument("--events", type=_positive_int, default=200_000, help="events in the load (default 200000)")

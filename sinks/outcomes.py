@@ -152,15 +152,12 @@ def alert_outcomes(run: Run, settings: OutcomeSettings, months: int = 12) -> dic
     shown = [m for m in all_months if m != "window"][-months:] if months else []
     out_rules = []
     for rule in rules:
+
+        def figures(period: str, rule: str = rule) -> dict[str, Any]:
+            return _figures(by_alert.get((rule, period)), by_leaving.get((rule, period)), base.get(period))
+
         out_rules.append(
-            {
-                "rule": rule,
-                "window": _figures(by_alert.get((rule, "window")), by_leaving.get((rule, "window")), base.get("window")),
-                "months": [
-                    {"month": m, **_figures(by_alert.get((rule, m)), by_leaving.get((rule, m)), base.get(m))}
-                    for m in shown
-                ],
-            }
+            {"rule": rule, "window": figures("window"), "months": [{"month": m, **figures(m)} for m in shown]}
         )
 
     def base_figures(period: str) -> dict[str, Any]:

@@ -174,7 +174,8 @@ ORDER BY rule, period;
 -- Why customers leave: for the customers who left (cvm.leavers), by value tier (the best they had at a scoring in
 -- the high-value days before leaving) and month of leaving (and `all`), the share who showed each signal of leaving
 -- (cvm.score_signals) at a scoring in the lookback days up to their last sign of life; beside each, `*_others`: the
--- share of the other customers' scorings of that tier and month that showed it (what the signal is worth).
+-- share of the other customers' scorings of that tier and month that showed it (what the signal is worth; NULL:
+-- no other customer of that tier was scored that month).
 WITH
     toInt64({high_value_days:Float64} * 86400000) AS high_ms,
     toInt64({lookback_days:Float64} * 86400000) AS lookback_ms,
@@ -244,15 +245,15 @@ WITH
         SELECT
             value_tier AS tier,
             arrayJoin([formatDateTime(as_of, '%Y-%m'), 'all']) AS period,
-            avg(cancellation) AS cancellation,
-            avg(silence) AS silence,
-            avg(purchases) AS purchases,
-            avg(spend) AS spend,
-            avg(complaints) AS complaints,
-            avg(contacts) AS contacts,
-            avg(unresolved) AS unresolved,
-            avg(payments) AS payments,
-            avg(refunds) AS refunds
+            toNullable(avg(cancellation)) AS cancellation,
+            toNullable(avg(silence)) AS silence,
+            toNullable(avg(purchases)) AS purchases,
+            toNullable(avg(spend)) AS spend,
+            toNullable(avg(complaints)) AS complaints,
+            toNullable(avg(contacts)) AS contacts,
+            toNullable(avg(unresolved)) AS unresolved,
+            toNullable(avg(payments)) AS payments,
+            toNullable(avg(refunds)) AS refunds
         FROM {db}.score_signals
         WHERE customer_id NOT IN (SELECT customer_id FROM gone)
         GROUP BY tier, period
@@ -281,5 +282,4 @@ SELECT
     o.refunds AS refunds_others
 FROM leavers_by AS l
 LEFT JOIN others_by AS o ON o.tier = l.tier AND o.period = l.period
-ORDER BY period, tier
-SETTINGS join_use_nulls = 1;
+ORDER BY period, tier;
