@@ -218,6 +218,11 @@ def evaluate(
         )
     cust, universe = outcomes.codes(ids, universe)
     known = cust >= 0
+    if not known.any():
+        raise CvmError("the truth file names none of the history's customers: is it the truth of another history?")
+    unknown = len(set(ids[~known].tolist()))
+    if unknown:
+        print(f"cvm backtest: {unknown:,} customers scored are not in the truth file: left out", file=sys.stderr)
     churn = np.array([churn_of.get(c, math.inf) for c in universe], dtype=np.float64)
     cust, times, tiers = cust[known], times[known], tiers[known]
     scores = {name: cols[3 + i].astype(np.float64)[known] for i, name in enumerate(SCORES)}
@@ -253,6 +258,7 @@ def evaluate(
     return {
         "basis": basis,
         "customers": len(universe),
+        "customers_left_out": unknown,
         "scorings": int(len(times)),
         "leavers_in_window": int(((leavers >= window.start_ms) & (leavers <= window.end_ms)).sum()),
         "window": {"start_ms": window.start_ms, "end_ms": window.end_ms, "checkpoints": int(len(set(table.time)))},
@@ -389,6 +395,22 @@ def _history(path: str, cfg: Config) -> tuple[int, int]:
     return events, end
 
 
+def _truth(path: str) -> dict[str, int | None]:
+    """customer id → its true churn time (ms) or None, from a ``cvm simulate --truth`` file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line for line in fh if line.strip()]
+        for line in lines:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or "customer_id" not in rec or "churned" not in rec:
+                raise ValueError(f"a line without customer_id and churned: {line.strip()[:80]}")
+        if not lines:
+            raise ValueError("it is empty")
+        return {k: v.churn_ms for k, v in read_truth(lines).items()}
+    except (OSError, ValueError) as exc:
+        raise CvmError(f"--truth {path}: not a `cvm simulate --truth` file ({exc})") from None
+
+
 def _progress() -> Any:
     tty = sys.stderr.isatty()
     last = [0.0]
@@ -410,12 +432,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CvmError(f"{path}: no such file")
-    truth = None
-    if args.truth:
-        try:
-            truth = {k: v.churn_ms for k, v in read_truth(str(args.truth)).items()}
-        except (OSError, ValueError, KeyError) as exc:
-            raise CvmError(f"--truth {args.truth}: not a `cvm simulate --truth` file ({exc})") from None
+    truth = _truth(args.truth) if args.truth else None
     events, end_ms = _history(str(path), cfg)
     keep = Path(args.keep).absolute() if args.keep else None
     data = keep or Path(tempfile.mkdtemp(prefix="cvm-backtest-"))

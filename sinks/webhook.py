@@ -212,7 +212,8 @@ class WebhookDeliverer:
         if not self.max_age_ms:
             return alerts
         oldest = int(self.clock() * 1000) - self.max_age_ms
-        fresh, old = [], []
+        fresh: list[Mapping[str, Any]] = []
+        old: list[Mapping[str, Any]] = []
         for alert in alerts:
             t = event_ms(alert.get("alert_time"))
             (old if t is not None and t < oldest else fresh).append(alert)

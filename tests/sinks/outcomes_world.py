@@ -220,6 +220,11 @@ class Leaving:
     left_at: int | None
     last_seen: int
 
+    @property
+    def churn_ms(self) -> float:
+        """The leaving time as scoring.outcomes takes it: ``inf`` for a customer who has not left."""
+        return float("inf") if self.left_at is None else float(self.left_at)
+
 
 def observed_leaving(w: World, silence_days: float = 75.0, grace_days: float = 30.0) -> dict[str, Leaving]:
     """docs/alerts.md "Outcomes": gone after ``silence_days`` without a purchase or a contact, or after a
@@ -253,14 +258,13 @@ def alert_outcome(leaving: Leaving, alert_ms: int, horizon_days: float = 90.0) -
 def window_figures(w: World) -> tuple[float, dict[str, dict[str, Any]]]:
     """The tier-A base rate and each rule's figures over the evaluation window, by scoring.outcomes (what ``cvm
     backtest`` computes) with the observed leaving times of :func:`observed_leaving`."""
-    import math
 
     import numpy as np
 
     from scoring import outcomes
 
     leaving = observed_leaving(w)
-    churn = np.array([leaving[c].left_at if leaving[c].left else math.inf for c in w.customers], dtype=np.float64)
+    churn = np.array([leaving[c].churn_ms for c in w.customers], dtype=np.float64)
     cust, _ = outcomes.codes([s["customer_id"] for s in w.scores], w.customers)
     times = np.array([s["as_of"] for s in w.scores], dtype=np.int64)
     tiers = np.array([s["value_tier"] for s in w.scores])
@@ -282,7 +286,6 @@ def window_figures(w: World) -> tuple[float, dict[str, dict[str, Any]]]:
 def defection_by_tier(w: World) -> dict[str, dict[str, float]]:
     """Per value tier, over every month, the share of the leavers who showed each signal: scoring.outcomes's
     defection_signals on scoring.reasons's signals of each scoring, leaving observed (its last sign of life counts)."""
-    import math
 
     from scoring import outcomes
     from scoring.reasons import SIGNALS, signals
@@ -290,7 +293,7 @@ def defection_by_tier(w: World) -> dict[str, dict[str, float]]:
     leaving = observed_leaving(w)
     cust, _ = outcomes.codes([s["customer_id"] for s in w.scores], w.customers)
     flags = [[name in signals(s, s["as_of"]) for name in SIGNALS] for s in w.scores]
-    churn = [leaving[c].left_at + 1 if leaving[c].left and leaving[c].left_at else math.inf for c in w.customers]
+    churn = [leaving[c].churn_ms + 1 for c in w.customers]
     rows = outcomes.defection_signals(
         cust, [s["as_of"] for s in w.scores], [s["value_tier"] for s in w.scores], flags, SIGNALS, churn
     )

@@ -3,7 +3,6 @@ engine, checked against an oracle written from docs/alerts.md and against scorin
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,7 +115,7 @@ def test_monthly_figures_group_each_alert_checkpoint_and_leaver_by_month(reader:
             if s["as_of"] <= cp and (s["customer_id"] not in latest or s["as_of"] >= latest[s["customer_id"]]["as_of"]):
                 latest[s["customer_id"]] = s
         tier_a = [c for c, s in latest.items() if s["value_tier"] == "A"]
-        alive = [c for c in tier_a if not (leaving[c].left and leaving[c].left_at <= cp)]
+        alive = [c for c in tier_a if leaving[c].churn_ms > cp]
         outcome = [alert_outcome(leaving[c], cp) for c in alive]  # an alert at the checkpoint, as it were
         assert rows[month]["customers"] == len(alive), month
         assert rows[month]["left"] == outcome.count("left") and rows[month]["pending"] == outcome.count("pending")
@@ -176,7 +175,7 @@ def test_defection_is_scoring_outcomes_defection_signals(reader: ClickHouse, ch:
         found = signals(_scores(r), r["ms"])
         flags.append([name in found for name in SIGNALS])
     # Leaving observed at the last sign of life, whose own scoring counts: the reference's "before" is strict.
-    churn = [leaving[c].left_at + 1 if leaving[c].left else math.inf for c in universe]
+    churn = [leaving[c].churn_ms + 1 for c in universe]
     expected = truth_metrics.defection_signals(
         cust, [r["ms"] for r in rows], [r["value_tier"] for r in rows], flags, SIGNALS, churn
     )
