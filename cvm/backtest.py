@@ -45,6 +45,7 @@ from cvm.config import EVENT_TOPICS, Config
 from cvm.epoch import records_after
 from cvm.exceptions import CvmError
 from cvm.kafka import make_consumer
+from cvm.publish import Progress
 from cvm.replay import HistoryFile, Parsed
 from cvm.replay import main as replay_main
 from cvm.signals import StopSignals
@@ -154,7 +155,7 @@ class PrivateStack:
         left = records_after(self.cfg, committed)
         return not left, sum(max(tp.offset, 0) for tp in committed)
 
-    def settle(self, end_ms: int, stop: threading.Event, show: Any) -> None:
+    def settle(self, end_ms: int, events: int, stop: threading.Event) -> None:
         """Wait until every input record is folded and every customer scored as of the end of the history."""
         fresh_from = end_ms - int(self.cfg.tick_s * 1000)
         db = self.cfg.clickhouse_database
@@ -163,17 +164,19 @@ class PrivateStack:
             f"FROM {db}.customers FINAL"
         )
         last, moved = None, time.monotonic()
+        progress = Progress("cvm backtest: folding")
         while not stop.wait(2.0):
             if restart_dead(self.children, self.env, self.logs):
                 raise CvmError(f"a process of the backtest's stack died: see the logs in {self.logs}")
             done, offsets = self.folded()
             row = self.sql(query)[0]
             n, fresh = int(row["n"]), int(row["fresh"])
-            show(f"cvm backtest: folded {offsets:,} records, {fresh:,} of {n:,} customers scored as of the end")
+            progress.update(offsets, min(1.0, offsets / events), f"{fresh:,} of {n:,} customers scored as of the end")
             now = (offsets, n, fresh)
             if now != last:
                 last, moved = now, time.monotonic()
             elif done and n and n == fresh:
+                progress.close()
                 return
             if time.monotonic() - moved > STALL_S:
                 raise CvmError(f"the backtest's stack made no progress for {STALL_S:g}s: see the logs in {self.logs}")
@@ -411,21 +414,6 @@ def _truth(path: str) -> dict[str, int | None]:
         raise CvmError(f"--truth {path}: not a `cvm simulate --truth` file ({exc})") from None
 
 
-def _progress() -> Any:
-    tty = sys.stderr.isatty()
-    last = [0.0]
-
-    def show(line: str) -> None:
-        if tty:
-            sys.stderr.write(f"\r{line}\x1b[K")
-            sys.stderr.flush()
-        elif time.monotonic() - last[0] >= 10:
-            last[0] = time.monotonic()
-            print(line, file=sys.stderr, flush=True)
-
-    return show
-
-
 def main(cfg: Config, args: argparse.Namespace) -> int:
     """Run ``cvm backtest``; 0 once the figures are printed."""
     started = time.monotonic()
@@ -449,9 +437,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             if replay_main(stack.cfg, replay) != 0:
                 raise CvmError(f"publishing {path} failed")
             stack.start_worker()
-            show = _progress()
-            stack.settle(end_ms, signals.event, show)
-            show("")
+            stack.settle(end_ms, events, signals.event)
         stack.stop()
         ch = connect(stack.cfg)
         settings = OutcomeSettings.from_config(stack.cfg)

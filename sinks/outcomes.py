@@ -37,24 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from cvm.config import Config
+from scoring.reasons import SIGNALS  # the defection analysis counts them: the columns of cvm.score_signals
 
 __all__ = ["QUERIES", "SIGNALS", "OutcomeSettings", "alert_outcomes", "defection", "load_queries"]
 
 #: The file of the outcome queries (``-- name: X`` blocks).
 SQL_FILE = Path(__file__).resolve().parent / "sql" / "outcomes.sql"
 
-#: The signals of leaving the defection analysis counts (the columns of ``cvm.score_signals``; scoring.reasons).
-SIGNALS = (
-    "cancellation",
-    "silence",
-    "purchases",
-    "spend",
-    "complaints",
-    "contacts",
-    "unresolved",
-    "payments",
-    "refunds",
-)
 
 Run = Callable[..., list[dict[str, Any]]]
 
