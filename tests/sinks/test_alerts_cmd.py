@@ -31,7 +31,7 @@ def raise_alerts() -> list[dict[str, Any]]:
     out = []
     a = {"value_tier": "A", "clv": 5400.0, "profitability": 812.4, "complaints_30d": 3.0}
     out += rules.evaluate(
-        "c1", dict(a, churn_probability=0.72, churn_reasons=["recency_days +1.8"]), AlertState(), None, T0
+        "c1", dict(a, churn_probability=0.72, churn_probability_60d=0.72), AlertState(), None, T0
     )
     state = AlertState()
     rules.evaluate("c2", {"value_tier": "B", "p_alive": 0.9, "clv": 900.0, "profitability": -12.0}, state, None, T0)
@@ -145,9 +145,9 @@ def test_lists_newest_first_as_a_table_or_json(
     assert table[0].split() == ["TIME", "(UTC)", "CUSTOMER", "RULE", "SEVERITY", "CLV", "PROFIT", "CHURN", "REASONS"]
     assert [line.split()[2] for line in table[1:]] == ["c3", "c2", "c1"]
     assert table[1].startswith("2026-03-04 00:00:00  c3        cancellation_request  high      5,400     812    20%")
-    assert table[1].endswith("asked to cancel on 2026-03-03; 3 complaints in 30 days")
+    assert table[1].endswith("asked to cancel yesterday; 3 complaints in 30 days")
     assert "  -  " in table[2]  # c2's alert carries no profitability or churn probability
-    assert table[3].endswith("72%  recency_days +1.8; 3 complaints in 30 days")
+    assert table[3].endswith("72%  72% chance of leaving within 60 days; 3 complaints in 30 days")
     assert len({len(line.split("  c")[0]) for line in table[1:]}) == 1  # aligned
 
     listed = json.loads(_run(direct, capsys, format="json"))
