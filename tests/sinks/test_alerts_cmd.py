@@ -30,9 +30,7 @@ def raise_alerts() -> list[dict[str, Any]]:
     rules = AlertRules()
     out = []
     a = {"value_tier": "A", "clv": 5400.0, "profitability": 812.4, "complaints_30d": 3.0}
-    out += rules.evaluate(
-        "c1", dict(a, churn_probability=0.72, churn_probability_60d=0.72), AlertState(), None, T0
-    )
+    out += rules.evaluate("c1", dict(a, churn_probability=0.72, churn_probability_60d=0.72), AlertState(), None, T0)
     state = AlertState()
     rules.evaluate("c2", {"value_tier": "B", "p_alive": 0.9, "clv": 900.0, "profitability": -12.0}, state, None, T0)
     out += rules.evaluate("c2", {"value_tier": "B", "p_alive": 0.3, "clv": 700.0}, state, None, T0 + DAY)
