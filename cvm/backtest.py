@@ -335,6 +335,8 @@ def _f(value: Any, kind: str = "") -> str:
         return f"{100 * value:.1f}%"
     if kind == "d":
         return f"{value:.0f}"
+    if kind == "x":
+        return f"{value:.2f}"
     if isinstance(value, float):
         return f"{value:.3f}"
     return f"{value:,}"
@@ -358,7 +360,8 @@ def report(figures: dict[str, Any]) -> str:
     for rule, r in figures["rules"].items():
         lines.append(
             f"{rule:<38}{_f(r['alerts']):>8}{r['alerts_per_week']:>8.1f}{_f(r['precision'], '%'):>11}"
-            f"{_f(r['lift']):>7}{_f(r['leavers']):>12}{_f(r['caught'], '%'):>13}{_f(r['median_lead_days'], 'd'):>13}"
+            f"{_f(r['lift'], 'x'):>7}{_f(r['leavers']):>12}{_f(r['caught'], '%'):>13}"
+            f"{_f(r['median_lead_days'], 'd'):>13}"
         )
     lines += ["", f"{'ROC AUC against leaving within':<38}{'30 d':>8}{'90 d':>8}"]
     for name, v in figures["auc"].items():
@@ -374,7 +377,7 @@ def report(figures: dict[str, Any]) -> str:
         ]
         for rule, r in seen["rules"].items():
             lines.append(
-                f"  {rule:<36}{_f(r['alerts']):>8}{'':>8}{_f(r['precision'], '%'):>11}{_f(r['lift']):>7}{'':>12}"
+                f"  {rule:<36}{_f(r['alerts']):>8}{'':>8}{_f(r['precision'], '%'):>11}{_f(r['lift'], 'x'):>7}{'':>12}"
                 f"{_f(r['caught'], '%'):>13}{_f(r['median_lead_days'], 'd'):>13}"
             )
     lines += ["", "issue 13's targets:"]
