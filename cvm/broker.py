@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cvm.exceptions import CvmError, PortInUse
 
-__all__ = ["Broker", "port_free", "wait_port"]
+__all__ = ["Broker", "free_port", "port_free", "wait_port"]
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -26,6 +26,16 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on now (for a private broker or HTTP API)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    if not port_free(port):
+        raise CvmError("no free port on 127.0.0.1")
+    return port
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> bool:

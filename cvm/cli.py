@@ -35,6 +35,7 @@ COMMANDS = {
     "bench": "cvm.bench",
     "clv": "cvm.clv_cmd",
     "rebuild": "cvm.rebuild",
+    "backtest": "cvm.backtest",
 }
 
 
@@ -148,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reset-topics", action="store_true", help="on Kafka: delete cvm's own topics and groups first (required)"
     )
+
+    p = sub.add_parser(
+        "backtest", help="replay a history through a private stack with alerts on and print the alert and churn metrics"
+    )
+    p.add_argument("file", help="the history (any format cvm replay reads, e.g. cvm simulate --out)")
+    p.add_argument("--truth", help="judge against this `cvm simulate --truth` file (default: the leaving cvm observed)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--keep", metavar="DIR", help="keep the private stack's data and logs in DIR (new)")
 
     p = sub.add_parser("bench", help="measure throughput, latency and footprint against Faust and Quix Streams")
     p.add_argument("--events", type=_positive_int, default=200_000, help="events in the load (default 200000)")

@@ -206,6 +206,12 @@ class Config:
     alert_webhook_queue: int = _f(
         1000, "CVM_ALERT_WEBHOOK_QUEUE", "Alerts waiting for the webhook at most; when full the oldest is dropped."
     )
+    alert_webhook_max_age_days: float = _f(
+        7.0,
+        "CVM_ALERT_WEBHOOK_MAX_AGE_DAYS",
+        "Post only alerts whose event time is at most this many days before the wall clock (older ones, e.g. of a "
+        "backfill, are stored and counted, not posted); 0 = post all.",
+    )
     # Operations (README "Operations"): metrics, model signing, logs.
     metrics_host: str = _f(
         "127.0.0.1",
@@ -279,6 +285,8 @@ class Config:
             raise ConfigError("alert_webhook_url must start with http:// or https://")
         if self.alert_webhook_attempts < 1 or self.alert_webhook_queue < 1:
             raise ConfigError("alert_webhook_attempts and alert_webhook_queue must be at least 1")
+        if not self.alert_webhook_max_age_days >= 0:
+            raise ConfigError("alert_webhook_max_age_days must be 0 (post every alert) or more")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format={self.log_format!r}: must be text or json (CVM_LOG_FORMAT)")
 

@@ -32,7 +32,8 @@ Sink:
 
 * ``cvm_rows_written_total{table}``, ``cvm_insert_seconds{table}``, ``cvm_insert_failures_total{table}`` (INSERTs
   ClickHouse refused; each is tried again), ``cvm_sink_pending_rows``, ``cvm_sink_paused``;
-* ``cvm_webhook_alerts_total{outcome}`` (``delivered``, ``failed``, ``dropped``), ``cvm_webhook_retries_total``,
+* ``cvm_webhook_alerts_total{outcome}`` (``delivered``, ``failed``, ``dropped``, ``old``: not posted, its event
+  time older than ``CVM_ALERT_WEBHOOK_MAX_AGE_DAYS``), ``cvm_webhook_retries_total``,
   ``cvm_webhook_queued``;
 * ``cvm_http_requests_total{route,method,status}`` and ``cvm_http_request_seconds{route}`` — the HTTP API.
 
@@ -166,7 +167,9 @@ insert_failures = Counter(
 sink_pending_rows = Gauge("cvm_sink_pending_rows", "Rows the sink holds, not yet written.")
 sink_paused = Gauge("cvm_sink_paused", "1 while the sink has paused consuming because inserts fail.")
 webhook_alerts = Counter(
-    "cvm_webhook_alerts", "Alerts handed to the webhook by outcome: delivered, failed, dropped.", ["outcome"]
+    "cvm_webhook_alerts",
+    "Alerts handed to the webhook by outcome: delivered, failed, dropped, old (event time too old to post).",
+    ["outcome"],
 )
 webhook_retries = Counter("cvm_webhook_retries", "Webhook POSTs tried again after a failure.")
 webhook_queued = Gauge("cvm_webhook_queued", "Alerts waiting for the webhook or in flight.")
@@ -179,7 +182,7 @@ http_request_seconds = Histogram(
 # Labels known in advance are exposed at zero from the start: "none yet" reads 0 on a dashboard, not "no data".
 for _reason in ("unsigned", "forged", "malformed"):
     model_refused.labels(reason=_reason)
-for _outcome in ("delivered", "failed", "dropped"):
+for _outcome in ("delivered", "failed", "dropped", "old"):
     webhook_alerts.labels(outcome=_outcome)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from cvm.broker import Broker, port_free
+from cvm.broker import Broker, free_port
 from cvm.config import EVENT_TOPICS, Config
 from cvm.epoch import EPOCH_TOPIC, Epoch, records_after
 from cvm.exceptions import CvmError
@@ -63,7 +62,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     try:
         migrate(ch)
         if cfg.embedded_broker:
-            port = _free_port()
+            port = free_port()
             broker = Broker(port, log_path=_logs(cfg) / "rebuild-broker.log").start()
             cfg = cfg.replace(broker_port=port)
         else:
@@ -215,12 +214,3 @@ def _logs(cfg: Config) -> Path:
     path = cfg.data_path / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    if not port_free(port):
-        raise CvmError("no free port for the rebuild's broker")
-    return port

@@ -32,7 +32,7 @@ from cvm.exceptions import CvmError, PortInUse
 from cvm.restore import progress_line
 from cvm.signals import StopSignals
 
-__all__ = ["Child", "main", "restart_dead"]
+__all__ = ["Child", "main", "restart_dead", "wait_http", "wait_learner"]
 
 _MAX_RESTARTS = 3
 
@@ -185,9 +185,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 child.start(env, logs)
                 if child.name == "broker" and not wait_port(cfg.broker_port, timeout=15):
                     raise CvmError(f"the embedded broker did not start: see {child.log}")
-                if child.name == "sink" and not _wait_http(port, child, timeout=60):
+                if child.name == "sink" and not wait_http(port, child, timeout=60):
                     raise CvmError(f"the sink did not start: {child.tail()} (log {child.log})")
-                if child.name == "learner" and not _wait_learner(cfg, child, timeout=60):
+                if child.name == "learner" and not wait_learner(cfg, child, timeout=60):
                     raise CvmError(f"the learner did not start: {child.tail()} (log {child.log})")
             if not any(c.name == "simulator" for c in children):
                 code = _wait_restored(status, children, env, logs, stop)
@@ -220,7 +220,7 @@ def _die_with_parent() -> None:
             pass
 
 
-def _wait_learner(cfg: Config, child: Child, timeout: float) -> bool:
+def wait_learner(cfg: Config, child: Child, timeout: float) -> bool:
     """Wait until the learner has said it is here (its clock on the models topic): workers started after it wait for
     the model versions of their stream time from their first tick, so a replay scores with the same models however
     fast it runs (streams.models)."""
@@ -240,7 +240,7 @@ def _wait_learner(cfg: Config, child: Child, timeout: float) -> bool:
         feed.stop()
 
 
-def _wait_http(port: int, child: Child, timeout: float) -> bool:
+def wait_http(port: int, child: Child, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.proc is not None and child.proc.poll() is not None:

@@ -11,6 +11,9 @@ Endpoints (``GET``; every answer is JSON, a refused request is ``{"error": "<one
 ``/api/customer/<id>?points=&limit=``       one customer: feature snapshot, score history, recent events, alerts
 ``/api/migration?days=90``                  per day, customers whose value tier changed (and from → to)
 ``/api/model?points=500``                   model quality metrics over time (roc_auc, log_loss, ...)
+``/api/outcomes?months=12``                 per alert rule, over time: precision, lift over the base rate, leavers
+                                            caught ahead, median lead (:mod:`sinks.outcomes`)
+``/api/defection?months=12``                why customers leave: the signals before leaving, by tier and month
 ==========================================  ==========================================================================
 
 Time: a *period* is in event time, ending at the latest transaction in ClickHouse (simulated and replayed data is
@@ -45,7 +48,9 @@ from urllib.parse import parse_qs, unquote
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from sinks import outcomes
 from sinks.clickhouse import ClickHouse, condense_error
+from sinks.outcomes import OutcomeSettings
 from sinks.query import jsonable
 
 __all__ = [
@@ -58,10 +63,12 @@ __all__ = [
     "STATIC_DIR",
     "alerts",
     "customer",
+    "defection",
     "kpis",
     "matrix",
     "migration",
     "model",
+    "outcome_figures",
     "parse_params",
     "routes",
     "static_file",
@@ -298,6 +305,10 @@ ORDER BY time DESC
 LIMIT {points:UInt32} BY metric
 """,
 }
+
+
+#: The alert-outcome and defection queries live in ``sinks/sql/outcomes.sql`` (sinks/outcomes.py).
+QUERIES.update(outcomes.QUERIES)
 
 
 def _sql(ch: ClickHouse, name: str, **params: Any) -> list[dict[str, Any]]:
@@ -632,6 +643,17 @@ def model(ch: ClickHouse, points: int = 500) -> dict:
     return _json({"series": series, "latest": latest})
 
 
+def outcome_figures(ch: ClickHouse, settings: OutcomeSettings, months: int = 12) -> dict:
+    """What became of each rule's alerts, per month and over the evaluation window
+    (:func:`sinks.outcomes.alert_outcomes`)."""
+    return _json(outcomes.alert_outcomes(lambda name, **p: _sql(ch, name, **p), settings, months))
+
+
+def defection(ch: ClickHouse, settings: OutcomeSettings, months: int = 12) -> dict:
+    """Why customers leave: the signals before leaving, by tier and month (:func:`sinks.outcomes.defection`)."""
+    return _json(outcomes.defection(lambda name, **p: _sql(ch, name, **p), settings, months))
+
+
 # --- routing ---------------------------------------------------------------------------------------------------------
 
 
@@ -642,6 +664,7 @@ class Context:
     margin_rate: float = 0.3
     status: Callable[[], dict[str, Any]] | None = None
     currency: str = "EUR"
+    outcomes: OutcomeSettings = OutcomeSettings()
 
 
 @dataclass(frozen=True)
@@ -709,6 +732,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Each model-quality metric over time and its latest value",
         {"points": _Int(500, 1, 10000, "Evaluations per metric at most (the latest)")},
         lambda ch, p, ctx: model(ch, **p),
+    ),
+    Endpoint(
+        "/api/outcomes",
+        "Alert outcomes per rule, per month and over the evaluation window: precision, lift over the tier-A base "
+        "rate, high-value leavers caught 30 days ahead, median lead (leaving observed in event time)",
+        {"months": _Int(12, 0, 240, "Months shown, the latest (0: only the evaluation window)")},
+        lambda ch, p, ctx: outcome_figures(ch, ctx.outcomes, **p),
+    ),
+    Endpoint(
+        "/api/defection",
+        "Why customers leave: for those who left, the share showing each signal of leaving before it, by value tier "
+        "and month of leaving, beside its share among the others",
+        {"months": _Int(12, 0, 240, "Months shown, the latest (0: only all months together)")},
+        lambda ch, p, ctx: defection(ch, ctx.outcomes, **p),
     ),
 )
 

@@ -42,6 +42,7 @@ from cvm.config import Config
 from cvm.exceptions import ConfigError, CvmError, PortInUse
 from sinks import dashboard, openapi
 from sinks.clickhouse import ClickHouse, condense_error
+from sinks.outcomes import OutcomeSettings
 from sinks.query import Result, run_query, to_tsv
 
 __all__ = ["MAX_BODY", "ApiServer", "build_app", "check_exposure"]
@@ -178,7 +179,9 @@ class ApiServer:
         self.require_token = not metrics.is_loopback(cfg.http_host)
         self.started = time.time()
         self.index_html = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
-        self.context = dashboard.Context(cfg.default_margin_rate, status, cfg.base_currency)
+        self.context = dashboard.Context(
+            cfg.default_margin_rate, status, cfg.base_currency, OutcomeSettings.from_config(cfg)
+        )
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cvm-http")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -1,5 +1,10 @@
 """Optional delivery of alerts to a webhook (``CVM_ALERT_WEBHOOK_URL``): one JSON POST per alert.
 
+Only alerts about now are posted: an alert whose event time is more than ``max_age_days``
+(``CVM_ALERT_WEBHOOK_MAX_AGE_DAYS``, 7) before the wall clock — a backfill's alerts about the distant past, a
+restore's — is not posted; it is in ClickHouse like every alert, counted (``old`` in :meth:`stats`,
+``cvm_webhook_alerts_total{outcome="old"}``) and logged once per batch.
+
 The sink never waits for the webhook. :meth:`WebhookDeliverer.submit` puts alerts in a bounded queue and returns;
 one background thread posts them. When the queue is full the oldest waiting alert is dropped (and counted): the
 newest alerts matter most, and every alert is in ClickHouse anyway.
@@ -26,8 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -37,8 +43,9 @@ import httpx
 
 from cvm import metrics
 from cvm.config import Config
+from cvm.events import parse_time
 
-__all__ = ["WebhookDeliverer", "origin", "payload"]
+__all__ = ["WebhookDeliverer", "event_ms", "origin", "payload"]
 
 log = logging.getLogger("cvm.sink.webhook")
 
@@ -84,6 +91,26 @@ def payload(alert: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def event_ms(value: Any) -> int | None:
+    """An alert's time in epoch ms (a row's int ms, a datetime, an ISO-8601 text), or None when it is none of those.
+
+    >>> event_ms(1_772_409_600_000), event_ms("2026-03-02T00:00:00Z"), event_ms("soon")
+    (1772409600000, 1772409600000, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, datetime):
+        return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)
+    if isinstance(value, str):
+        try:
+            return parse_time(value)
+        except ValueError:
+            return None
+    return None
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date)."""
     if not value:
@@ -113,6 +140,10 @@ class WebhookDeliverer:
         Time-out of one request.
     backoff_s, max_backoff_s
         First wait between tries, doubled after each, never above the maximum.
+    max_age_days
+        Alerts whose event time is older than this (against ``clock``, the wall clock) are not posted; 0: post all.
+    clock
+        Seconds since the epoch (``time.time``; tests pass their own).
     """
 
     def __init__(
@@ -123,8 +154,12 @@ class WebhookDeliverer:
         timeout_s: float = 5.0,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        max_age_days: float = 7.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
+        self.max_age_ms = int(max_age_days * 86_400_000)
+        self.clock = clock
         self.origin = origin(url)
         self.attempts = attempts
         self.timeout_s = timeout_s
@@ -136,13 +171,18 @@ class WebhookDeliverer:
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy = False
-        self._counts = {"submitted": 0, "delivered": 0, "failed": 0, "dropped": 0, "retries": 0}
+        self._counts = {"submitted": 0, "delivered": 0, "failed": 0, "dropped": 0, "retries": 0, "old": 0}
         self._last_error: str | None = None
         self._client: httpx.Client | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> WebhookDeliverer:
-        return cls(cfg.alert_webhook_url, attempts=cfg.alert_webhook_attempts, queue_size=cfg.alert_webhook_queue)
+        return cls(
+            cfg.alert_webhook_url,
+            attempts=cfg.alert_webhook_attempts,
+            queue_size=cfg.alert_webhook_queue,
+            max_age_days=cfg.alert_webhook_max_age_days,
+        )
 
     def start(self) -> WebhookDeliverer:
         self._client = httpx.Client(
@@ -155,9 +195,11 @@ class WebhookDeliverer:
         return self
 
     def submit(self, alerts: Iterable[Mapping[str, Any]]) -> None:
-        """Queue alerts for delivery; when the queue is full, the oldest waiting ones are dropped."""
+        """Queue alerts for delivery; when the queue is full, the oldest waiting ones are dropped. Alerts whose event
+        time is older than the maximum age are counted and logged (one line for them all), not queued."""
+        fresh = self._recent(list(alerts))
         with self._cond:
-            for alert in alerts:
+            for alert in fresh:
                 if len(self._queue) == self._queue.maxlen:
                     self._counts["dropped"] += 1
                     metrics.webhook_alerts.labels(outcome="dropped").inc()
@@ -165,6 +207,31 @@ class WebhookDeliverer:
                 self._counts["submitted"] += 1
             metrics.webhook_queued.set(len(self._queue) + (1 if self._busy else 0))
             self._cond.notify_all()
+
+    def _recent(self, alerts: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        if not self.max_age_ms:
+            return alerts
+        oldest = int(self.clock() * 1000) - self.max_age_ms
+        fresh: list[Mapping[str, Any]] = []
+        old: list[Mapping[str, Any]] = []
+        for alert in alerts:
+            t = event_ms(alert.get("alert_time"))
+            (old if t is not None and t < oldest else fresh).append(alert)
+        if old:
+            with self._cond:
+                self._counts["old"] += len(old)
+            metrics.webhook_alerts.labels(outcome="old").inc(len(old))
+            times = [event_ms(a.get("alert_time")) or 0 for a in old]
+            log.warning(
+                "%d alert(s) raised by events of %s to %s, more than %g days ago, not posted to the webhook at %s "
+                "(they are in cvm.alerts; CVM_ALERT_WEBHOOK_MAX_AGE_DAYS)",
+                len(old),
+                _iso(min(times)),
+                _iso(max(times)),
+                self.max_age_ms / 86_400_000,
+                self.origin,
+            )
+        return fresh
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued for up to ``timeout_s``, then give up on the rest (counted as dropped)."""

@@ -33,7 +33,10 @@ def webhook() -> Iterator[Webhook]:
 
 @pytest.fixture
 def up(cfg: Config, tmp_path: Path, webhook: Webhook) -> Iterator[Up]:
-    cfg = cfg.replace(broker_port=free_port(), log_level="WARNING", alert_webhook_url=webhook.url)
+    # The history ends on 2026-01-01: its alerts are posted whatever their age (0), to see that none goes twice.
+    cfg = cfg.replace(
+        broker_port=free_port(), log_level="WARNING", alert_webhook_url=webhook.url, alert_webhook_max_age_days=0
+    )
     stack = Up(cfg, tmp_path)
     try:
         yield stack

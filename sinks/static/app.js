@@ -360,6 +360,128 @@ function drawModel(m) {
   c.update("none");
 }
 
+// --- alert outcomes --------------------------------------------------------------------------------------------------
+
+const RULE_COLOR = { high_value_at_risk: color("--risk-high"), cancellation_request: color("--risk-medium"), p_alive_drop: color("--tier-b") };
+const ruleName = (r) => r.replace(/_/g, " ");
+const days = (d) => (d === null || d === undefined ? "–" : Math.round(d) + " d");
+// A month's share is drawn once its outcomes are mostly known (at most a tenth pending): before, it is the share of
+// the few that resolved first, which says little.
+const known = (m, value) => (m.resolved > 0 && m.pending <= 0.1 * (m.resolved + m.pending) ? value : null);
+
+function drawOutcomes(o) {
+  const card = $(".card.outcomes");
+  setEmpty(card, o.rules.length === 0);
+  const base = o.base_rate.window;
+  const w = o.window;
+  const span = w.start_ms === null ? "" : `${day(new Date(w.start_ms).toISOString())} – ${day(new Date(w.end_ms).toISOString())}`;
+  const s = o.settings;
+  $("#outcomes-note").replaceChildren(
+    "Window ", el("b", { text: span || "–" }), " · tier-A base rate ", el("b", { text: pct(base.base_rate, 1) }),
+    ` · left: no sign of life for ${s.silence_days} d, or asked to cancel and no purchase in ${s.grace_days} d`);
+  $("#outcomes-note").title = `Leaving observed in event time, as of ${stamp(o.as_of)}. An alert is right when its ` +
+    `customer left within ${s.horizon_days} days after it; outcomes not known yet are pending.`;
+  const rows = o.rules.map((r) => {
+    const x = r.window;
+    const lift = x.lift === null ? "–" : x.lift.toFixed(1) + "×";
+    return el("tr", { "data-rule": r.rule },
+      el("td", { class: "rule" }, el("i", { class: "dot", style: `background:${RULE_COLOR[r.rule] || color("--muted")}` }), ruleName(r.rule)),
+      el("td", { class: "num", text: num(x.alerts) }),
+      el("td", { class: "num", title: `${x.left} left, ${x.late} already gone when alerted, ${x.stayed} stayed, ${x.pending} pending` },
+        num(x.resolved), x.pending ? el("small", { text: `+${num(x.pending)} pending` }) : null),
+      el("td", { class: "num precision", text: pct(x.precision, 1) }),
+      el("td", { class: "num lift" + (x.lift !== null && x.lift >= 3 ? " good" : ""), text: lift }),
+      el("td", { class: "num", text: num(x.leavers) }),
+      el("td", { class: "num caught", title: `${x.caught} of ${x.leavers} alerted 30 days or more before leaving`, text: pct(x.caught_share) }),
+      el("td", { class: "num lead", text: days(x.median_lead_days) }));
+  });
+  $("#outcomes tbody").replaceChildren(...rows);
+  const months = o.base_rate.months.map((m) => m.month);
+  const datasets = o.rules.filter((r) => r.months.some((m) => known(m, 1))).map((r) => ({
+    label: "precision · " + ruleName(r.rule), borderColor: RULE_COLOR[r.rule] || color("--muted"),
+    backgroundColor: RULE_COLOR[r.rule] || color("--muted"), borderWidth: 2, pointRadius: 2.5, tension: 0.2, spanGaps: true,
+    data: r.months.map((m) => known(m, m.precision)), pending: r.months.map((m) => m.pending),
+  }));
+  datasets.push({ label: "tier-A base rate", borderColor: color("--ink-2"), backgroundColor: color("--ink-2"), borderDash: [5, 4],
+    borderWidth: 1.5, pointRadius: 0, data: o.base_rate.months.map((m) => known(m, m.base_rate)),
+    pending: o.base_rate.months.map((m) => m.pending) });
+  const c = chart("outcomes-chart", {
+    type: "line",
+    data: { labels: months, datasets: [] },
+    options: {
+      scales: {
+        x: { grid: { display: false } },
+        y: { beginAtZero: true, grid: GRID, ticks: { callback: (v) => pct(v) }, title: { display: true, text: "left within 90 d" } },
+      },
+      plugins: {
+        legend: { position: "top", align: "end" },
+        tooltip: { callbacks: { label: (i) => ` ${i.dataset.label}: ${pct(i.parsed.y, 1)}` +
+          (i.dataset.pending[i.dataIndex] ? ` (${i.dataset.pending[i.dataIndex]} pending)` : "") } },
+      },
+    },
+  });
+  c.data.labels = months;
+  c.data.datasets = datasets;
+  c.update("none");
+}
+
+// --- why customers leave ---------------------------------------------------------------------------------------------
+
+const SIGNAL_LABEL = {
+  cancellation: "asked to cancel", silence: "silent against own rhythm", purchases: "fewer purchases than usual",
+  spend: "spend down", complaints: "complaints", contacts: "more contacts than usual", unresolved: "unresolved contacts",
+  payments: "late or failed payments", refunds: "refunds",
+};
+const SIGNAL_COLOR = ["#dc2626", "#2563eb", "#d97706", "#7c3aed", "#0d9488", "#64748b", "#db2777", "#65a30d", "#0891b2"];
+
+function drawDefection(d) {
+  const card = $(".card.defection");
+  setEmpty(card, d.leavers === 0);
+  const all = d.rows.filter((r) => r.period === "all");
+  const byTier = Object.fromEntries(all.map((r) => [r.tier, r]));
+  const tiers = all.map((r) => r.tier);
+  $("#defection-note").textContent = d.leavers
+    ? `${num(d.leavers)} customers left: share who showed each signal in the ${d.settings.lookback_days} days up to ` +
+      "their last sign of life (grey: share of the other customers' scorings)"
+    : "Signals before leaving, by value tier";
+  const head = el("tr", {}, el("th", { text: "signal" }),
+    ...tiers.map((t) => el("th", { class: "num" }, tierChip(t || null), el("small", { text: ` ${num(byTier[t].leavers)} left` }))));
+  const rows = d.signals.map((name) => el("tr", { "data-signal": name },
+    el("td", { class: "signal", text: SIGNAL_LABEL[name] || name }),
+    ...tiers.map((t) => {
+      const share = byTier[t].signals[name], other = byTier[t].others[name];
+      return el("td", { class: "share", style: `background:${tint(color("--risk-high"), 0.04 + 0.5 * share)}`,
+        title: `${pct(share, 1)} of tier ${t || "unrated"} leavers; ${pct(other, 1)} of the others' scorings` },
+        el("b", { text: pct(share) }), el("small", { text: other === null ? "" : pct(other) }));
+    })));
+  $("#defection thead").replaceChildren(head);
+  $("#defection tbody").replaceChildren(...rows);
+  // Per month, every tier together: the leavers' share for the signals seen most.
+  const monthly = d.rows.filter((r) => r.period !== "all");
+  const months = [...new Set(monthly.map((r) => r.period))].sort();
+  const top = [...d.signals].sort((a, b) => all.reduce((s, r) => s + r.leavers * (r.signals[b] - r.signals[a]), 0)).slice(0, 4);
+  const datasets = top.map((name, k) => ({
+    label: SIGNAL_LABEL[name] || name, borderColor: SIGNAL_COLOR[d.signals.indexOf(name)], backgroundColor: SIGNAL_COLOR[d.signals.indexOf(name)],
+    borderWidth: 2, pointRadius: 2, tension: 0.2,
+    data: months.map((m) => {
+      const rs = monthly.filter((r) => r.period === m);
+      const n = rs.reduce((s, r) => s + r.leavers, 0);
+      return n ? rs.reduce((s, r) => s + r.leavers * r.signals[name], 0) / n : null;
+    }),
+  }));
+  const c = chart("defection-chart", {
+    type: "line",
+    data: { labels: months, datasets: [] },
+    options: {
+      scales: { x: { grid: { display: false } }, y: { beginAtZero: true, max: 1, grid: GRID, ticks: { callback: (v) => pct(v) } } },
+      plugins: { legend: { position: "top", align: "end" }, tooltip: { callbacks: { label: (i) => ` ${i.dataset.label}: ${pct(i.parsed.y)}` } } },
+    },
+  });
+  c.data.labels = months;
+  c.data.datasets = datasets;
+  c.update("none");
+}
+
 // --- customer drawer -------------------------------------------------------------------------------------------------
 
 function customerFromHash() {
@@ -456,6 +578,14 @@ async function refreshCustomer() {
 
 // --- the loop --------------------------------------------------------------------------------------------------------
 
+// The outcome panels change slowly (a month's outcomes over weeks of event time) and cost more: once a minute.
+const SLOW_MS = 60000;
+const slowAt = {};
+function slowPanel(card, path, draw) {
+  if (slowAt[path] && Date.now() - slowAt[path] < SLOW_MS) return Promise.resolve(true);
+  return panel(card, path, draw).then((ok) => { if (ok) slowAt[path] = Date.now(); return ok; });
+}
+
 let running = false;
 async function refresh() {
   if (running) return;
@@ -469,6 +599,8 @@ async function refresh() {
       panel($(".card.alerts"), "/api/alerts?limit=100", drawAlerts),
       panel($(".card.migration"), "/api/migration?days=90", drawMigration),
       panel($(".card.model"), "/api/model", drawModel),
+      slowPanel($(".card.outcomes"), "/api/outcomes?months=12", drawOutcomes),
+      slowPanel($(".card.defection"), "/api/defection?months=12", drawDefection),
       refreshCustomer().then(() => true),
     ]);
     const ok = results.every(Boolean);

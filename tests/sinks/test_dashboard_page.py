@@ -1,6 +1,8 @@
 """The dashboard in real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium), served by a real
-ApiServer over real chDB: the at-risk customers in ``cvm.alerts`` and their reasons must appear on the page, and the
-customer view must open. A screenshot goes to the test's tmp dir, and to ``$CVM_SCREENSHOT_DIR`` when it is set.
+ApiServer over real chDB: the at-risk customers in ``cvm.alerts`` and their reasons must appear on the page, the
+customer view must open, and the alert-outcome and defection panels must show the figures an independent computation
+(scoring.outcomes on the same rows) gives. A screenshot goes to the test's tmp dir, and to ``$CVM_SCREENSHOT_DIR``
+when it is set.
 
 `make chromium` installs the browser (`make test` depends on it); the test skips, saying why, only when it is absent.
 """
@@ -20,6 +22,7 @@ import pytest
 from cvm.config import Config
 from sinks.clickhouse import ClickHouse
 from sinks.http import ApiServer
+from tests.sinks.outcomes_world import defection_by_tier, make_world, window_figures, write
 from tests.sinks.test_dashboard_api import ALERTS, seed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -249,3 +252,47 @@ def test_empty_database_renders_without_errors(server: ApiServer, browser: Any, 
     assert "No alerts yet." in shown and "No customers scored yet." in shown
     assert "no transactions yet" in _text(browser)
     _screenshot(browser, tmp_path, "empty.png")
+
+
+def _pct(x: float, digits: int = 0) -> str:
+    """As the page's ``pct``: JavaScript's toFixed (half away from zero)."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    return f"{Decimal(repr(100 * x)).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)}%"
+
+
+def test_alert_outcome_and_defection_panels_show_the_figures_from_clickhouse(
+    server: ApiServer, ch: ClickHouse, browser: Any, tmp_path: Path
+) -> None:
+    world = make_world(3, n=120, pending=False)
+    write(ch, world)
+    base, expected = window_figures(world)
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.execute_script("return document.body.dataset.loaded === '1'"))
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".error") if e.is_displayed()] == []
+    assert f"tier-A base rate {_pct(base, 1)}" in browser.find_element(By.ID, "outcomes-note").text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#outcomes tbody tr")
+    assert sorted(r.get_attribute("data-rule") for r in rows) == sorted(expected)
+    for rule, want in expected.items():
+        row = browser.find_element(By.CSS_SELECTOR, f'#outcomes tr[data-rule="{rule}"]')
+        cell = lambda name: row.find_element(By.CSS_SELECTOR, f"td.{name}").text  # noqa: E731, B023
+        assert cell("precision") == _pct(want["precision"], 1), rule
+        assert cell("lift") == f"{want['lift']:.1f}×", rule
+        assert cell("caught") == _pct(want["caught"]), rule
+        lead = want["median_lead_days"]
+        assert cell("lead") == (f"{int(lead + 0.5)} d" if want["alerted"] else "–"), rule
+        assert str(want["alerts"]) in row.text and str(want["leavers"]) in row.text
+    lines = browser.execute_script("return Chart.getChart('outcomes-chart').data.datasets.map(d => d.label)")
+    assert "tier-A base rate" in lines and "precision · high value at risk" in lines
+
+    # Why customers leave: per tier, the share of the leavers who showed each signal (all months together).
+    shares = defection_by_tier(world)
+    assert set(shares) == {"A", "B", "C"}
+    leavers = sum(int(v["leavers"]) for v in shares.values())
+    assert f"{leavers} customers left" in browser.find_element(By.ID, "defection-note").text
+    for signal in ("silence", "cancellation", "complaints", "payments"):
+        cells = browser.find_elements(By.CSS_SELECTOR, f'#defection tr[data-signal="{signal}"] td.share b')
+        assert [c.text for c in cells] == [_pct(shares[t][signal]) for t in ("A", "B", "C")], signal
+    browser.execute_script("document.querySelector('.grid-outcomes').scrollIntoView()")
+    _screenshot(browser, tmp_path, "outcomes.png")

@@ -1,5 +1,5 @@
-"""Webhook delivery against a real local HTTP server: retries with backoff, final failures, a bounded queue, and
-``cvm sink`` delivering what reaches its ``alerts`` topic once per episode."""
+"""Webhook delivery against a real local HTTP server: retries with backoff, final failures, a bounded queue, only
+recent alerts posted, and ``cvm sink`` delivering what reaches its ``alerts`` topic once per episode."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from cvm.config import Config
 from cvm.kafka import make_producer
@@ -27,7 +28,10 @@ from sinks.webhook import WebhookDeliverer, _retry_after
 from tests.conftest import free_port
 
 SECRET = "/hooks/T000/B000/s3cr3t-token"
-T0 = 1_772_409_600_000
+DAY_MS = 86_400_000
+#: The start of yesterday (UTC): alerts about now, which the webhook posts (CVM_ALERT_WEBHOOK_MAX_AGE_DAYS).
+T0 = (int(time.time() * 1000) // DAY_MS - 1) * DAY_MS
+T0_ISO = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(T0 / 1000))
 
 
 @dataclass
@@ -79,13 +83,13 @@ def hook() -> Iterator[Hook]:
     server.server_close()
 
 
-def alerts(n: int, tier_a: bool = True) -> list[dict[str, Any]]:
-    """Real alerts from the rules: customer i at risk at T0 + i seconds."""
+def alerts(n: int, t0: int = T0, first: int = 0) -> list[dict[str, Any]]:
+    """Real alerts from the rules: customer i at risk at t0 + i seconds."""
     rules = AlertRules(rules=("high_value_at_risk",))
     out = []
-    for i in range(n):
+    for i in range(first, n):
         scores = {"value_tier": "A", "churn_probability_60d": 0.7, "clv": 100.0 * i, "complaints_30d": 2.0}
-        out.extend(rules.evaluate(f"c{i}", scores, AlertState(), None, T0 + i * 1000))
+        out.extend(rules.evaluate(f"c{i}", scores, AlertState(), None, t0 + i * 1000))
     return out
 
 
@@ -106,7 +110,7 @@ def test_failed_posts_are_retried_until_delivered(hook: Hook) -> None:
     assert [h["x-answer"] for _, h, _ in hook.requests] == ["503", "503", "200", "200"]
     first, second = hook.delivered()
     assert first == {
-        "alert_time": "2026-03-02T00:00:00.000Z",
+        "alert_time": T0_ISO,
         "customer_id": "c0",
         "rule": "high_value_at_risk",
         "severity": "high",
@@ -192,6 +196,36 @@ def test_stop_gives_up_on_a_slow_webhook_and_counts_the_rest(hook: Hook) -> None
     assert len(hook.requests) == 1  # the backoff was cut short, no further try
 
 
+def test_alerts_about_the_past_are_counted_and_logged_not_posted(hook: Hook, caplog: pytest.LogCaptureFixture) -> None:
+    now = T0 / 1000 + 3 * 86_400  # the alerts at T0 are 3 days old; those 10 days before, 13
+    before = REGISTRY.get_sample_value("cvm_webhook_alerts_total", {"outcome": "old"}) or 0.0
+    d = deliverer(hook.url, max_age_days=7, clock=lambda: now).start()
+    with caplog.at_level(logging.WARNING, logger="cvm.sink.webhook"):
+        try:
+            d.submit([*alerts(3, t0=T0 - 10 * DAY_MS), *alerts(2)])  # a backfill's batch: the past, then now
+            d.submit([{**a, "alert_time": T0_ISO} for a in alerts(4, first=3)])  # an ISO time, recent: posted
+            assert d.wait_idle(20)
+        finally:
+            d.stop()
+    assert sorted(b["customer_id"] for b in hook.delivered()) == ["c0", "c1", "c3"]
+    stats = d.stats()
+    assert stats["old"] == 3 and stats["delivered"] == 3 and stats["submitted"] == 3 and stats["dropped"] == 0
+    assert REGISTRY.get_sample_value("cvm_webhook_alerts_total", {"outcome": "old"}) == before + 3
+    [line] = [r.getMessage() for r in caplog.records if "not posted" in r.getMessage()]  # one line for the batch
+    assert line.startswith("3 alert(s) raised by events of ") and "more than 7 days ago" in line
+    assert "s3cr3t" not in line
+
+
+def test_a_max_age_of_zero_posts_every_alert(hook: Hook) -> None:
+    d = deliverer(hook.url, max_age_days=0).start()
+    try:
+        d.submit(alerts(2, t0=T0 - 3650 * DAY_MS))  # ten years old
+        assert d.wait_idle(20)
+    finally:
+        d.stop()
+    assert len(hook.delivered()) == 2 and d.stats()["old"] == 0
+
+
 def test_retry_after_is_read_as_seconds_or_a_date() -> None:
     assert _retry_after("3") == 3.0 and _retry_after(None) is None and _retry_after("soon") is None
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
@@ -242,14 +276,16 @@ def test_the_sink_delivers_each_new_episode_once(cfg: Config, hook: Hook, tmp_pa
         first = alerts(3)
         send(first)
         assert _wait(lambda: len(hook.delivered()) == 3), status()
-        # A replay emits the same episodes again: written (and collapsed), not delivered again.
-        send([*first, *alerts(4)[3:]])
-        assert _wait(lambda: status()["writer"]["rows_written"].get("alerts") == 7), status()
+        # A replay emits the same episodes again: written (and collapsed), not delivered again; a backfill's alerts
+        # about the distant past are written, and not posted.
+        send([*first, *alerts(4, first=3), *alerts(7, t0=T0 - 30 * DAY_MS, first=4)])
+        assert _wait(lambda: status()["writer"]["rows_written"].get("alerts") == 10), status()
         # Written means handed to the deliverer: once its queue is empty, every delivery it will make is made.
         assert _wait(lambda: status()["writer"]["webhook"]["queued"] == 0)
         assert sorted(b["customer_id"] for b in hook.delivered()) == ["c0", "c1", "c2", "c3"]
         webhook = status()["writer"]["webhook"]
         assert webhook["delivered"] == 4 and webhook["retries"] == 1 and webhook["failed"] == 0
+        assert webhook["old"] == 3
         assert webhook["url"] == hook.url.split("/hooks")[0]
 
         listed = subprocess.run(
@@ -260,9 +296,10 @@ def test_the_sink_delivers_each_new_episode_once(cfg: Config, hook: Hook, tmp_pa
             timeout=60,
         )
         assert listed.returncode == 0, listed.stderr
-        assert [a["customer_id"] for a in json.loads(listed.stdout)] == ["c3", "c2", "c1", "c0"]
+        assert [a["customer_id"] for a in json.loads(listed.stdout)] == ["c3", "c2", "c1", "c0", "c6", "c5", "c4"]
     finally:
         sink.terminate()
         _, err = sink.communicate(timeout=30)
     assert sink.returncode == 0, err
     assert "s3cr3t" not in err
+    assert "alert(s) raised by events of" in err and "not posted to the webhook" in err
