@@ -127,6 +127,7 @@ def test_on_kafka_a_rebuild_resets_cvms_topics_first(cfg: Config, tmp_path: Path
         learner = spawn(cfg, "learner", log=tmp_path / "learner.log")
         stack.replay(path)
         stack.finish("replay")
+        stack.settle(path)
         assert stack.verify(path).ok
         for name in ("sink", "w1"):
             stack.kill(name, signal.SIGTERM)

@@ -75,13 +75,14 @@ def test_the_same_facts_in_another_order_fit_the_same_floats() -> None:
 
 
 def pairs(n: int, seed: int = 3) -> list[dict]:
-    """Labelled pairs with a signal (long recency churns), known over 20 weeks of stream time."""
+    """Labelled pairs with a signal (a long silence against the customer's own gap churns), known over 20 weeks of
+    stream time."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        recency = float(rng.uniform(0, 120))
-        label = int(rng.uniform() < (0.9 if recency > 60 else 0.1))
-        features = {"recency_days": recency, "frequency": float(rng.integers(1, 20))}
+        silence = float(rng.uniform(0, 6))
+        label = int(rng.uniform() < (0.9 if silence > 3 else 0.1))
+        features = {"silence_gaps": silence, "frequency": float(rng.integers(1, 20))}
         known = (1 + i * 20 // n) * GRID - DAY
         out.append({"customer_id": f"c{i % 300}", "snapshot_ms": (i // 300 + 1) * 30 * DAY, "label_ms": known - DAY,
                     "known_ms": known, "label": label, "features": features})  # fmt: skip

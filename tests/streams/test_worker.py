@@ -120,7 +120,14 @@ def test_restarted_worker_recovers_its_table_and_counts_nothing_twice(cfg: Confi
 def test_silence_produces_churn_labels_as_stream_time_passes(cfg: Config, tmp_path: Path) -> None:
     """Customers who never send another event are labelled 1 once the worker's stream time passes their deadline;
     labels reach churn-labels once each, and a customer who keeps buying gets only 0s."""
-    cfg = cfg.replace(churn_silence_days=30.0, churn_snapshot_every_days=10.0, idle_partition_s=1.0)
+    # labels: gone by the snapshot + 10 days, silent for 30 after that; one head
+    cfg = cfg.replace(
+        churn_silence_days=30.0,
+        churn_offset_days=10.0,
+        churn_early_offset_days=0.0,
+        churn_snapshot_every_days=10.0,
+        idle_partition_s=1.0,
+    )
     create_topics(cfg)
     codec, producer = Codec(), make_producer(cfg)
     t0 = int(time.time() * 1000) - 200 * DAY
