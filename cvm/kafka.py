@@ -172,6 +172,10 @@ def make_producer(cfg: Config, **extra: Any) -> Producer:
 EMBEDDED_CONSUMER = {"queued.min.messages": 1, "fetch.queue.backoff.ms": 100}
 
 
+#: A group member that stops heartbeating (a killed worker) loses its partitions after this many seconds.
+SESSION_TIMEOUT_S = 6.0
+
+
 def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:
     """A confluent-kafka consumer that commits only when told (at-least-once)."""
     conf = _client_conf(
@@ -180,7 +184,7 @@ def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
+            "session.timeout.ms": int(SESSION_TIMEOUT_S * 1000),
             "heartbeat.interval.ms": 1000,
             "fetch.wait.max.ms": 100,
         },

@@ -60,6 +60,7 @@ from typing import Any
 from cvm.codec import KINDS
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import ClickHouseUnavailable, CvmError
+from cvm.kafka import SESSION_TIMEOUT_S
 from cvm.replay import HistoryFile, Parsed, RowCheck, parse_mapping
 
 __all__ = ["Actual", "Expectation", "Report", "Totals", "compare", "expect_file", "main", "read_actual", "verify"]
@@ -381,17 +382,31 @@ def compare(expected: Expectation, published: Published, actual: Actual, dead_le
     )
 
 
+def quiet_s(cfg: Config) -> float:
+    """How long a working pipeline can leave ClickHouse unchanged: a worker that takes over from a killed one waits
+    for the group's session timeout, then holds the records of the tick in progress until each of its sources has
+    been silent for ``CVM_IDLE_PARTITION_S`` (a source read to the end after a rebalance may be one batch short on
+    Tansu); 20 s beside that for the sink's flushes and the scorings themselves.
+
+    >>> quiet_s(Config.load(env={}))
+    46.0
+    """
+    return 20.0 + SESSION_TIMEOUT_S + 2 * cfg.idle_partition_s
+
+
 def verify(
     cfg: Config,
     expected: Expectation,
     published: Published,
     dead_letters: int = 0,
     wait: float = 0,
-    settle: float = 20.0,
+    settle: float | None = None,
 ) -> Report:
     """Read ClickHouse and compare; while it does not match, read again every second for up to ``wait`` seconds,
-    but stop early once ClickHouse has not changed for ``settle`` seconds (the pipeline is idle: waiting longer
-    would not help)."""
+    but stop early once ClickHouse has not changed for ``settle`` seconds (default :func:`quiet_s`: the pipeline
+    is idle, waiting longer would not help)."""
+    if settle is None:
+        settle = quiet_s(cfg)
     now = time.monotonic()
     deadline, changed, last = now + wait, now, None
     while True:
