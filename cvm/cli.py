@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait",
         type=float,
         default=0.0,
-        help="read again until it matches, at most this many seconds (less once nothing changes for 26 s + twice CVM_IDLE_PARTITION_S)",
+        help="read again until it matches, at most this many seconds (less once nothing changes for a while: "
+        "26 s + twice CVM_IDLE_PARTITION_S)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
 
