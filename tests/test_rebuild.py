@@ -20,7 +20,8 @@ from cvm.config import Config
 from tests.conftest import free_port
 from tests.restart_helpers import Up, customers, history
 
-pytestmark = pytest.mark.integration
+# Its module fixture is expensive: one process runs the whole file (make test's --dist loadgroup).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_rebuild")]
 
 
 @dataclass
