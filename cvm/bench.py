@@ -366,6 +366,9 @@ class Bench:
             schema_registry_url="",
             http_host="127.0.0.1",
             http_port=_free_port(),
+            # no /metrics unless a measurement gives a free port: a cvm up here holds the default ports
+            worker_metrics_port=0,
+            learner_metrics_port=0,
             http_token="",
             kafka_security_protocol="",
             kafka_sasl_mechanism="",

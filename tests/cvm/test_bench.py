@@ -110,3 +110,18 @@ def test_recovery_and_restore_are_measured() -> None:
     assert result["recovery_customers"] == 5000 and result["restore_events"] == 3000, result
     for key in ("recovery_changelog_s", "recovery_checkpoint_s", "checkpoint_write_s", "restore_s_per_million"):
         assert result[key] > 0, (key, result)
+
+
+def test_the_bench_s_processes_leave_the_default_metrics_ports_alone() -> None:
+    """A `cvm up` on the same machine (or a test beside it) holds the default /metrics ports: the bench's own learner
+    and workers serve none unless a measurement gives them a free port (the restore phase failed on a taken 9110)."""
+    import shutil as _shutil
+
+    from cvm.bench import Bench
+    from cvm.config import Config
+
+    bench = Bench(Config.load(env={}), events=10, customers=10)
+    try:
+        assert bench.cfg.worker_metrics_port == 0 and bench.cfg.learner_metrics_port == 0
+    finally:
+        _shutil.rmtree(bench.workdir, ignore_errors=True)
