@@ -20,8 +20,7 @@ from cvm.config import Config
 from tests.conftest import free_port
 from tests.restart_helpers import Up, customers, history
 
-# Its module fixture is expensive: one process runs the whole file (make test's --dist loadgroup).
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_rebuild")]
+pytestmark = pytest.mark.integration
 
 
 @dataclass

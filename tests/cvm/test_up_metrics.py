@@ -22,8 +22,7 @@ from cvm.kafka import make_producer
 from cvm.metrics import WORKER_FATES, sample_sums
 from tests.conftest import free_port
 
-# Its module fixture is expensive: one process runs the whole file (make test's --dist loadgroup).
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_up_metrics")]
+pytestmark = pytest.mark.integration
 
 SINK_FATES = ("written", "skipped", "released")
 EVENTS = {"transactions": 300, "contacts": 80}
