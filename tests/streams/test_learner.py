@@ -171,3 +171,25 @@ def test_the_learner_moves_on_the_grid_and_a_restart_learns_no_pair_twice(cfg: C
     assert worker_feed.covers(20 * GRID + 1) and at is not None and at[0]["valid_from"] <= 14 * GRID
     second.feed.stop()
     worker_feed.stop()
+
+
+@pytest.mark.integration
+def test_a_worker_s_feed_is_ready_once_it_read_the_models_published_one_by_one(cfg: Config) -> None:
+    """The learner publishes its model messages one at a time; a worker starts scoring once its feed has read them.
+    Tansu's high watermark is the base offset of the last record batch + 1: after batches of one record, the end
+    itself. The feed waited for one record past the end (until the learner's next message, or 15 s)."""
+    from cvm.kafka import ModelKey, encode_model
+
+    create_topics(cfg)
+    producer = make_producer(cfg)
+    key = ModelKey.from_config(cfg)
+    for version in (1, 2, 3):
+        producer.produce(cfg.topic("models"), value=encode_model({"kind": "clv", "version": version}, b"", key=key))
+        producer.flush(10)
+    feed = ModelFeed(cfg).start()
+    try:
+        assert feed.ready.wait(5.0), "the feed never said it had read the models topic"
+        meta = feed.get("clv")
+        assert meta is not None and meta[0]["version"] == 3
+    finally:
+        feed.stop()
