@@ -34,7 +34,7 @@ typecheck: install-dev
 	$(BIN)/mypy cvm streams scoring sinks schemas
 
 # Two processes: most integration tests wait on brokers, groups and stream time more than they compute. A file runs
-# in one process, in order, with its module fixtures (handing tests out one by one was slower: 932 s against 885 s).
+# in one process, in order, with its module fixtures (handing tests out one by one was slower: 932 s of pytest against 885 s).
 # PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= 2
 pytest: install-dev chromium
