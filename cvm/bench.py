@@ -65,6 +65,19 @@ __all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"
 #: What ``--skip`` can leave out; ``pipeline`` also carries ``state_bytes_per_customer`` and ``rss_mb``.
 MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "recovery", "restore")
 
+#: The stages of a worker's batch whose CPU the bench reports per event (cvm_worker_stage_seconds).
+_STAGES = {
+    "consume": "consume (librdkafka hands over the records)",
+    "decode": "decode, validate, queue by source",
+    "fold": "fold events into states, labels",
+    "score": "features, population, reasons, alerts, timers",
+    "models": "CLV and churn models",
+    "emit": "score, alert, label messages sent and acknowledged",
+    "changelog": "states encoded, table + changelog written",
+    "commit": "offsets committed, sources paused/resumed",
+    "other": "ticks, positions, gauges",
+}
+
 #: The figures of a run, in the order they are shown, with what each one is.
 KEYS = {
     "raw_eps": "confluent-kafka consume(10000) + fastavro decode, no processing",
@@ -83,6 +96,7 @@ KEYS = {
     "scorings_per_event": "customer scorings of the single worker per event (event, tick and idle scorings)",
     "rescorings_per_s": "silent customers re-scored as stream time passed, per second of the pipeline's run",
     "scoring_cpu_us": "CPU time per customer scoring (features, CLV, tiers, churn, alerts), the single worker",
+    **{f"stage_{stage}_us": f"worker Kafka thread CPU per event: {what}" for stage, what in _STAGES.items()},
     **RESTART_KEYS,
 }
 
@@ -557,10 +571,17 @@ class Bench:
         scorings = sample_sums(families, "cvm_scorings_total")
         cpu = sample_sums(families, "cvm_scoring_seconds_total")
         silent = sample_sums(families, "cvm_silent_rescorings_total")
+        stages = {
+            f"stage_{stage}_us": round(
+                sample_sums(families, "cvm_worker_stage_seconds_total", stage=stage) / max(1, self.events) * 1e6, 1
+            )
+            for stage in _STAGES
+        }
         return {
             "scorings_per_event": round(scorings / max(1, self.events), 3),
             "rescorings_per_s": round(silent / max(seconds, 1e-9)),
             "scoring_cpu_us": round(cpu / max(1.0, scorings) * 1e6, 1),
+            **stages,
         }
 
     def _check_alive(self, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]) -> None:

@@ -92,6 +92,7 @@ __all__ = [
     "rescored_customers",
     "rescorings",
     "scoring_seconds",
+    "worker_stage_seconds",
     "silent_rescorings",
     "scorings",
     "stream_tick",
@@ -147,6 +148,13 @@ scorings = Counter(
 )
 silent_rescorings = Counter(
     "cvm_silent_rescorings", "Customers scored at a tick without an event since their last scoring (timers due)."
+)
+worker_stage_seconds = Counter(
+    "cvm_worker_stage_seconds",
+    "CPU seconds of a worker's Kafka thread by stage of its batches: consume, decode, fold, score (features, "
+    "population, reasons, alerts, labels), models (CLV and churn), emit (outputs sent and acknowledged), changelog "
+    "(table writes), commit (offsets, pausing), other.",
+    ["stage"],
 )
 scoring_seconds = Counter("cvm_scoring_seconds", "CPU seconds spent scoring customers, by occasion.", ["scored_by"])
 stream_tick = Gauge("cvm_stream_tick_seconds", "The last stream-time tick the worker evaluated (event time, epoch s).")

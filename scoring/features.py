@@ -298,5 +298,9 @@ def next_rescore_ms(s: CustomerState, now: int, period_days: int = 1) -> int:
     silence = now - last
     n = s.n_occasions
     gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / max(n, 1) * DAY_MS
-    due = next((last + int(g * gap) for g in RESCORE_GAPS if g * gap > silence), now + RESCORE_MAX_MS)
+    due = now + RESCORE_MAX_MS
+    for g in RESCORE_GAPS:
+        if g * gap > silence:
+            due = last + int(g * gap)
+            break
     return min(now + RESCORE_MAX_MS, max(now + RESCORE_MIN_MS, due))

@@ -154,6 +154,10 @@ def reasons(scores: Mapping[str, Any], now_ms: int, k: int = 3) -> list[str]:
     Strongest first (a recent cancellation request leads); none when nothing moved against the customer's baseline.
     """
     found = signals(scores, now_ms)
-    order = {name: i for i, name in enumerate(SIGNALS)}
-    ranked = sorted(found.items(), key=lambda item: (-item[1][0], order[item[0]]))
+    if len(found) <= 1:
+        return [text for _, text in found.values()][:k]
+    ranked = sorted(found.items(), key=lambda item: (-item[1][0], _ORDER[item[0]]))
     return [text for _, (_, text) in ranked[:k]]
+
+
+_ORDER = {name: i for i, name in enumerate(SIGNALS)}

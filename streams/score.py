@@ -129,6 +129,7 @@ class Assessor:
         self.snapshot_every_ms = int(cfg.churn_snapshot_every_days * DAY_MS)
         self.max_pending = cfg.churn_max_pending
         self.tick_ms = int(cfg.tick_s * 1000)
+        self.models_cpu = 0.0  # CPU seconds of this thread in the CLV and churn models (cvm bench's stages)
 
     # --- the scoring -----------------------------------------------------------------------------------------------
 
@@ -157,16 +158,20 @@ class Assessor:
             if tick:
                 self._mature(c, as_of, out)
             c.scores = self._features(c.customer_id, s, as_of, scored_by)
+        cpu = time.thread_time()
         if models.clv is not None:
             try:
                 self._score_clv(models, cands)
             except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
                 log.exception("CLV scoring failed for %d customers", len(cands))
+        self.models_cpu += time.thread_time() - cpu
         self._move(cands, rebuild_clv)
         for c in cands:
             self._rank(c)
         rows = [_churn_row(c.scores) for c in cands]  # type: ignore[arg-type]
+        cpu = time.thread_time()
         self._score_churn(models, cands, rows)
+        self.models_cpu += time.thread_time() - cpu
         for c, row, events in zip(cands, rows, moved, strict=True):
             scores, s = c.scores, c.state
             assert scores is not None
@@ -342,6 +347,8 @@ class Assessor:
         """Keep a churn snapshot of the features scored at tick ``at`` (one per period, a few pending at most)."""
         s = c.state
         pending = c.pending
+        if at - pending.last_snapshot_ms < self.snapshot_every_ms:
+            return  # the last snapshot is younger than a period: PendingLabels.offer would refuse it
         known = {
             name: v for name, v in zip(FEATURES, row, strict=True) if v is not None
         }  # missing: NaN, unpacked as such

@@ -30,7 +30,7 @@ import logging
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -135,6 +135,9 @@ class Scorer:
         self.resume_after_assign: set[tuple[str, int]] = set()
         self.assigned_now: set[tuple[str, int]] = set()  # assigned during the poll in progress
         self._next_status = 0.0
+        #: CPU seconds of this (the Kafka) thread by stage of a batch, since the last batch (:meth:`_lap`)
+        self.stage_cpu: defaultdict[str, float] = defaultdict(float)
+        self._lap_at = time.thread_time()
 
     # --- group membership ----------------------------------------------------------------------------------------
 
@@ -213,16 +216,20 @@ class Scorer:
 
     def step(self) -> int:
         """Consume and process one batch; the number of records it held."""
+        self._lap("other")
         msgs = self.consumer.consume(num_messages=self.cfg.worker_batch, timeout=self.cfg.worker_batch_s)
+        self._lap("consume")
         started = time.perf_counter()
         if self.assigned_now:
             msgs = self._from_committed(msgs)
         now_ms = int(time.time() * 1000)
         n = self._take(msgs, now_ms)
+        self._lap("decode")
         self._positions()
         if self.rebalanced:
             self.rebalanced = False
             self._rebuild()
+        self._lap("other")
         if self.clock.start():
             self._ticks(now_ms)
             self._open_phase(now_ms)
@@ -232,11 +239,21 @@ class Scorer:
             metrics.batch_records.observe(n)
             metrics.batch_seconds.observe(time.perf_counter() - started)
         self._gauges()
+        self._lap("other")
+        for stage, seconds in self.stage_cpu.items():
+            metrics.worker_stage_seconds.labels(stage=stage).inc(seconds)
+        self.stage_cpu.clear()
         now = self.monotonic()
         if now >= self._next_status:
             self._next_status = now + 10.0
             log.info("%s", self.status())
         return n
+
+    def _lap(self, stage: str) -> None:
+        """Charge this thread's CPU time since the last lap to ``stage`` (``cvm_worker_stage_seconds``)."""
+        now = time.thread_time()
+        self.stage_cpu[stage] += now - self._lap_at
+        self._lap_at = now
 
     def _gauges(self) -> None:
         clock = self.clock
@@ -370,14 +387,19 @@ class Scorer:
                     limits.append(-(-due // self.tick_ms) * self.tick_ms - self.tick_ms)
                 clock.advance(max(t, min(limits)))
                 continue
+            self._lap("other")
             self._fold(items, t, now_ms)
+            self._lap("fold")
             self._tick(t, models)
+            self._lap("score")
             clock.advance(t)
 
     def _open_phase(self, now_ms: int) -> None:
         """Fold what has come of the next tick's phase, for fresh scores until the tick."""
         t = self.clock.next_tick()
+        self._lap("other")
         self._fold(self.clock.take(t), t, now_ms)
+        self._lap("fold")
 
     def _fold(self, items: list[Item], known_ms: int, now_ms: int) -> None:
         by_customer: dict[str, list[Event]] = {}
@@ -471,7 +493,9 @@ class Scorer:
                 if state.as_of >= fresh_from and state.tick_version == state.version:
                     continue  # scored at the last tick: that score stands
                 cands.append(entry or self._entry(customer_id, p, state))
+        self._lap("other")
         self._assess(cands, "idle", models, at=latest)
+        self._lap("score")
         for c in cands:
             self.unscored.discard(c.customer_id)
         self.completed_at = latest
@@ -481,12 +505,15 @@ class Scorer:
 
     def _finish(self) -> None:
         """Event scores, then outputs → table → commit; pause what waits for a tick."""
+        self._lap("other")
         if self.unscored:
             cands = [self.entries[c] for c in self.unscored if c in self.entries]
             self._assess(cands, "event", self._latest_models())
             self.unscored.clear()
+        self._lap("score")
         self._send_outputs()
         self._flush()
+        self._lap("emit")
         written: set[int] = set()
         for entry in self.entries.values():
             self.table.put(entry.partition, entry.customer_id.encode(), entry.state.to_bytes())
@@ -504,14 +531,19 @@ class Scorer:
         if written:  # the marker Tansu's recovery needs; the table's periodic checkpoint is taken there too
             self.table.seal(written)
             self._flush()
+        self._lap("changelog")
         self.reported.update(moved)
         self.reported_idle = idle
         self._commit(self.clock.commit_positions())
         self._flow()
+        self._lap("commit")
 
     def _assess(self, cands: list[Candidate], scored_by: str, models: InForce, **at: Any) -> None:
         cpu = time.process_time()
+        before = self.assessor.models_cpu
         self.assessor.assess(cands, scored_by, models, self.out, **at)
+        self.stage_cpu["models"] += self.assessor.models_cpu - before
+        self.stage_cpu["score"] -= self.assessor.models_cpu - before
         self.counters[scored_by] += len(cands)
         metrics.scorings.labels(scored_by=scored_by).inc(len(cands))
         metrics.scoring_seconds.labels(scored_by=scored_by).inc(time.process_time() - cpu)

@@ -40,6 +40,8 @@ def test_small_run_reports_every_figure() -> None:
     assert result["latency_samples"] > 0
     assert 50 < result["state_bytes_per_customer"] <= result["state_bytes_max"] < 100_000
     assert 20 < result["rss_mb"] < 10_000
+    for stage in ("consume", "decode", "fold", "score", "emit", "changelog", "commit"):
+        assert result[f"stage_{stage}_us"] > 0, (stage, result)
     assert 0 < result["seconds"] < 540
 
 

@@ -5,6 +5,7 @@ every record, and the same results whatever the batch sizes and the interleaving
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -283,3 +284,29 @@ def test_records_fetched_before_an_assignment_do_not_make_a_hole() -> None:
         if k != CLOCK_KEY
     )  # fmt: skip
     assert revenue == 40 * 1000
+
+
+def test_the_worker_s_cpu_is_charged_to_its_stages() -> None:
+    """Every CPU second of the batch loop goes to one stage of cvm_worker_stage_seconds (cvm bench reports them)."""
+    from prometheus_client import REGISTRY
+
+    def stages() -> dict[str, float]:
+        return {
+            sample.labels["stage"]: sample.value
+            for family in REGISTRY.collect()
+            if family.name == "cvm_worker_stage_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+
+    before = stages()
+    log = Log(CFG.partitions)
+    history(log)
+    s = fakes.scorer(CFG, log, feed=feed_with_models())
+    cpu = time.thread_time()
+    drain(s)
+    cpu = time.thread_time() - cpu
+    charged = {k: v - before.get(k, 0.0) for k, v in stages().items()}
+    for stage in ("consume", "decode", "fold", "score", "models", "emit", "changelog", "commit"):
+        assert charged.get(stage, 0.0) > 0, (stage, charged)
+    assert 0.7 * cpu <= sum(charged.values()) <= cpu * 1.01 + 0.01, (cpu, charged)
