@@ -160,8 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", metavar="DIR", help="keep the private stack's data and logs in DIR (new)")
 
     p = sub.add_parser("bench", help="measure throughput, latency and footprint against Faust and Quix Streams")
-    p.add_argument("--events", type=_positive_int, default=200_000, help="events in the load (default 200000)")
-    p.add_argument("--customers", type=_positive_int, default=10_000, help="simulated customers (default 10000)")
+    p.add_argument("--events", type=_positive_int, default=400_000, help="events in the load (default 400000)")
+    p.add_argument(
+        "--customers",
+        type=_positive_int,
+        default=200_000,
+        help="simulated customers (default 200000: a real base has far more customers than events per batch)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
         "--skip",
