@@ -114,7 +114,7 @@ def restore(bench: Bench) -> dict[str, Any]:
     cfg = bench.cfg.replace(app_id=f"{bench.cfg.app_id}-restore", clickhouse_database="restore")
     sink = bench.children.start("restore-sink", ["-m", "cvm.cli", "sink"], cfg)
     try:
-        _wait(bench, cfg, sink, lambda: _raw_rows(cfg) >= bench.events, "the load in ClickHouse")
+        _wait(bench, {"restore-sink": sink}, lambda: _raw_rows(cfg) >= bench.events, "the load in ClickHouse")
     finally:
         bench.children.stop(sink, timeout=30.0)
     fresh = cfg.replace(broker_port=_port())
@@ -124,7 +124,8 @@ def restore(bench: Bench) -> dict[str, Any]:
         learner = bench.children.start("restore-learner", ["-m", "cvm.cli", "learner"], fresh)
         worker = bench.children.start("restore-worker", ["-m", "cvm.cli", "worker", "--id", "restore"], fresh)
         try:
-            status = _wait(bench, fresh, sink, lambda: _restored(fresh), "the restore")
+            procs = {"restore-sink-2": sink, "restore-learner": learner, "restore-worker": worker}
+            status = _wait(bench, procs, lambda: _restored(fresh), "the restore")
         finally:
             for proc in (worker, learner, sink):
                 bench.children.stop(proc, timeout=30.0)
@@ -134,11 +135,15 @@ def restore(bench: Bench) -> dict[str, Any]:
     return {"restore_events": events, "restore_s_per_million": round(seconds / max(events, 1) * 1e6, 1)}
 
 
-def _wait(bench: Bench, cfg: Config, sink: Any, done: Any, what: str) -> Any:
+def _wait(bench: Bench, procs: dict[str, Any], done: Any, what: str) -> Any:
+    """Wait until ``done()`` gives something; fail at once when one of ``procs`` (name: process) exits."""
     deadline = time.monotonic() + bench.timeout * 2
     while time.monotonic() < deadline:
-        if sink.poll() is not None:
-            raise bench.fail(f"the sink exited with code {sink.returncode} while waiting for {what}")
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise bench.fail(
+                    f"{name} exited with code {proc.returncode} while waiting for {what}: {bench.children.tail(name)}"
+                )
         try:
             found = done()
         except (OSError, ValueError, KeyError):

@@ -137,7 +137,7 @@ class Scorer:
         self._next_status = 0.0
         #: CPU seconds of this (the Kafka) thread by stage of a batch, since the last batch (:meth:`_lap`)
         self.stage_cpu: defaultdict[str, float] = defaultdict(float)
-        self._lap_at = time.thread_time()
+        self._lap_at = (0, 0.0)  # (thread, its CPU time) of the last lap
 
     # --- group membership ----------------------------------------------------------------------------------------
 
@@ -251,9 +251,10 @@ class Scorer:
 
     def _lap(self, stage: str) -> None:
         """Charge this thread's CPU time since the last lap to ``stage`` (``cvm_worker_stage_seconds``)."""
-        now = time.thread_time()
-        self.stage_cpu[stage] += now - self._lap_at
-        self._lap_at = now
+        thread, now = threading.get_ident(), time.thread_time()
+        if self._lap_at[0] == thread:  # another thread's CPU time is no start (the scorer is built elsewhere)
+            self.stage_cpu[stage] += now - self._lap_at[1]
+        self._lap_at = (thread, now)
 
     def _gauges(self) -> None:
         clock = self.clock

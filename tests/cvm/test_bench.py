@@ -129,3 +129,34 @@ def test_the_bench_s_processes_leave_the_default_metrics_ports_alone() -> None:
         assert bench.cfg.worker_metrics_port == 0 and bench.cfg.learner_metrics_port == 0
     finally:
         _shutil.rmtree(bench.workdir, ignore_errors=True)
+
+
+def test_the_restore_phase_fails_at_once_when_its_worker_or_learner_dies(tmp_path: Path) -> None:
+    """The restore phase watched only its sink: a crashed worker left `cvm bench` waiting ~16 minutes."""
+    import time
+
+    from cvm.bench_restart import _wait
+    from cvm.exceptions import CvmError
+
+    class Proc:
+        def __init__(self, code: int | None) -> None:
+            self.returncode = code
+
+        def poll(self) -> int | None:
+            return self.returncode
+
+    class Children:
+        def tail(self, name: str) -> str:
+            return f"{name}: ValueError: boom"
+
+    class Bench:
+        timeout = 60.0
+        children = Children()
+
+        def fail(self, what: str) -> CvmError:
+            return CvmError(what)
+
+    started = time.monotonic()
+    with pytest.raises(CvmError, match="restore-worker exited with code 1 .*ValueError: boom"):
+        _wait(Bench(), {"sink": Proc(None), "restore-worker": Proc(1)}, lambda: None, "the restore")  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5

@@ -310,3 +310,28 @@ def test_the_worker_s_cpu_is_charged_to_its_stages() -> None:
     for stage in ("consume", "decode", "fold", "score", "models", "emit", "changelog", "commit"):
         assert charged.get(stage, 0.0) > 0, (stage, charged)
     assert 0.7 * cpu <= sum(charged.values()) <= cpu * 1.01 + 0.01, (cpu, charged)
+
+
+def test_stage_cpu_counts_the_thread_that_steps_not_the_one_that_built_the_scorer() -> None:
+    """The worker builds its Scorer on one thread and steps it on its Kafka thread: thread CPU times of two threads
+    are not comparable (a negative increment crashed every worker of cvm bench)."""
+    import threading
+
+    log = Log(CFG.partitions)
+    history(log)
+    busy = time.thread_time() + 0.3
+    while time.thread_time() < busy:  # this thread has used more CPU than the stepping thread will have
+        pass
+    s = fakes.scorer(CFG, log, feed=feed_with_models())
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            s.step()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert not errors, errors
