@@ -342,13 +342,14 @@ class PendingLabels:
     ([(1, 1, 105)], 0)
     """
 
-    __slots__ = ("last_snapshot_ms", "entries")
+    __slots__ = ("last_snapshot_ms", "entries", "_next")
 
     def __init__(self) -> None:
         self.last_snapshot_ms = _NEVER
         # [snapshot_ms, packed snapshot, first cancellation request after it (ms) or None, status per head (list)],
         # oldest first
         self.entries: list[list[Any]] = []
+        self._next: tuple[Rules, int | None] | None = None  # (rules, next_deadline) until the entries change
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -361,10 +362,12 @@ class PendingLabels:
             return False
         self.entries.append([now_ms, pack_snapshot(now_ms, features), None, [_PENDING] * MAX_HEADS])
         self.last_snapshot_ms = now_ms
+        self._next = None
         return True
 
     def cancellation(self, t_ms: int) -> None:
         """Record a cancellation request at ``t_ms`` against the snapshots it follows (the earliest one counts)."""
+        self._next = None
         for e in self.entries:
             if e[0] < t_ms and (e[2] is None or t_ms < e[2]):
                 e[2] = t_ms
@@ -374,6 +377,7 @@ class PendingLabels:
         their deadline); snapshots with every label released leave."""
         if not self.entries:
             return []
+        self._next = None
         out: list[Matured] = []
         for e in self.entries:
             for i, rule in enumerate(_rules(rules)):
@@ -392,6 +396,10 @@ class PendingLabels:
         settled them (held); snapshots with every label released leave."""
         if not self.entries:
             return []
+        due = self.next_deadline(rules)
+        if due is None or now_ms <= due:
+            return []  # no deadline passed: nothing to release
+        self._next = None
         out: list[Matured] = []
         for e in self.entries:
             for i, rule in enumerate(_rules(rules)):
@@ -405,10 +413,15 @@ class PendingLabels:
 
     def _drop_released(self, heads: int) -> None:
         self.entries = [e for e in self.entries if any(status != _RELEASED for status in e[3][:heads])]
+        self._next = None
 
     def next_deadline(self, rules: Rules) -> int | None:
-        """The earliest deadline among the labels still to release: when to call :meth:`advance` next."""
-        return min(
+        """The earliest deadline among the labels still to release: when to call :meth:`advance` next (kept until
+        the snapshots change: a worker asks at every scoring)."""
+        known = self._next
+        if known is not None and known[0] is rules:
+            return known[1]
+        due = min(
             (
                 rule.deadline(e[0], e[2])
                 for e in self.entries
@@ -417,6 +430,8 @@ class PendingLabels:
             ),
             default=None,
         )
+        self._next = (rules, due)
+        return due
 
     def to_bytes(self) -> bytes:
         out = [_PENDING_HEAD.pack(_PENDING_FORMAT, self.last_snapshot_ms, len(self.entries))]

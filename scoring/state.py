@@ -377,14 +377,13 @@ class CustomerState:
         """The stream time of kind ``k``: its latest event time, from either of its partitions."""
         return max(self.kind_times[k], self.rekey_times[k])
 
-    def _horizon(self, k: int, lateness_ms: int) -> int:
-        # Events of kind k older than this are late from every partition that has brought that kind.
-        seen = [t for t in (self.kind_times[k], self.rekey_times[k]) if t]
-        return min(seen) - lateness_ms if seen else 0
-
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
         # An entry older than its kind's lateness horizon can never match again: an event that old is late.
-        horizons = [self._horizon(k, lateness_ms) for k in range(3)]
+        # Each kind's lateness horizon: events older than it are late from every partition that has brought the kind.
+        horizons = [
+            (min(a, b) if a and b else a or b) - lateness_ms if a or b else 0
+            for a, b in zip(self.kind_times, self.rekey_times, strict=True)
+        ]
         recent = [e for e in self.recent if e[0] >= horizons[e[1] & 3]]  # the same tuples, kept
         recent.append((t, h))
         recent.sort()
