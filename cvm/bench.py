@@ -83,7 +83,7 @@ KEYS = {
     "raw_eps": "confluent-kafka consume(10000) + fastavro decode, no processing",
     "faust_empty_eps": "Faust agent, stream.take(5000), no work",
     "quix_eps": "Quix Streams, count per key in RocksDB state (+ changelog)",
-    "pipeline_eps": "cvm worker x1: decode, fold, score, table + changelog, emit",
+    "pipeline_eps": "cvm worker x1: decode, fold, score, table + changelog, emit (no learner: no models in force)",
     "pipeline_2w_eps": "cvm worker x2, one consumer group",
     "p50_latency_s": "publish -> row in ClickHouse, median, at pipeline_eps/2",
     "p99_latency_s": "publish -> row in ClickHouse, 99th percentile",
