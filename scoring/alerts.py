@@ -377,7 +377,7 @@ class AlertRules:
         if HIGH_VALUE_AT_RISK in self.rules and churn is not None:
             lead = [f"{round(100 * churn)}% chance of leaving within {self.churn_days:g} days"]
             if state.open >> i & 1:
-                if churn < self.churn_threshold - self.churn_hysteresis:
+                if churn < _decimal(self.churn_threshold - self.churn_hysteresis):
                     state.close_episode(i, _seconds(now_ms, up=True))
                 elif self.episode_days and now_s - state.times[i] >= round(self.episode_days * _DAY_S) and valuable:
                     days = round((now_s - state.times[i]) / _DAY_S)
@@ -398,7 +398,7 @@ class AlertRules:
             armed = (prev is not None and prev >= self.p_alive_high) or recent
             if P_ALIVE_DROP in self.rules:
                 if state.open >> i & 1:
-                    if p_alive >= self.p_alive_low + self.hysteresis:
+                    if p_alive >= _decimal(self.p_alive_low + self.hysteresis):
                         state.close_episode(i, _seconds(now_ms, up=True))
                 elif (
                     armed and p_alive <= self.p_alive_low and tier in ("A", "B") and state.cooled(i, now_s, cooldown_s)
@@ -500,3 +500,13 @@ def _dedupe(items: Iterable[str]) -> list[str]:
         if item not in out:
             out.append(item)
     return out
+
+
+def _decimal(threshold: float) -> float:
+    """A threshold made of settings, as the decimal it stands for: 0.2 - 0.02 is 0.18000000000000002 in floats, and a
+    risk of exactly 0.18 is not "below θ − 0.02".
+
+    >>> _decimal(0.2 - 0.02), 0.18 < _decimal(0.2 - 0.02)
+    (0.18, False)
+    """
+    return round(threshold, 12)

@@ -37,6 +37,19 @@ def tier_a(churn: float, **extra: Any) -> dict[str, Any]:
 # --- high_value_at_risk --------------------------------------------------------------------------------------------
 
 
+def test_a_risk_exactly_at_theta_minus_the_hysteresis_has_not_recovered() -> None:
+    """0.2 - 0.02 is 0.18000000000000002 in floats: a risk of exactly 0.18 closed the episode, and the property test
+    below found a second alert for an episode that had not recovered ("below θ − 0.02")."""
+    alerts, _ = run(
+        AlertRules(cooldown_days=0.0), [(T0, tier_a(1.0)), (T0 + 1000, tier_a(0.18)), (T0 + 2000, tier_a(1.0))]
+    )
+    assert len(alerts) == 1
+    alerts, _ = run(
+        AlertRules(cooldown_days=0.0), [(T0, tier_a(1.0)), (T0 + 1000, tier_a(0.17)), (T0 + 2000, tier_a(1.0))]
+    )
+    assert len(alerts) == 2
+
+
 def test_an_episode_alerts_once_and_recovery_closes_it() -> None:
     rules = AlertRules()  # θ 0.2, closes below 0.18
     alerts, state = run(
