@@ -354,11 +354,15 @@ class PendingLabels:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def offer(self, now_ms: int, features: Mapping[str, float], every_ms: int, max_pending: int) -> bool:
-        """Keep a snapshot of ``features`` at ``now_ms`` if the last one is ``every_ms`` old and there is room."""
+    def wants(self, now_ms: int, every_ms: int, max_pending: int) -> bool:
+        """Whether :meth:`offer` would keep a snapshot at ``now_ms`` (ask first when the features cost to gather)."""
         if now_ms - self.last_snapshot_ms < every_ms:
             return False
-        if len(self.entries) >= max_pending or any(e[0] >= now_ms for e in self.entries):
+        return len(self.entries) < max_pending and not any(e[0] >= now_ms for e in self.entries)
+
+    def offer(self, now_ms: int, features: Mapping[str, float], every_ms: int, max_pending: int) -> bool:
+        """Keep a snapshot of ``features`` at ``now_ms`` if the last one is ``every_ms`` old and there is room."""
+        if not self.wants(now_ms, every_ms, max_pending):
             return False
         self.entries.append([now_ms, pack_snapshot(now_ms, features), None, [_PENDING] * MAX_HEADS])
         self.last_snapshot_ms = now_ms

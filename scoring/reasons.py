@@ -48,6 +48,7 @@ SIGNALS = (
     "payments",
     "refunds",
 )
+_ORDER = {name: i for i, name in enumerate(SIGNALS)}  # ties between equally strong signals
 
 
 def _num(scores: Mapping[str, Any], key: str) -> float | None:
@@ -158,6 +159,3 @@ def reasons(scores: Mapping[str, Any], now_ms: int, k: int = 3) -> list[str]:
         return [text for _, text in found.values()][:k]
     ranked = sorted(found.items(), key=lambda item: (-item[1][0], _ORDER[item[0]]))
     return [text for _, (_, text) in ranked[:k]]
-
-
-_ORDER = {name: i for i, name in enumerate(SIGNALS)}

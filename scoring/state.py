@@ -378,8 +378,8 @@ class CustomerState:
         return max(self.kind_times[k], self.rekey_times[k])
 
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
-        # An entry older than its kind's lateness horizon can never match again: an event that old is late.
-        # Each kind's lateness horizon: events older than it are late from every partition that has brought the kind.
+        # An entry older than its kind's lateness horizon can never match again: an event that old is late from
+        # every partition that has brought the kind.
         horizons = [
             (min(a, b) if a and b else a or b) - lateness_ms if a or b else 0
             for a, b in zip(self.kind_times, self.rekey_times, strict=True)

@@ -347,8 +347,8 @@ class Assessor:
         """Keep a churn snapshot of the features scored at tick ``at`` (one per period, a few pending at most)."""
         s = c.state
         pending = c.pending
-        if at - pending.last_snapshot_ms < self.snapshot_every_ms:
-            return  # the last snapshot is younger than a period: PendingLabels.offer would refuse it
+        if not pending.wants(at, self.snapshot_every_ms, self.max_pending):
+            return
         known = {
             name: v for name, v in zip(FEATURES, row, strict=True) if v is not None
         }  # missing: NaN, unpacked as such
