@@ -25,6 +25,10 @@ score record to the one that makes every published event visible — the sum ove
 
 Faust settings reach the workers and the Faust peer through Faust's own environment variables
 (``STREAM_BUFFER_MAXSIZE=8192 cvm bench``); cvm's through ``CVM_*`` (``CVM_WORKER_BATCH``).
+
+This module holds what is measured and reported; how a run is driven (the load, the child processes and waiting
+on them, the latency phase's watchers) is :mod:`cvm.bench_harness`, the recovery and restore measurements are
+:mod:`cvm.bench_restart`, and the Faust and Quix peers' child processes :mod:`cvm.bench_peers`.
 """
 
 from __future__ import annotations
@@ -37,24 +41,30 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from cvm import bench_restart
+from cvm.bench_harness import (
+    ClickHouseWatch,
+    Harness,
+    Load,
+    Profiler,
+    ScoresWatch,
+    Waiting,
+    free_port,
+    generate,
+    peak_rss_mb,
+    publish,
+    py_spy,
+)
 from cvm.bench_restart import KEYS as RESTART_KEYS
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError
@@ -100,7 +110,6 @@ KEYS = {
     **RESTART_KEYS,
 }
 
-_EVENTS_PER_CUSTOMER_DAY = 0.1  # what the simulator draws, a little under (cvm/simulate.py: 0.125 per active day)
 _LATENCY_S = 20.0  # how long the latency phase publishes, at most
 _LATENCY_SAMPLES = 500
 _PHASES = {
@@ -138,12 +147,6 @@ def _rate(events: int, seconds: float) -> float:
     return events / max(seconds, 1e-3)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def machine() -> str:
     """What the figures were measured on: CPU model, cores, memory, Python."""
     model = ""
@@ -164,169 +167,6 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()}, Python {platform.python_version()}"
 
 
-# --- the load ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Load:
-    """Pre-generated, encoded events: ``(kind, key, value)``; ``pool`` feeds the latency phase."""
-
-    records: list[tuple[str, bytes, bytes]]
-    pool: list[tuple[str, bytes, bytes]]
-    customers: int
-
-
-def generate(events: int, customers: int, extra: int, seed: int = 1) -> Load:
-    """``events`` simulated events for ``customers`` customers, then ``extra`` more (later in event time)."""
-    from cvm.codec import Codec
-    from cvm.simulate import ANCHOR_MS, Simulation
-
-    want = events + extra
-    days = want / (_EVENTS_PER_CUSTOMER_DAY * customers) * 1.2 + 1
-    end_ms = ANCHOR_MS  # a fixed history: every run measures the same bytes
-    while True:
-        drawn = list(itertools.islice(Simulation(customers, days, seed, end_ms).history(), want))
-        if len(drawn) == want:
-            break
-        days *= 1.5 * want / max(len(drawn), 1)
-    codec = Codec()
-    encoded = [(kind, rec["customer_id"].encode(), codec.encode(kind, rec)) for kind, rec in drawn]
-    return Load(encoded[:events], encoded[events:], len({key for _, key, _ in encoded[:events]}))
-
-
-def publish(cfg: Config, records: Sequence[tuple[str, bytes, bytes]]) -> dict[tuple[str, int], int]:
-    """Produce ``records`` to ``cfg``'s topics; return the end offset (last + 1) of every partition written."""
-    from cvm.kafka import make_producer
-
-    ends: dict[tuple[str, int], int] = {}
-    failed: list[str] = []
-
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            failed.append(str(err))
-            return
-        tp = (msg.topic(), msg.partition())
-        ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
-
-    producer = make_producer(cfg, on_delivery=delivered)
-    topics = {kind: cfg.topic(kind) for kind in EVENT_TOPICS}
-    for kind, key, value in records:
-        while True:
-            try:
-                producer.produce(topics[kind], value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(60) or failed:
-        raise CvmError(f"publishing the bench load failed ({failed[0] if failed else 'timeout'}): is the broker up?")
-    return ends
-
-
-# --- child processes ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Children:
-    """The processes the bench started: each stopped by its own handle, logs kept in ``logs``."""
-
-    logs: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self, name: str, argv: list[str], cfg: Config, stdout: int | None = None) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, **cfg.to_env(), PYTHONUNBUFFERED="1")
-        with open(self.logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *argv],
-                stdout=stdout if stdout is not None else log,
-                stderr=log,
-                env=env,
-                start_new_session=True,  # Ctrl-C reaches the bench, which stops its children itself
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs)):
-            self.stop(proc, timeout=10.0)
-
-    def tail(self, name: str, lines: int = 2) -> str:
-        """Why a child failed: its first logged error (later ones are usually consequences), else its last lines."""
-        try:
-            text = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        for line in text:
-            if " ERROR " in line or " CRITICAL " in line:
-                return line.strip()[-400:]
-        return " | ".join(text[-lines:])[-400:]
-
-
-def _py_spy() -> str:
-    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if found is None:
-        raise CvmError("--profile needs py-spy, which cvm does not install: run '.venv/bin/pip install py-spy'")
-    return found
-
-
-class _Profiler:
-    """``py-spy record`` on one worker, from its first commit (start-up left out) until it has committed all.
-
-    The output format follows the file name: ``.txt`` raw collapsed stacks, ``.json`` speedscope, else an SVG
-    flame graph. Every thread is sampled, idle ones included, so that waiting shows as well as working.
-    """
-
-    def __init__(self, path: str, pid: int, children: _Children) -> None:
-        self.binary, self.path, self.pid, self.children = _py_spy(), str(Path(path).absolute()), pid, children
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        fmt = {".txt": "raw", ".json": "speedscope"}.get(Path(self.path).suffix, "flamegraph")
-        argv = [self.binary, "record", "--pid", str(self.pid), "--rate", "100", "--idle", "--threads"]
-        argv += ["--format", fmt, "--output", self.path]
-        with open(self.children.logs / "py-spy.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, all its threads, so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _at(samples: Sequence[tuple[float, float]], t: float) -> float:
     """The value of a sampled, increasing curve at ``t``, linearly interpolated (clamped at the ends).
 
@@ -344,7 +184,7 @@ def _at(samples: Sequence[tuple[float, float]], t: float) -> float:
 # --- the bench ----------------------------------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(Harness):
     """One run: ``events`` events for about ``customers`` customers, the measurements not in ``skip``."""
 
     def __init__(
@@ -358,42 +198,13 @@ class Bench:
         recovery_customers: int = 100_000,
     ) -> None:
         if profile:
-            _py_spy()  # missing: say so before starting anything
-        self.events = events
+            py_spy()  # missing: say so before starting anything
+        super().__init__(cfg, events)
         self.customers = customers
         self.skip = set(skip)
         self.say = say
         self.profile = profile  # py-spy output of the single worker, when asked for
         self.recovery_customers = recovery_customers
-        self.workdir = Path(tempfile.mkdtemp(prefix="cvm-bench-"))
-        (self.workdir / "logs").mkdir()
-        tag = uuid.uuid4().hex[:8]
-        # The user's settings (CVM_WORKER_BATCH, partitions, ...) apply; where things live and run is the bench's.
-        self.cfg = cfg.replace(
-            kafka_bootstrap="",
-            broker_port=_free_port(),
-            topic_prefix=f"bench{tag}-",
-            app_id=f"bench-{tag}",
-            data_dir=str(self.workdir / "data"),
-            clickhouse_url=f"chdb://{self.workdir / 'clickhouse'}",
-            clickhouse_database="cvm",
-            schema_registry_url="",
-            http_host="127.0.0.1",
-            http_port=_free_port(),
-            # no /metrics unless a measurement gives a free port: a cvm up here holds the default ports
-            worker_metrics_port=0,
-            learner_metrics_port=0,
-            http_token="",
-            kafka_security_protocol="",
-            kafka_sasl_mechanism="",
-            kafka_sasl_username="",
-            kafka_sasl_password="",
-            kafka_ssl_cafile="",
-        )
-        self.children = _Children(self.workdir / "logs")
-        self.timeout = 90.0 + events / 1000  # per phase: a phase slower than 1k events/s is broken, not slow
-        self.ends: dict[tuple[str, int], int] = {}
-        self.scores_from: dict[int, int] = {}
         self.errors: dict[str, str] = {}  # measurement → why it failed
 
     # --- the run ------------------------------------------------------------------------------------------------
@@ -465,9 +276,6 @@ class Bench:
         """``size``, or less for a small load: the first batch is not timed, and a run must time several."""
         return max(10, min(size, self.events // 10))
 
-    def fail(self, what: str) -> CvmError:
-        return CvmError(f"{what} (logs in {self.workdir / 'logs'})")
-
     # --- raw ----------------------------------------------------------------------------------------------------
 
     def raw(self) -> float:
@@ -526,27 +334,22 @@ class Bench:
 
     # --- the pipeline -------------------------------------------------------------------------------------------
 
-    def _spawn_worker(self, cfg: Config, name: str, metrics_port: int = 0) -> subprocess.Popen[bytes]:
-        return self.children.start(
-            name, ["-m", "cvm.cli", "worker", "--id", name], cfg.replace(worker_metrics_port=metrics_port)
-        )
-
     def pipeline(self, workers: int) -> dict[str, Any]:
         """Spawn ``workers`` workers on the published load; the rate from their score records' timestamps."""
         cfg = self.cfg.replace(app_id=f"{self.cfg.app_id}-p{workers}")
         spawned = time.time()
-        port = _free_port() if workers == 1 else 0
+        port = free_port() if workers == 1 else 0
         procs = [self._spawn_worker(cfg, f"{cfg.app_id}-w{i + 1}", port) for i in range(workers)]
         names = [f"{cfg.app_id}-w{i + 1}" for i in range(workers)]
         extra: dict[str, Any] = {}
-        profiler = _Profiler(self.profile, procs[0].pid, self.children) if self.profile and workers == 1 else None
+        profiler = Profiler(self.profile, procs[0].pid, self.children) if self.profile and workers == 1 else None
         try:
             cpu = self._wait_committed(cfg, procs, names, on_progress=profiler.start if profiler else None)
             if profiler is not None:
                 profiler.stop()
             first_ms, first_n, last_ms = self._read_scores(cfg, procs, names)
             if workers == 1:
-                rss = _peak_rss_mb(procs[0].pid)
+                rss = peak_rss_mb(procs[0].pid)
                 extra["rss_mb"] = round(rss, 1) if rss is not None else None
                 extra["pipeline_startup_s"] = round(first_ms / 1000 - spawned, 2)
                 if len(cpu) >= 2:
@@ -584,108 +387,6 @@ class Bench:
             **stages,
         }
 
-    def _check_alive(self, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]) -> None:
-        for proc, name in zip(procs, names, strict=True):
-            if proc.poll() is not None:
-                raise self.fail(f"worker {name} exited with code {proc.returncode}: {self.children.tail(name)}")
-
-    def _wait_committed(
-        self,
-        cfg: Config,
-        procs: Sequence[subprocess.Popen[bytes]],
-        names: Sequence[str],
-        on_progress: Callable[[], None] | None = None,
-    ) -> list[tuple[float, float]]:
-        """Wait until the workers' group has committed the end of every partition (cheap to poll: no CPU taken
-        from the workers); ``on_progress`` is called at the first commit. The figure comes from the score
-        records, read afterwards. Returns the first worker's CPU seconds sampled on the way: ``(time, cpu)``."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        from cvm.kafka import make_consumer
-
-        consumer = make_consumer(cfg, group=cfg.app_id)
-        tps = [TopicPartition(t, p) for t, p in self.ends]
-        deadline = time.monotonic() + self.timeout
-        cpu: list[tuple[float, float]] = []
-        try:
-            while True:
-                self._check_alive(procs, names)
-                used = _cpu_seconds(procs[0].pid)
-                if used is not None:
-                    cpu.append((time.time(), used))
-                try:
-                    committed = consumer.committed(tps, timeout=5.0)
-                except KafkaException:
-                    committed = []
-                if committed and all(tp.offset >= self.ends[(tp.topic, tp.partition)] for tp in committed):
-                    return cpu
-                if on_progress is not None and any(tp.offset > 0 for tp in committed):
-                    on_progress()
-                    on_progress = None
-                if time.monotonic() > deadline:
-                    done = sum(max(tp.offset, 0) for tp in committed)
-                    raise self.fail(f"the workers committed {done:,} of {self.events:,} events in {self.timeout:.0f}s")
-                time.sleep(0.25)
-        finally:
-            consumer.close()
-
-    def _read_scores(
-        self, cfg: Config, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]
-    ) -> tuple[int, int, int]:
-        """Read this run's score records; return (first record's timestamp, events it covered, timestamp of the
-        record that completed the run), all events published being applied exactly once."""
-        from confluent_kafka import TopicPartition
-
-        from cvm.kafka import make_consumer
-
-        topic = cfg.topic("customer-scores")
-        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-scores")
-        consumer.assign([TopicPartition(topic, p, self.scores_from.get(p, 0)) for p in range(cfg.partitions)])
-        records: list[tuple[int, bytes, int]] = []
-        latest: dict[bytes, int] = {}
-        total = 0
-        deadline = time.monotonic() + 60.0
-        try:
-            while total < self.events:
-                if time.monotonic() > deadline:
-                    self._check_alive(procs, names)
-                    raise self.fail(
-                        f"the workers' scores cover {total:,} of {self.events:,} events published: "
-                        "events were lost or dead-lettered"
-                    )
-                for msg in consumer.consume(num_messages=10000, timeout=0.5):
-                    if msg.error() is not None:
-                        continue
-                    try:
-                        version, key = int(json.loads(msg.value())["n_events"]), msg.key() or b""
-                    except (ValueError, TypeError, KeyError):
-                        continue
-                    records.append((msg.timestamp()[1], key, version))
-                    if version > latest.get(key, 0):
-                        total += version - latest.get(key, 0)
-                        latest[key] = version
-                    self.scores_from[msg.partition()] = msg.offset() + 1
-        finally:
-            consumer.close()
-        if total != self.events:
-            raise self.fail(f"the workers' scores cover {total:,} events, {self.events:,} were published")
-        # Replay the records in time order: when does the sum of latest versions reach every event?
-        records.sort(key=lambda r: r[0])
-        first_ms = records[0][0]
-        latest.clear()
-        total = first_n = 0
-        last_ms = first_ms
-        for ts, key, version in records:
-            if version > latest.get(key, 0):
-                total += version - latest.get(key, 0)
-                latest[key] = version
-            if ts == first_ms:
-                first_n = total
-            if total == self.events:
-                last_ms = ts
-                break
-        return first_ms, first_n, last_ms
-
     def _state_bytes(self, cfg: Config) -> dict[str, Any]:
         """Mean and largest table value, as a worker recovers its table from the changelog."""
         from streams.table import CustomerTable  # Kafka and cvm only: the bench process stays Faust-free
@@ -710,8 +411,8 @@ class Bench:
         sink = self.children.start("sink", ["-m", "cvm.cli", "sink"], cfg)
         worker = self._spawn_worker(cfg, f"{cfg.app_id}-w1")
         procs, names = [sink, worker], ["sink", f"{cfg.app_id}-w1"]
-        table, scores = _Waiting(), _Waiting()
-        watchers = [_ClickHouseWatch(cfg, table), _ScoresWatch(cfg, scores)]
+        table, scores = Waiting(), Waiting()
+        watchers = [ClickHouseWatch(cfg, table), ScoresWatch(cfg, scores)]
         try:
             self._wait_http(cfg, sink)
             producer = make_producer(cfg)
@@ -773,158 +474,6 @@ class Bench:
             "latency_rate_eps": round(rate),
             "latency_samples": len(table.latencies),
         }
-
-    def _wait_http(self, cfg: Config, sink: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + 120.0
-        while time.monotonic() < deadline:
-            if sink.poll() is not None:
-                raise self.fail(f"the sink exited with code {sink.returncode}: {self.children.tail('sink')}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{cfg.http_port}/health", timeout=1.0):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise self.fail("the sink's HTTP API did not answer within 120s")
-
-
-class _Waiting:
-    """Sampled events waiting to be covered by their customer's figures, and the latencies of those covered.
-
-    An event is covered when the customer's count of that event kind (``n_transactions``, ...) reaches the number
-    of events of that kind published for the customer up to and including it: a topic-partition is applied in
-    order, so nothing earlier can be missing.
-
-    >>> w = _Waiting()
-    >>> w.expect("c1", "contacts", 2, published=10.0)
-    >>> w.cover("c1", {"n_contacts": 1}, at=10.5); w.pending()
-    1
-    >>> w.cover("c1", {"n_contacts": 2, "n_transactions": 7}, at=11.25); w.pending(), w.latencies
-    (0, [1.25])
-    """
-
-    COLUMNS = {"transactions": "n_transactions", "contacts": "n_contacts", "payments": "n_payments"}
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.waiting: dict[str, list[tuple[str, int, float]]] = {}  # customer → (kind, count needed, published)
-        self.latencies: list[float] = []
-
-    def expect(self, customer: str, kind: str, count: int, published: float) -> None:
-        with self.lock:
-            self.waiting.setdefault(customer, []).append((self.COLUMNS[kind], count, published))
-
-    def pending(self) -> int:
-        with self.lock:
-            return sum(len(v) for v in self.waiting.values())
-
-    def customers(self, limit: int) -> list[str]:
-        with self.lock:
-            return list(itertools.islice(self.waiting, limit))
-
-    def cover(self, customer: str, have: dict[str, Any], at: float) -> None:
-        with self.lock:
-            entries = self.waiting.get(customer)
-            if not entries:
-                return
-            left = []
-            for column, need, published in entries:
-                if int(have.get(column) or 0) >= need:
-                    self.latencies.append(at - published)
-                else:
-                    left.append((column, need, published))
-            if left:
-                self.waiting[customer] = left
-            else:
-                del self.waiting[customer]
-
-
-class _Watch:
-    """A daemon thread that feeds a :class:`_Waiting` until stopped; its first failure is kept in ``error``."""
-
-    name = "watch"
-
-    def __init__(self, waiting: _Waiting) -> None:
-        self.waiting = waiting
-        self.error = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._guarded, name=f"cvm-bench-{self.name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
-
-    def _guarded(self) -> None:
-        try:
-            self.run()
-        except Exception as exc:  # reported by the main thread, on one line
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    def run(self) -> None:
-        raise NotImplementedError
-
-
-class _ClickHouseWatch(_Watch):
-    """Polls the customers table through the sink's HTTP API (/api/sql); the time of an answer is when the rows
-    it shows became visible, at the latest."""
-
-    name = "reading ClickHouse through the sink"
-
-    def __init__(self, cfg: Config, waiting: _Waiting) -> None:
-        super().__init__(waiting)
-        self.url = f"http://127.0.0.1:{cfg.http_port}/api/sql?format=json"
-        self.table = f"{cfg.clickhouse_database}.customers"
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            customers = self.waiting.customers(400)
-            if not customers:
-                self._stop.wait(0.02)
-                continue
-            ids = ",".join(f"'{c}'" for c in customers if c.isalnum())  # simulator ids: letters and digits
-            query = (
-                "SELECT customer_id, max(n_transactions) AS n_transactions, max(n_contacts) AS n_contacts, "
-                f"max(n_payments) AS n_payments FROM {self.table} WHERE customer_id IN ({ids}) GROUP BY customer_id"
-            )
-            request = urllib.request.Request(self.url, data=query.encode(), method="POST")
-            with urllib.request.urlopen(request, timeout=10.0) as resp:
-                rows = json.loads(resp.read())
-            seen = time.time()
-            for row in rows:
-                self.waiting.cover(row["customer_id"], row, seen)
-            self._stop.wait(0.1)  # the queries run in the sink's process: polling faster measurably slowed it
-
-
-class _ScoresWatch(_Watch):
-    """Reads ``customer-scores``; a score record's timestamp is when the worker sent it."""
-
-    name = "reading customer-scores"
-
-    def __init__(self, cfg: Config, waiting: _Waiting) -> None:
-        super().__init__(waiting)
-        self.cfg = cfg
-
-    def run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-        from cvm.kafka import make_consumer
-
-        cfg = self.cfg
-        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-latency", **{"fetch.wait.max.ms": 10})
-        topic = cfg.topic("customer-scores")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(cfg.partitions)])
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(num_messages=1000, timeout=0.1):
-                    if msg.error() is not None:
-                        continue
-                    score = json.loads(msg.value())
-                    self.waiting.cover(str(score["customer_id"]), score, msg.timestamp()[1] / 1000)
-        finally:
-            consumer.close()
 
 
 # --- output -------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from cvm.config import Config
 from cvm.exceptions import CvmError
 
 if TYPE_CHECKING:
-    from cvm.bench import Bench
+    from cvm.bench_harness import Harness
 
 __all__ = ["KEYS", "WRITES", "recovery", "restore"]
 
@@ -107,7 +107,7 @@ def _recover_here(directory: Path) -> dict[str, Any]:
     return {"customers": len(table), "seconds": round(seconds, 2), "rss_mb": round(peak)}
 
 
-def restore(bench: Bench) -> dict[str, Any]:
+def restore(bench: Harness) -> dict[str, Any]:
     """Write the bench's load to ClickHouse with a sink, then restore it on a fresh broker."""
     from cvm.broker import Broker
 
@@ -135,7 +135,7 @@ def restore(bench: Bench) -> dict[str, Any]:
     return {"restore_events": events, "restore_s_per_million": round(seconds / max(events, 1) * 1e6, 1)}
 
 
-def _wait(bench: Bench, procs: dict[str, Any], done: Any, what: str) -> Any:
+def _wait(bench: Harness, procs: dict[str, Any], done: Any, what: str) -> Any:
     """Wait until ``done()`` gives something; fail at once when one of ``procs`` (name: process) exits."""
     deadline = time.monotonic() + bench.timeout * 2
     while time.monotonic() < deadline:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cvm.bench import KEYS, format_table, generate, percentile
+from cvm.bench import KEYS, format_table, percentile
+from cvm.bench_harness import generate
 
 #: The bench on 10,000 simulated customers (its default, 200,000, takes ~20 s more to draw a small load).
 BENCH = (sys.executable, "-m", "cvm.cli", "bench", "--customers", "10000")
