@@ -1,4 +1,5 @@
--- cvm's dashboard queries: the SQL behind each /api/ endpoint of `cvm sink` (sinks/dashboard.py), for analysts.
+-- cvm's dashboard queries: the SQL behind each /api/ endpoint of `cvm sink` (sinks/dashboard.py, whose SQL is
+-- sinks/sql/dashboard.sql and sinks/sql/outcomes.sql), for analysts.
 --
 -- Run them on the running sink (`cvm sql`, or /api/sql), on a ClickHouse server (clickhouse-client), or in Grafana.
 -- Parameters are ClickHouse query parameters, {name:Type}: with clickhouse-client pass --param_name=value, e.g.

@@ -22,8 +22,11 @@ it, so "alerts today" counts the alerts of the stream's latest day (UTC): today 
 data for a replayed history.
 Values at risk use CLV when the customer has one, else its profitability to date.
 
-The SQL is also in ``docs/queries.sql`` for analysts (``{db}`` is the database there written ``cvm``; a test keeps the
-two identical). User input only ever reaches ClickHouse as a typed query parameter (``{name:Type}``).
+The SQL lives in ``sinks/sql/dashboard.sql`` (and ``sinks/sql/outcomes.sql``), read once at import: this module holds
+the queries' parameters and the shaping of their rows into JSON. ``docs/queries.sql`` has the same text for analysts
+(``{db}`` is the database there written ``cvm``; a test keeps the two identical). User input only ever reaches
+ClickHouse as a typed query parameter (``{name:Type}``). The page these answers feed, and its files, are
+:mod:`sinks.page`.
 
 >>> parse_params("limit=20&x=1", {"limit": _Int(50, 1, 500)})
 {'limit': 20}
@@ -37,14 +40,13 @@ sinks.dashboard.ApiError: limit must be an integer from 1 to 500, not '0'
 from __future__ import annotations
 
 import json
-import mimetypes
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
@@ -60,7 +62,7 @@ __all__ = [
     "Endpoint",
     "PERIODS",
     "QUERIES",
-    "STATIC_DIR",
+    "SQL_FILE",
     "alerts",
     "customer",
     "defection",
@@ -71,12 +73,11 @@ __all__ = [
     "outcome_figures",
     "parse_params",
     "routes",
-    "static_file",
     "whale",
 ]
 
-#: Where the page lives: ``index.html``, ``app.js``, ``app.css`` and ``vendor/`` (the charting library).
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The file of the dashboard's queries (``-- name: X`` blocks, read by :func:`sinks.outcomes.load_queries`).
+SQL_FILE = Path(__file__).resolve().parent / "sql" / "dashboard.sql"
 
 #: Periods the KPIs accept, in days of event time (0: everything).
 PERIODS = {"7d": 7, "30d": 30, "90d": 90, "365d": 365, "all": 0}
@@ -95,220 +96,9 @@ class ApiError(Exception):
         self.message = message
 
 
-# --- the SQL (docs/queries.sql has the same text, with {db} written cvm) -------------------------------------------
-
-QUERIES: dict[str, str] = {
-    # Latest state per customer: customers is a ReplacingMergeTree(version), so FINAL.
-    "kpi_customers": """
-SELECT
-    count() AS customers,
-    sum(profitability) AS profit,
-    sum(clv) AS total_clv,
-    countIf(value_tier = 'A') AS tier_a,
-    avg(churn_probability) AS mean_churn_probability,
-    max(as_of) AS latest_score_time
-FROM {db}.customers FINAL
-""",
-    # Revenue and margin in event time: the period ends at the latest transaction; {days:UInt32} = 0 means all.
-    # Money in the base currency (amount_base); a transaction without a rate to it (a dead letter) counts nowhere.
-    "kpi_period": """
-WITH
-    (SELECT max(event_time) FROM {db}.transactions) AS period_end,
-    period_end - toIntervalDay({days:UInt32}) AS period_start,
-    period_start - toIntervalDay({days:UInt32}) AS previous_start,
-    {days:UInt32} = 0 OR event_time > period_start AS in_period,
-    {days:UInt32} > 0 AND event_time > previous_start AND event_time <= period_start AS in_previous
-SELECT
-    period_end AS end,
-    if({days:UInt32} = 0, min(event_time), period_start) AS start,
-    countIf(in_period) AS transactions,
-    uniqExactIf(customer_id, in_period) AS active_customers,
-    ifNull(sumIf(amount, in_period), 0) AS revenue,
-    ifNull(sumIf(margin, in_period), 0) AS gross_margin,
-    ifNull(sumIf(amount, in_previous), 0) AS previous_revenue,
-    ifNull(sumIf(margin, in_previous), 0) AS previous_gross_margin
-FROM
-(
-    SELECT
-        customer_id,
-        event_time,
-        amount_base AS amount,
-        ifNull(gross_margin_base, amount_base * {margin_rate:Float64}) AS margin
-    FROM {db}.transactions FINAL
-    WHERE amount_base IS NOT NULL
-)
-""",
-    # An alert's time is the event time that raised it, so "today" is the day (UTC) of the stream's latest event:
-    # the wall-clock day for live traffic, the last day of the data for a replayed history. Alerts are collapsed
-    # per episode (ReplacingMergeTree): FINAL.
-    "kpi_alerts": """
-WITH toStartOfDay(greatest(
-    (SELECT max(event_time) FROM {db}.transactions),
-    (SELECT max(alert_time) FROM {db}.alerts)
-)) AS stream_day
-SELECT
-    countIf(alert_time >= stream_day) AS today,
-    count() AS total,
-    max(alert_time) AS latest,
-    any(stream_day) AS day
-FROM {db}.alerts FINAL
-""",
-    "kpi_model": """
-SELECT
-    argMax(value, time) AS roc_auc,
-    argMax(model_version, time) AS model_version,
-    max(time) AS measured_at,
-    count() AS evaluations
-FROM {db}.model_metrics
-WHERE metric = 'roc_auc'
-""",
-    # About {points} points whatever the number of customers, always with the first, the last and the peak (the
-    # last customer whose profitability is positive: the cumulative profit rises until there, then falls).
-    "whale": """
-SELECT rank, n, positive, cumulative_profit
-FROM
-(
-    SELECT
-        row_number() OVER by_profit AS rank,
-        count() OVER () AS n,
-        countIf(profitability > 0) OVER () AS positive,
-        sum(profitability) OVER by_profit AS cumulative_profit
-    FROM {db}.customers FINAL
-    WINDOW by_profit AS (ORDER BY profitability DESC, customer_id ASC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-)
-WHERE rank % greatest(1, intDiv(n, {points:UInt32})) = 0 OR rank IN (1, n, positive)
-ORDER BY rank
-""",
-    # Value at risk: CLV when the customer has one, else profitability to date; a loss-maker puts nothing at risk.
-    # A customer no churn model has scored yet (churn_probability NULL) is in band 'unscored', not in 'low'.
-    "matrix": """
-SELECT
-    value_tier AS tier,
-    multiIf(
-        churn_probability IS NULL, 'unscored',
-        churn_probability < {low:Float64}, 'low',
-        churn_probability < {high:Float64}, 'medium',
-        'high'
-    ) AS band,
-    count() AS customers,
-    sum(greatest(ifNull(clv, profitability), 0)) AS value_at_risk,
-    ifNull(sum(churn_probability * greatest(ifNull(clv, profitability), 0)), 0) AS expected_loss
-FROM {db}.customers FINAL
-GROUP BY tier, band
-ORDER BY tier, band
-""",
-    # The latest alerts, with the customer's current figures beside the ones the alert carried.
-    "alerts": """
-SELECT
-    a.alert_time AS alert_time,
-    a.customer_id AS customer_id,
-    a.rule AS rule,
-    a.severity AS severity,
-    a.reasons AS reasons,
-    a.scores AS scores,
-    a.episode AS episode,
-    c.customer_id != '' AS known,
-    c.value_tier AS value_tier,
-    c.clv AS clv,
-    c.profitability AS profitability,
-    c.churn_probability AS churn_probability
-FROM
-(
-    SELECT alert_time, customer_id, rule, severity, reasons, scores, episode
-    FROM {db}.alerts FINAL
-    ORDER BY alert_time DESC, customer_id ASC, rule ASC
-    LIMIT {limit:UInt32}
-) AS a
-LEFT JOIN
-(
-    SELECT customer_id, value_tier, clv, profitability, churn_probability
-    FROM {db}.customers FINAL
-    WHERE customer_id IN (SELECT customer_id FROM {db}.alerts FINAL ORDER BY alert_time DESC LIMIT {limit:UInt32})
-) AS c ON c.customer_id = a.customer_id
-ORDER BY alert_time DESC, customer_id ASC, rule ASC
-""",
-    "customer_snapshot": """
-SELECT *
-FROM {db}.customers FINAL
-WHERE customer_id = {id:String}
-""",
-    # Score history: one row per score message (LIMIT 1 BY version guards against a row written twice).
-    "customer_history": """
-SELECT as_of, version, revenue, profitability, clv, churn_probability, p_alive, loyalty_score, value_tier
-FROM {db}.customer_scores
-WHERE customer_id = {id:String}
-ORDER BY version DESC
-LIMIT 1 BY version
-LIMIT {points:UInt32}
-""",
-    "customer_transactions": """
-SELECT event_time, event_id, amount, currency, amount_base, gross_margin, gross_margin_base, channel, category
-FROM {db}.transactions FINAL
-WHERE customer_id = {id:String}
-ORDER BY event_time DESC, event_id ASC
-LIMIT {limit:UInt32}
-""",
-    "customer_contacts": """
-SELECT event_time, event_id, channel, reason, resolved, handle_time_s, cost
-FROM {db}.contacts FINAL
-WHERE customer_id = {id:String}
-ORDER BY event_time DESC, event_id ASC
-LIMIT {limit:UInt32}
-""",
-    "customer_payments": """
-SELECT event_time, event_id, invoice_id, amount_due, amount_paid, due_date, paid_date, status
-FROM {db}.payments FINAL
-WHERE customer_id = {id:String}
-ORDER BY event_time DESC, event_id ASC
-LIMIT {limit:UInt32}
-""",
-    "customer_alerts": """
-SELECT alert_time, rule, severity, reasons, episode
-FROM {db}.alerts FINAL
-WHERE customer_id = {id:String}
-ORDER BY alert_time DESC, rule ASC
-LIMIT {limit:UInt32}
-""",
-    # A customer's tier on a day is its last score's that day; a move is a day whose tier differs from the
-    # customer's previous scored day. The window runs over all history, so the first day in the range still sees
-    # the day before it. {days:UInt32} = 0 means all days.
-    "migration": """
-WITH
-    daily AS
-    (
-        SELECT customer_id, toDate(as_of) AS day, argMax(value_tier, version) AS tier
-        FROM {db}.customer_scores
-        WHERE value_tier != ''
-        GROUP BY customer_id, day
-    ),
-    moves AS
-    (
-        SELECT
-            day,
-            tier,
-            lagInFrame(tier) OVER (PARTITION BY customer_id ORDER BY day ASC ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
-                AS previous
-        FROM daily
-    )
-SELECT day, previous AS from_tier, tier AS to_tier, count() AS customers
-FROM moves
-WHERE previous != '' AND previous != tier
-    AND ({days:UInt32} = 0
-        OR dateDiff('day', day, (SELECT max(toDate(as_of)) FROM {db}.customer_scores)) < {days:UInt32})
-GROUP BY day, from_tier, to_tier
-ORDER BY day ASC, from_tier ASC, to_tier ASC
-""",
-    "model": """
-SELECT metric, time, model_version, value
-FROM {db}.model_metrics
-ORDER BY time DESC
-LIMIT {points:UInt32} BY metric
-""",
-}
-
-
-#: The alert-outcome and defection queries live in ``sinks/sql/outcomes.sql`` (sinks/outcomes.py).
-QUERIES.update(outcomes.QUERIES)
+#: The endpoints' statements: those of ``sinks/sql/dashboard.sql``, then the alert-outcome and defection ones of
+#: ``sinks/sql/outcomes.sql`` (:mod:`sinks.outcomes`); ``{db}`` stands for the database.
+QUERIES: dict[str, str] = {**outcomes.load_queries(SQL_FILE), **outcomes.QUERIES}
 
 
 def _sql(ch: ClickHouse, name: str, **params: Any) -> list[dict[str, Any]]:
@@ -753,29 +543,3 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 def routes() -> list[str]:
     """The dashboard's endpoint paths."""
     return [e.path for e in ENDPOINTS]
-
-
-# --- the page's files ------------------------------------------------------------------------------------------------
-
-_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".txt": "text/plain", ".md": "text/plain"}
-
-
-def static_file(path: str) -> tuple[bytes, str] | None:
-    """The bytes and content type of ``/static/<path>`` (a file under :data:`STATIC_DIR`), or None.
-
-    Only plain files inside the folder are served: ``..``, absolute paths and hidden files are refused.
-
-    >>> static_file("/static/../dashboard.py") is None, static_file("/static/.hidden") is None
-    (True, True)
-    """
-    rel = unquote(path.removeprefix("/static/"))
-    parts = rel.split("/")
-    if not rel or any(p in ("", ".", "..") or p.startswith(".") for p in parts) or "\\" in rel:
-        return None
-    target = (STATIC_DIR / rel).resolve()
-    if not target.is_relative_to(STATIC_DIR) or not target.is_file():
-        return None
-    kind = _TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    if kind.startswith("text/"):
-        kind += "; charset=utf-8"
-    return target.read_bytes(), kind

@@ -2,7 +2,7 @@
 
 Routes (described, with their parameters, at ``GET /api/openapi.json``):
 
-* ``GET /`` — the dashboard (``sinks/static/index.html``), its files under ``/static/``;
+* ``GET /`` — the dashboard (``sinks/static/index.html``), its files under ``/static/`` (:mod:`sinks.page`);
 * ``GET /api/kpis``, ``/api/whale``, ``/api/matrix``, ``/api/alerts``, ``/api/customer/{id}``, ``/api/migration``,
   ``/api/model`` — the dashboard's data as JSON (:data:`sinks.dashboard.ENDPOINTS`);
 * ``GET /api/status`` — rows per table, customers, the writer's counters and lag;
@@ -30,7 +30,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -40,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
 from cvm import metrics
 from cvm.config import Config
 from cvm.exceptions import ConfigError, CvmError, PortInUse
-from sinks import dashboard, openapi
+from sinks import dashboard, openapi, page
 from sinks.clickhouse import ClickHouse, condense_error
 from sinks.outcomes import OutcomeSettings
 from sinks.query import Result, run_query, to_tsv
@@ -178,7 +177,7 @@ class ApiServer:
         self.registry = registry
         self.require_token = not metrics.is_loopback(cfg.http_host)
         self.started = time.time()
-        self.index_html = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
+        self.index_html = page.index_html()
         self.context = dashboard.Context(
             cfg.default_margin_rate, status, cfg.base_currency, OutcomeSettings.from_config(cfg)
         )
@@ -307,7 +306,7 @@ def build_app(api: ApiServer) -> web.Application:
         return web.Response(body=api.index_html, content_type="text/html", charset="utf-8")
 
     async def static(request: web.Request) -> web.Response:
-        found = dashboard.static_file(request.path)
+        found = page.static_file(request.path)
         if found is None:
             raise web.HTTPNotFound()
         body, kind = found

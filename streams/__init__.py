@@ -1,4 +1,4 @@
-"""The Faust side of cvm: the worker (its scorer and steps: decode, fold, score, stream clock), the learner."""
+"""The Faust side of cvm: the worker (scorer and steps: decode, fold, score, delivery, stream clock), the learner."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def build_scorer(cfg: Config, models: ModelFeed) -> Scorer:
     scorers: list[Scorer] = []
 
     def delivered(err: KafkaError | None, msg: Message) -> None:
-        scorers[0].delivered(err, msg)
+        scorers[0].delivery.delivered(err, msg)
 
     producer = make_producer(cfg, on_delivery=delivered, **{"delivery.report.only.error": True})
     consumer = make_consumer(

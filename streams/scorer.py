@@ -13,7 +13,7 @@ without Kafka; :func:`streams.app.create_app` builds the real ones. Per batch (:
    if it is behind; then fold what has come of the next phase and score those customers as of their events; when
    the stream has gone idle, score everyone not scored since the last tick as of the latest event time;
 4. **outputs** (scores, alerts, late events, dead letters, re-keyed copies, labels, CLV facts) are sent and
-   acknowledged, then the learner is told how far the worker's partitions have ticked;
+   acknowledged (:mod:`streams.delivery`), then the learner is told how far the worker's partitions have ticked;
 5. **table**: one write per changed customer and per partition whose clock moved, acknowledged;
 6. **commit** each source partition up to its first record not processed yet (the held ones come again after a
    crash); pause the sources that hold records for a later tick, resume the others.
@@ -22,6 +22,9 @@ Outputs go before state so that a crash between the two leaves the state behind,
 records are scored again and their outputs sent again (the same score version, the same alert episode, the same
 label pair — idempotent downstream). The other order would lose them, as the re-delivered records would be no-ops
 against a state that already has them.
+
+Each stage of a batch is charged the CPU it used, and the worker logs where it stands every 10 s
+(:mod:`streams.status`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 import struct
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -47,12 +50,14 @@ from scoring.population import Population
 from scoring.state import CustomerState
 from streams.clock import Item, StreamClock, Timers, closing_tick
 from streams.decode import Decoder, kafka_partition
+from streams.delivery import Delivery, DeliveryFailed
 from streams.fold import Folder
 from streams.models import ModelFeed, grid_point, unpack_churn
-from streams.records import Event, Outputs, RawRecord, dead_letter, dumps
+from streams.records import Event, Outputs, RawRecord, dead_letter
 from streams.score import Assessor, Candidate, InForce, ranked
+from streams.status import Laps, status_line
 
-__all__ = ["CLOCK_KEY", "DeliveryFailed", "Scorer"]
+__all__ = ["CLOCK_KEY", "Scorer"]
 
 log = logging.getLogger("cvm.worker")
 
@@ -61,10 +66,6 @@ CLOCK_KEY = b"\x00cvm-clock"
 _CLOCK = struct.Struct("<q")
 
 Found = tuple[dict[str, Any], bytes] | None  # a models message (metadata, blob), if any
-
-
-class DeliveryFailed(RuntimeError):
-    """The broker did not acknowledge a write: the batch is not committed."""
 
 
 class Table(Protocol):
@@ -97,8 +98,6 @@ class Scorer:
     ) -> None:
         self.cfg = cfg
         self.consumer = consumer
-        self.producer = producer  # outputs and table writes, delivery reports of errors only
-        self.learn_producer = learn_producer  # labels, CLV facts and progress, every delivery reported
         self.table = table
         self.models = models
         self.monotonic = monotonic
@@ -127,17 +126,14 @@ class Scorer:
         self.reported: dict[int, int | None] = {}  # partition clocks last reported to the learner
         self.reported_idle: set[int] = set()
         self.waiting_since: float | None = None
-        self.summaries_offset = -1  # newest clv-summaries offset acknowledged
-        self.failed: list[str] = []
         self.stopping = threading.Event()
+        self.delivery = Delivery(cfg, producer, learn_producer, self.rekey_topic, self.stopping)
         self.rebalanced = False
         self.paused: set[tuple[str, int]] = set()
         self.resume_after_assign: set[tuple[str, int]] = set()
         self.assigned_now: set[tuple[str, int]] = set()  # assigned during the poll in progress
         self._next_status = 0.0
-        #: CPU seconds of this (the Kafka) thread by stage of a batch, since the last batch (:meth:`_lap`)
-        self.stage_cpu: defaultdict[str, float] = defaultdict(float)
-        self._lap_at = (0, 0.0)  # (thread, its CPU time) of the last lap
+        self.laps = Laps()  # CPU seconds of this (the Kafka) thread by stage of a batch
 
     # --- group membership ----------------------------------------------------------------------------------------
 
@@ -208,7 +204,7 @@ class Scorer:
             self.consumer = None
             log.info("left the group %s", self.cfg.app_id)
         try:
-            self._flush()
+            self.delivery.flush()
         except DeliveryFailed as exc:  # nothing was committed past what was acknowledged: nothing is lost
             log.warning("%s", exc)
 
@@ -216,20 +212,20 @@ class Scorer:
 
     def step(self) -> int:
         """Consume and process one batch; the number of records it held."""
-        self._lap("other")
+        self.laps.lap("other")
         msgs = self.consumer.consume(num_messages=self.cfg.worker_batch, timeout=self.cfg.worker_batch_s)
-        self._lap("consume")
+        self.laps.lap("consume")
         started = time.perf_counter()
         if self.assigned_now:
             msgs = self._from_committed(msgs)
         now_ms = int(time.time() * 1000)
         n = self._take(msgs, now_ms)
-        self._lap("decode")
+        self.laps.lap("decode")
         self._positions()
         if self.rebalanced:
             self.rebalanced = False
             self._rebuild()
-        self._lap("other")
+        self.laps.lap("other")
         if self.clock.start():
             self._ticks(now_ms)
             self._open_phase(now_ms)
@@ -239,22 +235,13 @@ class Scorer:
             metrics.batch_records.observe(n)
             metrics.batch_seconds.observe(time.perf_counter() - started)
         self._gauges()
-        self._lap("other")
-        for stage, seconds in self.stage_cpu.items():
-            metrics.worker_stage_seconds.labels(stage=stage).inc(seconds)
-        self.stage_cpu.clear()
+        self.laps.lap("other")
+        self.laps.publish()
         now = self.monotonic()
         if now >= self._next_status:
             self._next_status = now + 10.0
             log.info("%s", self.status())
         return n
-
-    def _lap(self, stage: str) -> None:
-        """Charge this thread's CPU time since the last lap to ``stage`` (``cvm_worker_stage_seconds``)."""
-        thread, now = threading.get_ident(), time.thread_time()
-        if self._lap_at[0] == thread:  # another thread's CPU time is no start (the scorer is built elsewhere)
-            self.stage_cpu[stage] += now - self._lap_at[1]
-        self._lap_at = (thread, now)
 
     def _gauges(self) -> None:
         clock = self.clock
@@ -266,23 +253,14 @@ class Scorer:
 
     def status(self) -> str:
         """One line on where the worker stands in stream time (logged every 10 s)."""
-        clock, tick = self.clock, self.clock.tick
-        held = sum(len(s.items) for s in clock.sources.values())
-        now = self.monotonic()
-        idle = sorted(f"{t}[{p}]" for (t, p), src in clock.sources.items() if clock.idle(src, now))
-        blocking = []
-        if tick is not None:
-            nxt = tick + self.tick_ms
-            for (t, p), src in clock.sources.items():
-                if not src.follower and not clock.idle(src, now) and not src.passed(nxt):
-                    caught = "no" if src.caught_up is None else f"for {now - src.caught_up:.1f} s"
-                    blocking.append(f"{t}[{p}] (last delivery {now - src.seen:.1f} s ago, read to the end {caught})")
-        return (
-            f"stream time: tick {tick}, latest event {clock.latest()}, {held} records held, "
-            f"{len(self.paused)} partitions paused, idle: {' '.join(idle) or 'none'}, "
-            f"next tick waits for: {' '.join(blocking) or 'nothing'}, "
-            f"waiting for models: {self.waiting_since is not None}, customers changed since their tick: "
-            f"{len(self.changed)}, timers: {len(self.timers)}, scored {dict(self.counters)}"
+        return status_line(
+            self.clock,
+            self.monotonic(),
+            paused=len(self.paused),
+            waiting_for_models=self.waiting_since is not None,
+            changed=len(self.changed),
+            timers=len(self.timers),
+            scored=self.counters,
         )
 
     def _take(self, msgs: list[Message], now_ms: int) -> int:
@@ -388,19 +366,19 @@ class Scorer:
                     limits.append(-(-due // self.tick_ms) * self.tick_ms - self.tick_ms)
                 clock.advance(max(t, min(limits)))
                 continue
-            self._lap("other")
+            self.laps.lap("other")
             self._fold(items, t, now_ms)
-            self._lap("fold")
+            self.laps.lap("fold")
             self._tick(t, models)
-            self._lap("score")
+            self.laps.lap("score")
             clock.advance(t)
 
     def _open_phase(self, now_ms: int) -> None:
         """Fold what has come of the next tick's phase, for fresh scores until the tick."""
         t = self.clock.next_tick()
-        self._lap("other")
+        self.laps.lap("other")
         self._fold(self.clock.take(t), t, now_ms)
-        self._lap("fold")
+        self.laps.lap("fold")
 
     def _fold(self, items: list[Item], known_ms: int, now_ms: int) -> None:
         by_customer: dict[str, list[Event]] = {}
@@ -494,9 +472,9 @@ class Scorer:
                 if state.as_of >= fresh_from and state.tick_version == state.version:
                     continue  # scored at the last tick: that score stands
                 cands.append(entry or self._entry(customer_id, p, state))
-        self._lap("other")
+        self.laps.lap("other")
         self._assess(cands, "idle", models, at=latest)
-        self._lap("score")
+        self.laps.lap("score")
         for c in cands:
             self.unscored.discard(c.customer_id)
         self.completed_at = latest
@@ -506,15 +484,16 @@ class Scorer:
 
     def _finish(self) -> None:
         """Event scores, then outputs → table → commit; pause what waits for a tick."""
-        self._lap("other")
+        self.laps.lap("other")
         if self.unscored:
             cands = [self.entries[c] for c in self.unscored if c in self.entries]
             self._assess(cands, "event", self._latest_models())
             self.unscored.clear()
-        self._lap("score")
-        self._send_outputs()
-        self._flush()
-        self._lap("emit")
+        self.laps.lap("score")
+        self.delivery.send(self.out)
+        self._count_fates()
+        self.delivery.flush()
+        self.laps.lap("emit")
         written: set[int] = set()
         for entry in self.entries.values():
             self.table.put(entry.partition, entry.customer_id.encode(), entry.state.to_bytes())
@@ -527,24 +506,23 @@ class Scorer:
             written.add(p)
         idle = self.clock.idle_partitions()
         if moved or idle != self.reported_idle:
-            self._report(clocks, idle)
-        self._flush()
+            self.delivery.report(clocks, idle)
+        self.delivery.flush()
         if written:  # the marker Tansu's recovery needs; the table's periodic checkpoint is taken there too
             self.table.seal(written)
-            self._flush()
-        self._lap("changelog")
+            self.delivery.flush()
+        self.laps.lap("changelog")
         self.reported.update(moved)
         self.reported_idle = idle
         self._commit(self.clock.commit_positions())
         self._flow()
-        self._lap("commit")
+        self.laps.lap("commit")
 
     def _assess(self, cands: list[Candidate], scored_by: str, models: InForce, **at: Any) -> None:
         cpu = time.process_time()
         before = self.assessor.models_cpu
         self.assessor.assess(cands, scored_by, models, self.out, **at)
-        self.stage_cpu["models"] += self.assessor.models_cpu - before
-        self.stage_cpu["score"] -= self.assessor.models_cpu - before
+        self.laps.move(self.assessor.models_cpu - before, "score", "models")
         self.counters[scored_by] += len(cands)
         metrics.scorings.labels(scored_by=scored_by).inc(len(cands))
         metrics.scoring_seconds.labels(scored_by=scored_by).inc(time.process_time() - cpu)
@@ -636,78 +614,16 @@ class Scorer:
         self.in_force = InForce()  # the first tick scores everyone under the models of its time
         self.completed_at = None
 
-    # --- sending ---------------------------------------------------------------------------------------------------
+    # --- fates, commit, flow control -------------------------------------------------------------------------------
 
-    def _send_outputs(self) -> None:
-        out, cfg, produce = self.out, self.cfg, self.producer.produce
-        for topic, items in (
-            (cfg.topic("customer-scores"), out.scores),
-            (cfg.topic("late-events"), out.late),
-            (cfg.topic("alerts"), out.alerts),
-        ):
-            for customer_id, value in items:
-                produce(topic, key=customer_id.encode(), value=dumps(value))
-        for raw_key, letter in out.dead_letters:
-            produce(cfg.topic("dead-letters"), key=raw_key, value=dumps(letter))
-        # In event-time order: the re-key topic interleaves several partitions' records, and lateness is measured
-        # within its order.
-        for _, key, raw in sorted(out.rekeyed, key=lambda r: r[0]):
-            produce(self.rekey_topic, key=key, value=raw)
-        learn = self.learn_producer.produce
-        for customer_id, summary in out.summaries:
-            learn(cfg.topic("clv-summaries"), key=customer_id.encode(), value=dumps(summary), on_delivery=self._summary)
-        for customer_id, pair in out.labels:
-            learn(cfg.topic("churn-labels"), key=customer_id.encode(), value=dumps(pair), on_delivery=self._delivered)
-        if out.dead_letters:
-            log.warning("%d records sent to dead-letters", len(out.dead_letters))
+    def _count_fates(self) -> None:
+        """Count the fates of the records whose outputs were just sent; the outputs start over."""
+        out = self.out
         self.fates.update(out.fates)
         for (topic, _, fate), count in out.fates.items():
             label = metrics.topic_label(self.cfg, topic)
             metrics.records.labels(topic=label, fate="dead_lettered" if fate == "dead" else fate).inc(count)
         out.clear()
-
-    def _report(self, clocks: dict[int, int | None], idle: set[int]) -> None:
-        """Tell the learner how far our partitions have ticked (after the labels of those ticks were acknowledged)."""
-        message = {
-            "kind": "progress",
-            "partitions": {str(p): c for p, c in clocks.items() if c is not None},
-            "idle": sorted(idle),
-            "summaries": self.summaries_offset,
-        }
-        self.learn_producer.produce(self.cfg.topic("churn-labels"), key=b"progress", value=dumps(message))
-
-    def _flush(self) -> None:
-        """Wait until everything sent so far is acknowledged; :class:`DeliveryFailed` if the broker refused any.
-
-        Kafka unreachable: the wait lasts until the writes time out (``message.timeout.ms``), or 10 s once the
-        worker is stopping. Either way the batch is not committed, and is delivered again later.
-        """
-        for producer in (self.producer, self.learn_producer):
-            waited = 0
-            while producer.flush(1.0):
-                waited += 1
-                if waited == 10:
-                    log.warning("Kafka has not acknowledged this batch's writes for 10 s: waiting")
-                if self.stopping.is_set() and waited >= 10:
-                    raise DeliveryFailed(f"{len(producer)} writes not acknowledged at shutdown; not committed")
-        if self.failed:
-            first, n = self.failed[0], len(self.failed)
-            self.failed.clear()
-            raise DeliveryFailed(f"{n} writes were not acknowledged by Kafka ({first}); the batch is not committed")
-
-    def delivered(self, err: KafkaError | None, msg: Message) -> None:
-        """Delivery report of the output producer (errors only)."""
-        self._delivered(err, msg)
-
-    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self.failed.append(f"{msg.topic()}: {err.str()}")
-
-    def _summary(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivered(err, msg)
-        elif msg.offset() > self.summaries_offset:
-            self.summaries_offset = msg.offset()
 
     def _commit(self, positions: dict[tuple[str, int], int]) -> None:
         if not positions or self.consumer is None:

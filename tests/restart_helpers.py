@@ -17,7 +17,8 @@ from typing import Any
 from cvm.broker import port_free
 from cvm.config import Config
 from cvm.events import parse_time
-from cvm.simulate import ANCHOR_MS, generate, write_jsonl
+from cvm.simulate import write_jsonl
+from cvm.simulation import ANCHOR_MS, generate
 
 
 class Up:

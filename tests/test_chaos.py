@@ -25,7 +25,8 @@ from cvm.codec import Codec
 from cvm.config import Config
 from cvm.events import to_json
 from cvm.kafka import make_producer
-from cvm.simulate import ANCHOR_MS, generate, write_jsonl
+from cvm.simulate import write_jsonl
+from cvm.simulation import ANCHOR_MS, generate
 from tests.chaos_helpers import Stack
 from tests.conftest import free_port, spawn, stop
 

@@ -16,7 +16,8 @@ from cvm.config import Config
 from cvm.events import parse_time
 from cvm.exceptions import BrokerUnavailable, CvmError
 from cvm.replay import HistoryFile, Parsed, Rejected, RowCheck, file_id, main
-from cvm.simulate import ANCHOR_MS, generate, write_jsonl
+from cvm.simulate import write_jsonl
+from cvm.simulation import ANCHOR_MS, generate
 from tests.cvm.test_simulate import consume_all
 
 T = "2025-03-14T09:30:00Z"

@@ -18,7 +18,8 @@ from cvm.codec import Codec
 from cvm.config import EVENT_TOPICS, Config
 from cvm.events import from_json, parse_time, to_json, validate
 from cvm.kafka import make_consumer
-from cvm.simulate import ANCHOR_MS, DAY_MS, SEGMENTS, Simulation, generate, main
+from cvm.simulate import main
+from cvm.simulation import ANCHOR_MS, DAY_MS, SEGMENTS, Simulation, generate
 
 Event = tuple[str, dict[str, Any]]
 

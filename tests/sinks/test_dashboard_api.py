@@ -15,6 +15,7 @@ from cvm.config import Config
 from sinks import dashboard
 from sinks.clickhouse import ClickHouse
 from sinks.http import ApiServer
+from sinks.page import STATIC_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -377,7 +378,7 @@ def test_static_files(api: ApiServer) -> None:
     ):
         answer = httpx.get(f"{api.url}{path}", timeout=30)
         assert answer.status_code == 200 and answer.headers["content-type"].startswith(kind), path
-        assert answer.content == (dashboard.STATIC_DIR / path.removeprefix("/static/")).read_bytes()
+        assert answer.content == (STATIC_DIR / path.removeprefix("/static/")).read_bytes()
     for path in ("/static/../dashboard.py", "/static/%2e%2e/dashboard.py", "/static/nope.js", "/static/vendor"):
         assert httpx.get(f"{api.url}{path}", timeout=30).status_code == 404, path
 
