@@ -1,7 +1,7 @@
 """``cvm bench``: cvm's throughput, latency and footprint next to its peers, in one run on one embedded broker.
 
 The bench starts a Tansu broker of its own (free port, random topic prefix and group ids), generates a realistic
-load once with :mod:`cvm.simulate` (the three topics' natural mix, ~10k customers), encodes it with
+load once with :mod:`cvm.simulation` (the three topics' natural mix, 200,000 customers by default), encodes it with
 :class:`cvm.codec.Codec`, publishes it once, then measures on those same records:
 
 ================================ =====================================================================================

@@ -1,6 +1,6 @@
 """The harness of ``cvm bench``: what a run needs around its measurements, kept apart from what it measures.
 
-* the load: :func:`generate` draws and encodes it once (:mod:`cvm.simulate`, :class:`cvm.codec.Codec`), and
+* the load: :func:`generate` draws and encodes it once (:mod:`cvm.simulation`, :class:`cvm.codec.Codec`), and
   :func:`publish` produces it to the run's topics;
 * the child processes: :class:`Harness` owns the run's working directory, its configuration (its own ports, topic
   prefix, group ids and stores) and its children (workers, sink, peers), spawns a worker, waits for the workers'
@@ -51,7 +51,7 @@ __all__ = [
     "py_spy",
 ]
 
-_EVENTS_PER_CUSTOMER_DAY = 0.1  # what the simulator draws, a little under (cvm/simulate.py: 0.125 per active day)
+_EVENTS_PER_CUSTOMER_DAY = 0.1  # what the simulator draws, a little under (cvm/simulation.py: 0.125 per active day)
 
 
 def free_port() -> int:
@@ -75,7 +75,7 @@ class Load:
 def generate(events: int, customers: int, extra: int, seed: int = 1) -> Load:
     """``events`` simulated events for ``customers`` customers, then ``extra`` more (later in event time)."""
     from cvm.codec import Codec
-    from cvm.simulate import ANCHOR_MS, Simulation
+    from cvm.simulation import ANCHOR_MS, Simulation
 
     want = events + extra
     days = want / (_EVENTS_PER_CUSTOMER_DAY * customers) * 1.2 + 1

@@ -34,13 +34,7 @@ from cvm.exceptions import CvmError
 from cvm.publish import Progress, Publisher, StopSignals, format_counts
 from cvm.simulation import ANCHOR_MS, DAY_MS, HOUR_MS, Simulation
 
-__all__ = [
-    "ANCHOR_MS",  # re-exported from cvm.simulation for cvm/bench.py, which still imports it from here
-    "LIVE_SPEEDUP",
-    "Simulation",  # re-exported likewise
-    "main",
-    "write_jsonl",
-]
+__all__ = ["LIVE_SPEEDUP", "main", "write_jsonl"]
 
 #: Model seconds per wall-clock second in live mode.
 LIVE_SPEEDUP = 3600.0
