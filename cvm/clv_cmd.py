@@ -2,8 +2,8 @@
 
 The per-customer purchase-occasion facts are computed in SQL from the raw events (``{db}.transactions FINAL``,
 amount > 0, event_time <= as_of), the model inputs from them with :func:`scoring.clv.summaries` (T measured to
-as_of), and the models fitted with :func:`scoring.clv.fit_bgnbd` and :func:`scoring.clv.fit_gamma_gamma`. The SQL runs
-as ``cvm sql`` runs it: through a running sink's HTTP API, or on chDB directly when no sink answers.
+as_of), and the models fitted with :func:`scoring.bgnbd.fit_bgnbd` and :func:`scoring.gamma_gamma.fit_gamma_gamma`.
+The SQL runs as ``cvm sql`` runs it: through a running sink's HTTP API, or on chDB directly when no sink answers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import numpy as np
 from cvm.config import Config
 from cvm.events import iso, parse_time
 from cvm.exceptions import ConfigError, NothingToFit
-from scoring.clv import TIME_UNIT, BGNBDFit, GammaGammaFit, fit_bgnbd, fit_gamma_gamma, summaries
+from scoring.bgnbd import BGNBDFit, fit_bgnbd
+from scoring.clv import TIME_UNIT, summaries
+from scoring.gamma_gamma import GammaGammaFit, fit_gamma_gamma
 from sinks.query import Reader
 
 __all__ = ["FitReport", "NothingToFit", "fit_as_of", "main", "occasions_sql"]

@@ -13,10 +13,11 @@ the same models as live processing did, whatever its speed.
 * **The clock.** Once every partition has ticked past the next grid point ``G`` (or is idle) and the CLV facts the
   workers wrote up to then are read, the learner moves to ``G``: it learns the churn pairs known by ``G`` in a fixed
   order (known time, customer, snapshot), predicting each first (progressive validation, ``scoring.metrics``),
-  refits BG/NBD and Gamma-Gamma (``scoring.clv``) as of ``G`` on the facts known by ``G`` when at least
-  ``CVM_CLV_REFIT_MIN_CUSTOMERS`` customers have facts and a share ``CVM_CLV_REFIT_CHANGE`` of them changed since
-  the last fit, publishes what changed as versions valid from ``G``, then a ``clock`` message (versions through
-  ``G`` are out). Metrics and fits also go to ``model-metrics`` (``cvm.model_metrics``, ``cvm.clv_params``).
+  refits BG/NBD and Gamma-Gamma (``scoring.bgnbd``, ``scoring.gamma_gamma``) as of ``G`` on the facts known by
+  ``G`` when at least ``CVM_CLV_REFIT_MIN_CUSTOMERS`` customers have facts and a share ``CVM_CLV_REFIT_CHANGE`` of
+  them changed since the last fit, publishes what changed as versions valid from ``G``, then a ``clock`` message
+  (versions through ``G`` are out). Metrics and fits also go to ``model-metrics`` (``cvm.model_metrics``,
+  ``cvm.clv_params``).
 * **Duplicates.** A pair known at or before the learner's clock was learned (or was due to be) already: after a
   worker's crash its re-emitted pairs are recognised so, without keeping anything per customer.
 * **Restart.** The clock message carries what a restarted learner needs (the clock, the partitions' progress, the
@@ -45,7 +46,9 @@ from cvm.config import Config
 from cvm.kafka import ModelKey, check_broker, create_topics, encode_model, make_consumer, make_producer
 from cvm.signals import StopSignals
 from scoring import clv
+from scoring.bgnbd import fit_bgnbd
 from scoring.churn import ChurnModel
+from scoring.gamma_gamma import fit_gamma_gamma
 from scoring.metrics import ProgressiveMetrics
 from streams.models import ModelFeed, pack_churn, unpack_churn
 from streams.score import heads_of
@@ -112,10 +115,10 @@ class ClvFitter:
             max(as_of_period, int(rows[:, 1].max())),
             self.period_days,
         )
-        bg = clv.fit_bgnbd(x, t_x, age)
+        bg = fit_bgnbd(x, t_x, age)
         gg_part: dict[str, Any] = {"customers": int((x > 0).sum())}
         if (x > 0).any():
-            gg = clv.fit_gamma_gamma(x, m)
+            gg = fit_gamma_gamma(x, m)
             gg_part.update(gg.params.to_dict(), log_likelihood=gg.log_likelihood)
         self.changed = 0
         return {

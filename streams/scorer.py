@@ -43,9 +43,11 @@ from cvm import metrics
 from cvm.codec import Codec
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import ConfigError
+from scoring.bgnbd import BGNBD
 from scoring.churn import ChurnModel
-from scoring.clv import BGNBD, ClvModel, GammaGamma
+from scoring.clv import ClvModel
 from scoring.currency import Rates
+from scoring.gamma_gamma import GammaGamma
 from scoring.population import Population
 from scoring.state import CustomerState
 from streams.clock import Item, StreamClock, Timers, closing_tick

@@ -101,7 +101,7 @@ def replay(cfg: Config, path: Path, log: Path) -> None:
 def check_clv_fit(cfg: Config, history: Path) -> None:
     """Issue 4: `cvm clv fit --as-of T --json` on the replayed events gives the fit of summaries computed directly
     from the file (Python, no ClickHouse: scoring.clv.occasion_facts), within 0.5%."""
-    from scoring import clv
+    from scoring import bgnbd, clv
 
     rows = [json.loads(line) for line in history.read_text().splitlines()]
     tx = {r["event_id"]: r for r in rows if r["type"] == "transactions"}
@@ -117,7 +117,7 @@ def check_clv_fit(cfg: Config, history: Path) -> None:
         [f.repeat_value_sum for f in facts],
         as_of // DAY,
     )
-    reference = clv.fit_bgnbd(x, t_x, age)
+    reference = bgnbd.fit_bgnbd(x, t_x, age)
     out = subprocess.run(
         [sys.executable, "-m", "cvm.cli", "clv", "fit", "--as-of", str(as_of), "--json"],
         env={**os.environ, **cfg.to_env()},

@@ -26,7 +26,9 @@ from cvm import cli, clv_cmd
 from cvm.config import Config
 from cvm.events import iso
 from cvm.exceptions import ConfigError
-from scoring.clv import fit_bgnbd, fit_gamma_gamma, occasion_facts, summaries
+from scoring.bgnbd import fit_bgnbd
+from scoring.clv import occasion_facts, summaries
+from scoring.gamma_gamma import fit_gamma_gamma
 from tests.conftest import free_port, spawn, stop
 
 pytestmark = pytest.mark.integration

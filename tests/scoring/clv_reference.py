@@ -1,6 +1,7 @@
-"""Slow textbook versions of the CLV models, written straight from the papers, to check scoring.clv against.
+"""Slow textbook versions of the CLV models, written straight from the papers, to check scoring.clv, scoring.bgnbd
+and scoring.gamma_gamma against.
 
-Nothing here shares code or algebra with scoring.clv: the likelihoods are per-customer loops with ``math.lgamma`` and
+Nothing here shares code or algebra with them: the likelihoods are per-customer loops with ``math.lgamma`` and
 Beta functions exactly as printed (Fader, Hardie & Lee 2005, equation 6; the Gamma-Gamma density of the mean
 spend), the expected purchases of an alive customer come from numerical integration over the dropout probability's
 posterior instead of a hypergeometric function, and the fit is Nelder-Mead without gradients.

@@ -34,7 +34,9 @@ from cvm.config import Config
 from cvm.events import from_json
 from scoring import clv as clvmod
 from scoring import features
+from scoring.bgnbd import fit_bgnbd
 from scoring.churn import FEATURES, LEGACY_FEATURES
+from scoring.gamma_gamma import fit_gamma_gamma
 from scoring.population import Population
 from scoring.state import DAY_MS, CustomerState, FoldRules
 
@@ -176,8 +178,8 @@ class _Clv:
         as_of = max(clvmod.occasion_period(self.as_of), int(rows[:, 1].max()))
         x, t_x, age, m = clvmod.summaries(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] / 100.0, as_of)
         try:
-            bg = clvmod.fit_bgnbd(x, t_x, age).params
-            gg = clvmod.fit_gamma_gamma(x, m).params if (x > 0).any() else None
+            bg = fit_bgnbd(x, t_x, age).params
+            gg = fit_gamma_gamma(x, m).params if (x > 0).any() else None
         except (ValueError, FloatingPointError):
             return False
         self.model = clvmod.ClvModel(bg, gg, horizon_days=365.0, discount_rate=0.10)

@@ -14,23 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import hyp2f1
 
-from scoring import clv
-from scoring.clv import (
-    BGNBD,
-    NOT_A_CUSTOMER,
-    ClvModel,
-    GammaGamma,
-    OccasionFacts,
-    expected_purchases,
-    expected_spend,
-    fit_bgnbd,
-    fit_gamma_gamma,
-    occasion_facts,
-    p_alive,
-    simulate,
-    summaries,
-    summary,
-)
+from scoring import bgnbd, gamma_gamma
+from scoring.bgnbd import BGNBD, expected_purchases, fit_bgnbd, p_alive
+from scoring.clv import NOT_A_CUSTOMER, ClvModel, OccasionFacts, occasion_facts, simulate, summaries, summary
+from scoring.gamma_gamma import GammaGamma, expected_spend, fit_gamma_gamma
 from tests.scoring import clv_reference as ref
 
 CDNOW = BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426)  # the paper's estimates on the CDNOW sample
@@ -130,7 +117,7 @@ def test_log_likelihoods_equal_the_textbook_on_random_summaries() -> None:
     rng = random.Random(4)
     for params in STRESS:
         x, t_x, age, _ = simulate(300, params, seed=rng.randrange(1000))
-        ours = clv.bgnbd_log_likelihood(params, x, t_x, age)
+        ours = bgnbd.bgnbd_log_likelihood(params, x, t_x, age)
         theirs = [
             ref.bgnbd_ll(params.r, params.alpha, params.a, params.b, *row) for row in zip(x, t_x, age, strict=True)
         ]
@@ -138,7 +125,7 @@ def test_log_likelihoods_equal_the_textbook_on_random_summaries() -> None:
     x, _, _, m = simulate(300, CDNOW, CDNOW_GG, seed=5)
     rep = x > 0
     for gg in (CDNOW_GG, GammaGamma(0.5, 1.3, 2.0), GammaGamma(40.0, 12.0, 500.0)):
-        ours = clv.gamma_gamma_log_likelihood(gg, x[rep], m[rep])
+        ours = gamma_gamma.gamma_gamma_log_likelihood(gg, x[rep], m[rep])
         theirs = [ref.gg_ll(gg.p, gg.q, gg.gamma, xi, mi) for xi, mi in zip(x[rep], m[rep], strict=True)]
         assert np.allclose(ours, theirs, rtol=1e-11, atol=1e-11)
 
@@ -168,7 +155,7 @@ def test_p_alive_and_expected_purchases_equal_the_integral() -> None:
                 want = ref.expected_purchases(r, alpha, a, b, t, x, t_x, age)
                 assert _close(float(expected_purchases(params, t, x, t_x, age)[0]), want, 1e-8), (params, x, age, t)
                 assert _close(
-                    clv._alive_purchases(r, alpha, a, b, x, age, t),
+                    bgnbd._alive_purchases(r, alpha, a, b, x, age, t),
                     want / ref.p_alive(r, alpha, a, b, x, t_x, age),
                     1e-8,
                 )
@@ -261,7 +248,7 @@ def test_parameter_recovery_within_statistical_error(params: BGNBD, gg: GammaGam
     n = 40_000
     x, t_x, age, m = simulate(n, params, gg, seed=seed)
     fit = fit_bgnbd(x, t_x, age)
-    data = clv._BGData(x, t_x, age, np.ones(n))
+    data = bgnbd._BGData(x, t_x, age, np.ones(n))
     theta = np.log(list(fit.params.to_dict().values()))
     se = _standard_errors(data.objective, theta, n)
     truth = np.log(list(params.to_dict().values()))
@@ -270,7 +257,7 @@ def test_parameter_recovery_within_statistical_error(params: BGNBD, gg: GammaGam
     assert np.all(se < 0.15)
 
     gfit = fit_gamma_gamma(x, m)
-    gdata = clv._GGData(x[x > 0], m[x > 0])
+    gdata = gamma_gamma._GGData(x[x > 0], m[x > 0])
     gtheta = np.log([gfit.params.p, gfit.params.q, gfit.params.gamma / gdata.scale])
     gse = _standard_errors(gdata.objective, gtheta, gdata.n)
     gtruth = np.log([gg.p, gg.q, gg.gamma / gdata.scale])

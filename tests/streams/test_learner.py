@@ -12,7 +12,7 @@ import pytest
 
 from cvm.config import Config
 from cvm.kafka import create_topics, decode_model, make_producer
-from scoring import clv
+from scoring import bgnbd, clv, gamma_gamma
 from streams.learner import ClvFitter, Learner
 from streams.models import ModelFeed
 
@@ -23,7 +23,7 @@ AS_OF_DAY = 20_454  # 2026-01-01
 def facts_of(n: int, seed: int) -> dict[str, dict]:
     """Occasion facts of customers drawn from known BG/NBD and Gamma-Gamma parameters (daily periods)."""
     x, t_x, age, m = clv.simulate(
-        n, clv.BGNBD(0.5, 6.0, 0.7, 3.0), clv.GammaGamma(6.0, 4.0, 15.0), T=(4.0, 52.0), seed=seed
+        n, bgnbd.BGNBD(0.5, 6.0, 0.7, 3.0), gamma_gamma.GammaGamma(6.0, 4.0, 15.0), T=(4.0, 52.0), seed=seed
     )
     out = {}
     for i in range(n):
@@ -48,10 +48,10 @@ def test_the_fitter_counts_facts_known_by_its_clock_and_refits_when_enough_chang
     assert len(fitter.facts) == 3000 and fitter.due(min_customers=50, min_change=0.05)
     fit = fitter.fit(AS_OF_DAY * DAY)
     assert fit["customers"] == 3000 and fit["time_unit"] == "week" and fit["as_of"] == AS_OF_DAY * DAY
-    # the parameters the learner publishes are those of fitting scoring.clv directly on the same summaries
+    # the parameters the learner publishes are those of fitting scoring.bgnbd directly on the same summaries
     rows = np.array([[f["f"], f["l"], f["n"], f["r"]] for _, f in sorted(facts.items())])  # in customer order
     x, t_x, age, m = clv.summaries(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] / 100, AS_OF_DAY)
-    direct = clv.fit_bgnbd(x, t_x, age).params.to_dict()
+    direct = bgnbd.fit_bgnbd(x, t_x, age).params.to_dict()
     assert {k: fit["bgnbd"][k] for k in direct} == pytest.approx(direct, rel=1e-9)
     assert not fitter.due(50, 0.05)  # nothing changed since
     for cid in list(facts)[:200]:
