@@ -8,8 +8,9 @@ load once with :mod:`cvm.simulation` (the three topics' natural mix, 200,000 cus
 ``raw_eps``                      confluent-kafka ``consume(num_messages=10000)`` + fastavro decode, no processing
 ``faust_empty_eps``              a Faust agent taking batches (``stream.take(5000)``) and doing nothing (child process)
 ``quix_eps``                     Quix Streams counting per key in RocksDB state with its changelog (child process)
-``pipeline_eps``                 one ``cvm worker`` process: decode, fold, score, table + changelog, scores emitted
-``pipeline_2w_eps``              two ``cvm worker`` processes in one group
+``pipeline_eps``                 one ``cvm worker`` process beside ``cvm learner``: decode, fold, score under the models
+                                 the learner publishes as stream time passes, table + changelog, scores emitted
+``pipeline_2w_eps``              two ``cvm worker`` processes in one group, under the models published during the above
 ``p50_latency_s``, ``p99_..``    publish → the customer's row in ClickHouse covers the event, at ``pipeline_eps / 2``
 ``p50_score_latency_s``, ..      publish → a score record covering it (the worker's share of the latency)
 ``state_bytes_per_customer``     mean size of the table values (the changelog's latest value per customer), and max
@@ -25,6 +26,12 @@ score record to the one that makes every published event visible — the sum ove
 
 Faust settings reach the workers and the Faust peer through Faust's own environment variables
 (``STREAM_BUFFER_MAXSIZE=8192 cvm bench``); cvm's through ``CVM_*`` (``CVM_WORKER_BATCH``).
+
+**Models.** cvm's path includes its learner: workers score under the CLV and churn versions it publishes on stream
+time, re-score every customer under a new version, and wait for it when it is behind. So the single-worker phase
+and the latency phase each run one ``cvm learner`` beside the worker. The learner is the one process of a
+deployment that learns (its models topic is shared): the two-worker phase, on the same topics, scores under the
+versions the first phase's learner published, and runs no learner of its own.
 
 This module holds what is measured and reported; how a run is driven (the load, the child processes and waiting
 on them, the latency phase's watchers) is :mod:`cvm.bench_harness`, the recovery and restore measurements are
@@ -93,8 +100,8 @@ KEYS = {
     "raw_eps": "confluent-kafka consume(10000) + fastavro decode, no processing",
     "faust_empty_eps": "Faust agent, stream.take(5000), no work",
     "quix_eps": "Quix Streams, count per key in RocksDB state (+ changelog)",
-    "pipeline_eps": "cvm worker x1: decode, fold, score, table + changelog, emit (no learner: no models in force)",
-    "pipeline_2w_eps": "cvm worker x2, one consumer group",
+    "pipeline_eps": "cvm worker x1 + learner: decode, fold, score under the models, table + changelog, emit",
+    "pipeline_2w_eps": "cvm worker x2, one consumer group, under the models the learner published in x1",
     "p50_latency_s": "publish -> row in ClickHouse, median, at pipeline_eps/2",
     "p99_latency_s": "publish -> row in ClickHouse, 99th percentile",
     "p50_score_latency_s": "publish -> score record sent by the worker, median",
@@ -116,9 +123,9 @@ _PHASES = {
     "raw": "confluent-kafka batch consume + fastavro decode",
     "faust": "a Faust agent that only iterates (child process)",
     "quix": "Quix Streams, count per key with RocksDB state (child process)",
-    "pipeline": "one cvm worker",
+    "pipeline": "one cvm worker and the learner",
     "pipeline_2w": "two cvm workers",
-    "latency": "worker + sink, publishing at pipeline_eps / 2",
+    "latency": "worker + learner + sink, publishing at pipeline_eps / 2",
     "recovery": "a worker's table recovered from its changelog, then from its checkpoint",
     "restore": "the load restored from ClickHouse onto a fresh broker (sink, learner, worker)",
 }
@@ -341,6 +348,9 @@ class Bench(Harness):
         port = free_port() if workers == 1 else 0
         procs = [self._spawn_worker(cfg, f"{cfg.app_id}-w{i + 1}", port) for i in range(workers)]
         names = [f"{cfg.app_id}-w{i + 1}" for i in range(workers)]
+        if workers == 1:  # the learner publishes the model versions this phase scores with (module docstring)
+            procs.append(self.children.start(f"{cfg.app_id}-learner", ["-m", "cvm.cli", "learner"], cfg))
+            names.append(f"{cfg.app_id}-learner")
         extra: dict[str, Any] = {}
         profiler = Profiler(self.profile, procs[0].pid, self.children) if self.profile and workers == 1 else None
         try:
@@ -410,7 +420,8 @@ class Bench(Harness):
         create_topics(cfg)
         sink = self.children.start("sink", ["-m", "cvm.cli", "sink"], cfg)
         worker = self._spawn_worker(cfg, f"{cfg.app_id}-w1")
-        procs, names = [sink, worker], ["sink", f"{cfg.app_id}-w1"]
+        learner = self.children.start(f"{cfg.app_id}-learner", ["-m", "cvm.cli", "learner"], cfg)
+        procs, names = [sink, worker, learner], ["sink", f"{cfg.app_id}-w1", f"{cfg.app_id}-learner"]
         table, scores = Waiting(), Waiting()
         watchers = [ClickHouseWatch(cfg, table), ScoresWatch(cfg, scores)]
         try:
@@ -465,6 +476,7 @@ class Bench(Harness):
             for watch in watchers:
                 watch.stop()
             self.children.stop(worker)
+            self.children.stop(learner)
             self.children.stop(sink, timeout=30.0)
         return {
             "p50_latency_s": round(percentile(table.latencies, 50), 3),
