@@ -112,6 +112,7 @@ KEYS = {
     "pipeline_cpu_us_per_event": "CPU time of the single worker per event (steadier than eps on a busy machine)",
     "scorings_per_event": "customer scorings of the single worker per event (event, tick and idle scorings)",
     "rescorings_per_s": "silent customers re-scored as stream time passed, per second of the pipeline's run",
+    "model_rescorings_per_event": "customers re-scored under a new CLV or churn version, per event (single worker)",
     "scoring_cpu_us": "CPU time per customer scoring (features, CLV, tiers, churn, alerts), the single worker",
     **{f"stage_{stage}_us": f"worker Kafka thread CPU per event: {what}" for stage, what in _STAGES.items()},
     **RESTART_KEYS,
@@ -384,6 +385,7 @@ class Bench(Harness):
         scorings = sample_sums(families, "cvm_scorings_total")
         cpu = sample_sums(families, "cvm_scoring_seconds_total")
         silent = sample_sums(families, "cvm_silent_rescorings_total")
+        versions = sample_sums(families, "cvm_rescored_customers_total")
         stages = {
             f"stage_{stage}_us": round(
                 sample_sums(families, "cvm_worker_stage_seconds_total", stage=stage) / max(1, self.events) * 1e6, 1
@@ -393,6 +395,7 @@ class Bench(Harness):
         return {
             "scorings_per_event": round(scorings / max(1, self.events), 3),
             "rescorings_per_s": round(silent / max(seconds, 1e-9)),
+            "model_rescorings_per_event": round(versions / max(1, self.events), 3),
             "scoring_cpu_us": round(cpu / max(1.0, scorings) * 1e6, 1),
             **stages,
         }

@@ -276,7 +276,8 @@ class Harness:
     def _check_alive(self, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]) -> None:
         for proc, name in zip(procs, names, strict=True):
             if proc.poll() is not None:
-                raise self.fail(f"{name} exited with code {proc.returncode}: {self.children.tail(name)}")
+                what = name if name == "sink" or name.endswith("-learner") else f"worker {name}"
+                raise self.fail(f"{what} exited with code {proc.returncode}: {self.children.tail(name)}")
 
     def _wait_committed(
         self,
