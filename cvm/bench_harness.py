@@ -51,7 +51,7 @@ __all__ = [
     "py_spy",
 ]
 
-_EVENTS_PER_CUSTOMER_DAY = 0.1  # what the simulator draws, a little under (cvm/simulation.py: 0.125 per active day)
+_EVENTS_PER_CUSTOMER_DAY = 0.1  # a little under the simulator's 0.125 per active day (cvm/simulation_model.py)
 
 
 def free_port() -> int:

@@ -1,9 +1,10 @@
 """``cvm simulate``: realistic upstream traffic — a history in event time, then live events — or a JSON-lines file.
 
-This module is the command: it asks the model (:mod:`cvm.simulation`: segments, customers' lives, the truth of
-who churned) for events and delivers them: written to ``--out`` as JSON lines, or published to Kafka, rate-limited,
-first the history and then live traffic on the wall clock, with the ``--truth`` file beside. It is separate from
-the model so that the model stays pure (no Kafka, no wall clock) and the delivery can change without touching it.
+This module is the command: it asks the model (:mod:`cvm.simulation`: customers' lives, drawn from the segments
+and phases of :mod:`cvm.simulation_model`, and the truth of who churned) for events and delivers them: written to
+``--out`` as JSON lines, or published to Kafka, rate-limited, first the history and then live traffic on the wall
+clock, with the ``--truth`` file beside. It is separate from the model so that the model stays pure (no Kafka, no
+wall clock) and the delivery can change without touching it.
 
 Live mode
 ---------

@@ -19,7 +19,8 @@ from cvm.config import EVENT_TOPICS, Config
 from cvm.events import from_json, parse_time, to_json, validate
 from cvm.kafka import make_consumer
 from cvm.simulate import main
-from cvm.simulation import ANCHOR_MS, DAY_MS, SEGMENTS, Simulation, generate
+from cvm.simulation import ANCHOR_MS, DAY_MS, Simulation, generate
+from cvm.simulation_model import SEGMENTS
 
 Event = tuple[str, dict[str, Any]]
 
