@@ -17,6 +17,9 @@ of events in any order (within the allowed lateness) gives the same state:
   event of time t to a sum kept at time T is the same operation whichever of the two is later, so an out-of-order
   event only changes float rounding (within 1e-9 relative; see the tests).
 
+The state's bytes (``to_bytes``/``from_bytes``, the worker table's values) are :mod:`scoring.state_format`'s,
+kept apart from the fold; the stored field lists (:data:`DECAYED`, the counts) live there too.
+
 Idempotence has two layers:
 
 * a Kafka record re-delivered after a crash has an offset at or below the last one applied for its topic, and
@@ -51,12 +54,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import operator
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
+
+from scoring.state_format import COUNTS, DECAYED, MAX_BACK_MS, decode, encode
 
 __all__ = [
     "CHANNELS",
@@ -93,31 +96,7 @@ _BITS = 64
 _MASK = (1 << _BITS) - 1
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
-#: The decayed counters (the 7/30/90-day views) and their time constants: a counter with time constant τ days
-#: counts about what a τ-day window would, with no cliff when an event leaves the window.
-DECAYED = (
-    "spend_7d",
-    "spend_30d",
-    "spend_90d",
-    "purchases_7d",
-    "purchases_30d",
-    "purchases_90d",
-    "contacts_7d",
-    "contacts_30d",
-    "contacts_90d",
-    "complaints_30d",
-    "failed_payments_90d",
-    # The customer's own long-run baselines and the signals of leaving (docs/churn.md): appended, so the
-    # positions above keep their meaning.
-    "purchases_365d",
-    "spend_365d",
-    "contacts_365d",
-    "complaints_365d",
-    "unresolved_30d",
-    "unresolved_365d",
-    "refunds_90d",
-    "late_payments_90d",
-)
+#: The time constant of each decayed counter (:data:`DECAYED`), from its name.
 TAU_MS = tuple(int(name.rsplit("_", 1)[1][:-1]) * DAY_MS for name in DECAYED)
 _SPEND = tuple(i for i, name in enumerate(DECAYED) if name.startswith("spend_"))
 _PURCHASES = tuple(i for i, name in enumerate(DECAYED) if name.startswith("purchases_"))
@@ -136,60 +115,6 @@ DECAYED_KIND = tuple(
     else 2
     for name in DECAYED
 )
-
-_HEAD_LAYOUT = (
-    "<I"  # version
-    "4q3q3q3q3Q"  # offsets (per source), kind_times, rekey_times, floors (time, hash)
-    "qq"  # first_time, last_time
-    "5q"  # revenue, margin, cost, purchase (gross), first occasion's spend: cents
-    "20I"  # counts (see _COUNTS)
-    "iiiQQI"  # first/last/prior occasion, occasion bits, squared gaps, active months
-    "qqiQ"  # last purchase time, last cancellation time, last contact day, contact bits
-    f"{len(DECAYED)}d"  # decayed counters
-    "qId"  # as of (ms), tick version, ranked CLV
-    "B"  # recent ids
-)
-_HEAD = struct.Struct(_HEAD_LAYOUT)
-#: The same fields with 32-bit offsets and 16-bit counts, for the (usual) customer whose values fit: 52 bytes less.
-_HEAD_NARROW = struct.Struct(_HEAD_LAYOUT.replace("4q3q3q3q3Q", "4i3q3q3q3Q").replace("20I", "20H"))
-_COUNTS = (
-    "n_transactions",
-    "n_purchases",
-    "n_refunds",
-    "n_occasions",
-    "n_contacts",
-    "n_complaints",
-    "n_cancellations",
-    "n_unresolved",
-    "n_fresh_contact_days",
-    "n_phone",
-    "n_email",
-    "n_chat",
-    "n_web",
-    "n_store",
-    "n_payments",
-    "n_on_time",
-    "n_late",
-    "n_failed",
-    "n_chargebacks",
-    "past_due_hours",
-)
-_RECENT = struct.Struct("<IQ")  # (kind stream time - event time, event hash)
-_MAX_BACK_MS = 0xFFFF_FFFF  # the furthest an id-memory entry can lie behind its kind's stream time (~49 days)
-_SECTIONS = struct.Struct("<BH")  # lengths of the alert and churn sections
-#: The usual customer never had a record re-keyed: its layouts leave the re-key stream times out (24 bytes less).
-_HEAD_LOCAL = struct.Struct(_HEAD_LAYOUT.replace("4q3q3q3q3Q", "4q3q3q3Q"))
-_HEAD_LOCAL_NARROW = struct.Struct(_HEAD_NARROW.format.replace("4i3q3q3q3Q", "4i3q3q3Q"))
-_FORMAT_VERSION = 7  # 7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW
-_FORMAT_BYTES = {
-    (wide, local): bytes([_FORMAT_VERSION + 2 * local + (not wide)]) for wide in (0, 1) for local in (0, 1)
-}
-_HEADS = {7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW}
-_NO_REKEY = (0, 0, 0)
-#: cvm 0.1's formats: their customers are rebuilt from history (cvm rebuild), not read.
-_OLD_FORMATS = (5, 6)
-_RECENT_N = [struct.Struct("<" + "IQ" * n) for n in range(256)]  # n entries of _RECENT at once
-_get_counts = operator.attrgetter(*_COUNTS)
 
 
 @dataclass(frozen=True)
@@ -258,7 +183,7 @@ class CustomerState:
         "cost_cents",
         "purchase_cents",
         "first_occasion_cents",
-        *_COUNTS,
+        *COUNTS,
         "first_occasion",
         "last_occasion",
         "prior_occasion",
@@ -391,7 +316,7 @@ class CustomerState:
         mine = [e for e in recent if e[1] & 3 == k]
         # Forgotten: beyond the count, and (when one partition of the kind lags far behind the other) entries too old
         # to store against the kind's stream time. A kind's entries leave in (time, hash) order: its floor only grows.
-        oldest = self.stream_time(k) - _MAX_BACK_MS
+        oldest = self.stream_time(k) - MAX_BACK_MS
         n = max(len(mine) - RECENT_IDS[k], sum(1 for e in mine if e[0] < oldest))
         for ot, oh in mine[:n]:
             recent.remove((ot, oh))
@@ -576,143 +501,10 @@ class CustomerState:
         else:
             self.n_on_time += 1
 
-    # --- serialisation (the table's value bytes) -------------------------------------------------------------------
-
-    def to_bytes(self) -> bytes:
-        times = [self.stream_time(k) for k in range(3)]
-        recent = self.recent
-        counts = _get_counts(self)
-        offsets = self.offsets
-        narrow = max(counts) < 0x10000 and max(offsets) < 0x80000000
-        local = not any(self.rekey_times)
-        layout = (_HEAD_LOCAL_NARROW if narrow else _HEAD_LOCAL) if local else (_HEAD_NARROW if narrow else _HEAD)
-        head = layout.pack(
-            self.version,
-            *offsets,
-            *self.kind_times,
-            *(() if local else self.rekey_times),
-            *self.floors,
-            *self.floor_hashes,
-            self.first_time,
-            self.last_time,
-            self.revenue_cents,
-            self.margin_cents,
-            self.cost_cents,
-            self.purchase_cents,
-            self.first_occasion_cents,
-            *counts,
-            self.first_occasion,
-            self.last_occasion,
-            self.prior_occasion,
-            self.occasion_bits,
-            self.gap_sq_sum,
-            self.active_months,
-            self.last_purchase_time,
-            self.last_cancellation_time,
-            self.last_contact_day,
-            self.contact_bits,
-            *self.decayed,
-            self.as_of,
-            self.tick_version,
-            self.ranked_clv,
-            len(recent),
-        )
-        tail = _RECENT_N[len(recent)].pack(*[v for t, h in recent for v in (times[h & 3] - t, h)])
-        alert, churn = self.alert_bytes, self.churn_bytes
-        fmt = _FORMAT_BYTES[(not narrow, local)]
-        return b"".join((fmt, head, tail, _SECTIONS.pack(len(alert), len(churn)), alert, churn))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> CustomerState:
-        head = _HEADS.get(data[0])
-        if head is None:
-            if data[0] in _OLD_FORMATS:
-                raise ValueError(
-                    f"a customer state of cvm 0.1 (format {data[0]}): rebuild the customers from ClickHouse's history "
-                    "with 'cvm rebuild' (README: Stopping, restarting, upgrading)"
-                )
-            raise ValueError(f"unknown customer state format {data[0]}")
-        s = cls.__new__(cls)
-        f = head.unpack_from(data, 1)
-        if data[0] > 8:  # no re-key stream times stored: they are zero
-            f = f[:8] + _NO_REKEY + f[8:]
-        # Explicit assignments rather than a loop of setattr: this runs once per customer per batch.
-        (
-            s.version,
-            o0,
-            o1,
-            o2,
-            o3,
-            k0,
-            k1,
-            k2,
-            r0,
-            r1,
-            r2,
-            l0,
-            l1,
-            l2,
-            h0,
-            h1,
-            h2,
-            s.first_time,
-            s.last_time,
-            s.revenue_cents,
-            s.margin_cents,
-            s.cost_cents,
-            s.purchase_cents,
-            s.first_occasion_cents,
-            s.n_transactions,
-            s.n_purchases,
-            s.n_refunds,
-            s.n_occasions,
-            s.n_contacts,
-            s.n_complaints,
-            s.n_cancellations,
-            s.n_unresolved,
-            s.n_fresh_contact_days,
-            s.n_phone,
-            s.n_email,
-            s.n_chat,
-            s.n_web,
-            s.n_store,
-            s.n_payments,
-            s.n_on_time,
-            s.n_late,
-            s.n_failed,
-            s.n_chargebacks,
-            s.past_due_hours,
-            s.first_occasion,
-            s.last_occasion,
-            s.prior_occasion,
-            s.occasion_bits,
-            s.gap_sq_sum,
-            s.active_months,
-            s.last_purchase_time,
-            s.last_cancellation_time,
-            s.last_contact_day,
-            s.contact_bits,
-            *decayed,
-            s.as_of,
-            s.tick_version,
-            s.ranked_clv,
-            n,
-        ) = f
-        s.offsets, s.kind_times, s.rekey_times = [o0, o1, o2, o3], [k0, k1, k2], [r0, r1, r2]
-        s.floors, s.floor_hashes = [l0, l1, l2], [h0, h1, h2]
-        s.decayed = decayed
-        pos, times = 1 + head.size, [max(a, b) for a, b in zip(s.kind_times, s.rekey_times, strict=True)]
-        if n:
-            flat = _RECENT_N[n].unpack_from(data, pos)
-            s.recent = [(times[h & 3] - back, h) for back, h in zip(flat[::2], flat[1::2], strict=True)]
-            pos += n * _RECENT.size
-        else:
-            s.recent = []
-        n_alert, n_churn = _SECTIONS.unpack_from(data, pos)
-        pos += _SECTIONS.size
-        s.alert_bytes = bytes(data[pos : pos + n_alert])
-        s.churn_bytes = bytes(data[pos + n_alert : pos + n_alert + n_churn])
-        return s
+    # --- serialisation (the table's value bytes): scoring.state_format -------------------------------------------
+    # The format's functions themselves, bound as methods: no wrapper on the worker's hot path.
+    to_bytes = encode
+    from_bytes = classmethod(decode)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CustomerState):
