@@ -148,6 +148,13 @@ class Config:
         "CVM_MODEL_EVERY_DAYS",
         "Event-time days between model versions (churn training, CLV refits); a multiple of the tick.",
     )
+    model_rescore_spread_s: float = _f(
+        86400.0,
+        "CVM_MODEL_RESCORE_SPREAD_S",
+        "Event-time seconds over which a new model version re-scores every customer, a share at each tick (each "
+        "customer at a fixed slot), so that no tick stalls on the whole population; a multiple of the tick (the tick "
+        "itself: everyone at once).",
+    )
     model_wait_s: float = _f(
         120.0,
         "CVM_MODEL_WAIT_S",
@@ -267,6 +274,10 @@ class Config:
             raise ConfigError(f"churn_model={self.churn_model!r}: must be logreg, hat or arf")
         if self.tick_s < 1 or self.model_every_days * 86400 % self.tick_s:
             raise ConfigError(f"tick_s={self.tick_s:g} must be at least 1 and divide model_every_days * 86400")
+        if self.model_rescore_spread_s < self.tick_s or self.model_rescore_spread_s % self.tick_s:
+            raise ConfigError(
+                f"model_rescore_spread_s={self.model_rescore_spread_s:g} must be a multiple of tick_s={self.tick_s:g}"
+            )
         if self.churn_silence_days <= 0 or self.churn_cancel_grace_days < 0 or self.churn_max_pending < 1:
             raise ConfigError("churn_silence_days must be > 0, churn_cancel_grace_days >= 0, churn_max_pending >= 1")
         if self.churn_offset_days < 0 or self.churn_early_offset_days < 0:

@@ -335,6 +335,19 @@ class Timers:
             self._due[customer_id] = due
             heapq.heappush(self._heap, (due, customer_id))
 
+    def earlier(self, customer_id: str, due: int) -> None:
+        """Due at ``due`` unless its timer comes first.
+
+        >>> timers = Timers()
+        >>> timers.set("c1", 10); timers.earlier("c1", 20); timers.earlier("c2", 20); timers.earlier("c1", 5)
+        >>> timers.pop_due(30)
+        ['c1', 'c2']
+        """
+        current = self._due.get(customer_id)
+        if current is None or due < current:
+            self._due[customer_id] = due
+            heapq.heappush(self._heap, (due, customer_id))
+
     def pop_due(self, t: int) -> list[str]:
         """Customers due at or before ``t``, in due order, their timers cleared."""
         found = []

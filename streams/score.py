@@ -4,9 +4,10 @@ Three occasions score a customer, and every score message says which (``scored_b
 at (``as_of``):
 
 * ``tick`` — at a stream-time tick ``T`` (:mod:`streams.clock`): the customers whose events were in the tick's
-  phase, those whose timer is due (silence growing, a churn label's deadline) and, under a new model version,
-  everyone. Only tick scorings mature churn labels, offer churn snapshots and run the alert rules, all as of ``T``
-  and with the models valid at ``T``: these are the scorings a replay reproduces exactly.
+  phase and those whose timer is due (silence growing, a churn label's deadline, or their slot to be re-scored under
+  a new model version: every customer within ``CVM_MODEL_RESCORE_SPREAD_S``). Only tick scorings mature churn
+  labels, offer churn snapshots and run the alert rules, all as of ``T`` and with the models valid at ``T``: these
+  are the scorings a replay reproduces exactly.
 * ``event`` — at the end of a batch, the customers whose events were folded in a phase whose tick has not come
   yet, as of their own latest event, with the newest models: fresh figures between ticks, not reproducible.
 * ``idle`` — when the stream has gone idle, every customer not scored since the last tick, as of the latest event
@@ -18,6 +19,8 @@ time, then occasion (event < tick < idle).
 Value tiers, RFM scores and percentiles rank a customer in the population of the worker's customers
 (:class:`scoring.population.Population`). The population holds each customer's values as of its last scoring; a
 scoring moves them first, for every customer scored together, then ranks them all against the same population.
+While a new CLV version reaches the customers (one slot each, within ``CVM_MODEL_RESCORE_SPREAD_S``), the CLV
+ranking holds both versions' values: each customer's leaves it for the new one when it is re-scored.
 """
 
 from __future__ import annotations
@@ -140,13 +143,11 @@ class Assessor:
         models: InForce,
         out: Outputs,
         at: int | None = None,
-        rebuild_clv: bool = False,
     ) -> None:
         """Score ``cands`` and send their score messages to ``out``; their states record the scoring.
 
         ``at`` is the stream time of a ``tick`` or ``idle`` scoring; an ``event`` scoring is as of each customer's
-        latest event (or its previous scoring, if later). ``rebuild_clv``: ``cands`` is every customer, scored under
-        a new CLV model; the population's CLVs start again from theirs.
+        latest event (or its previous scoring, if later).
         """
         if not cands:
             return
@@ -165,7 +166,7 @@ class Assessor:
             except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
                 log.exception("CLV scoring failed for %d customers", len(cands))
         self.models_cpu += time.thread_time() - cpu
-        self._move(cands, rebuild_clv)
+        self._move(cands)
         for c in cands:
             self._rank(c)
         rows = [_churn_row(c.scores) for c in cands]  # type: ignore[arg-type]
@@ -273,19 +274,16 @@ class Assessor:
             )
             c.state.ranked_clv = value
 
-    def _move(self, cands: list[Candidate], rebuild_clv: bool) -> None:
+    def _move(self, cands: list[Candidate]) -> None:
         """Move each customer in the population from what it held to its new values, then freeze the view."""
         pop = self.population
-        if rebuild_clv:
-            pop.reset("clv")
         for c in cands:
             new = ranked(c.state)
             if c.scores is not None and "clv" not in c.scores:
                 new["clv"] = None  # no CLV under the current model (none yet, or it failed): not ranked
                 c.state.ranked_clv = math.nan
             for metric, value in new.items():
-                old = None if rebuild_clv and metric == "clv" else c.previous.get(metric)
-                pop.update(metric, old, value)
+                pop.update(metric, c.previous.get(metric), value)
             c.previous = new
         pop.freeze()
 

@@ -33,6 +33,7 @@ import logging
 import struct
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -110,6 +111,7 @@ class Scorer:
         self.decoder = Decoder(codec, kinds, cfg.partitions, Rates.from_config(cfg), cfg.min_event_time_ms)
         self.tick_ms = int(cfg.tick_s * 1000)
         self.grid_ms = int(cfg.model_every_days * 86_400_000)
+        self.spread_ticks = max(1, int(cfg.model_rescore_spread_s * 1000) // self.tick_ms)
         self.clock = StreamClock(self.tick_ms, cfg.idle_partition_s, monotonic)
         self.timers = Timers()
         self.population = Population(cfg.tier_a_share, cfg.tier_b_share)
@@ -412,37 +414,38 @@ class Scorer:
                 self.since_idle.add(customer_id)
 
     def _tick(self, t: int, models: InForce) -> None:
-        """Score at tick ``t``: the customers changed or due, or everyone under new model versions."""
+        """Score at tick ``t``: the customers changed or due. New model versions give every customer a slot among the
+        ticks of ``CVM_MODEL_RESCORE_SPREAD_S`` from ``t`` (:meth:`_spread`): each is re-scored under them by then,
+        and no tick scores the whole population at once."""
         evaluate = {p for p, c in self.clock.clocks.items() if c is None or c < t}
-        rebuild_clv = models.clv_version != self.in_force.clv_version
-        if _versions(models) != _versions(self.in_force):
-            ids = {key.decode(): p for p, entries in self.table.partitions.items() for key in entries}
-            ids.update(self.changed)
-            ids.pop(CLOCK_KEY.decode(), None)
-            self.timers.pop_due(t)
-            if rebuild_clv:
-                evaluate = set(self.clock.clocks)  # the CLV ranking restarts: everyone counts again
-            log.info("model versions %s at stream time %d: scoring every customer", _versions(models), t)
-        else:
-            # A customer's state lives on the partition Kafka's partitioner gives its id (records keyed otherwise are
-            # re-keyed there first).
-            n = self.cfg.partitions
-            ids = {customer_id: kafka_partition(customer_id.encode(), n) for customer_id in self.timers.pop_due(t)}
-            metrics.silent_rescorings.inc(sum(1 for c in ids if c not in self.changed))
-            ids.update(self.changed)
+        new_versions = _versions(models) != _versions(self.in_force)
+        if new_versions:
+            queued = self._spread(t)
+            log.info(
+                "model versions %s at stream time %d: %d customers re-scored under them within %d ticks",
+                _versions(models),
+                t,
+                queued,
+                self.spread_ticks,
+            )
+            for kind, old, new in (("clv", self.in_force.clv_version, models.clv_version),
+                                   ("churn", self.in_force.churn_version, models.churn_version)):  # fmt: skip
+                if old != new:
+                    metrics.rescorings.labels(kind=kind).inc()
+                    metrics.rescored_customers.labels(kind=kind).inc(queued)
+        # A customer's state lives on the partition Kafka's partitioner gives its id (records keyed otherwise are
+        # re-keyed there first).
+        n = self.cfg.partitions
+        ids = {customer_id: kafka_partition(customer_id.encode(), n) for customer_id in self.timers.pop_due(t)}
+        metrics.silent_rescorings.inc(sum(1 for c in ids if c not in self.changed))
+        ids.update(self.changed)
         cands, later = [], []
         for customer_id, partition in ids.items():
             if partition in evaluate:
                 cands.append(self._entry(customer_id, partition))
             else:
                 later.append(customer_id)  # its partition ticked past t under a previous owner
-        self._assess(cands, "tick", models, at=t, rebuild_clv=rebuild_clv)
-        if _versions(models) != _versions(self.in_force):
-            for kind, old, new in (("clv", self.in_force.clv_version, models.clv_version),
-                                   ("churn", self.in_force.churn_version, models.churn_version)):  # fmt: skip
-                if old != new:
-                    metrics.rescorings.labels(kind=kind).inc()
-                    metrics.rescored_customers.labels(kind=kind).inc(len(cands))
+        self._assess(cands, "tick", models, at=t)
         for c in cands:
             self.changed.pop(c.customer_id, None)
             self.unscored.discard(c.customer_id)
@@ -450,6 +453,18 @@ class Scorer:
         for customer_id in later:
             self.timers.set(customer_id, t + self.tick_ms)
         self.in_force = models
+
+    def _spread(self, t: int) -> int:
+        """Give every customer of the table a tick among the ``spread_ticks`` from ``t`` (a fixed slot of its id: the
+        same in a replay), unless its timer comes first; return how many."""
+        ticks, tick_ms, timers = self.spread_ticks, self.tick_ms, self.timers
+        queued = 0
+        for entries in self.table.partitions.values():
+            for key in entries:
+                if key != CLOCK_KEY:
+                    timers.earlier(key.decode(), t + zlib.crc32(key) % ticks * tick_ms)
+                    queued += 1
+        return queued
 
     def _idle(self) -> None:
         """Once the stream is idle, score every customer not scored since the last tick as of its latest event."""
@@ -613,7 +628,7 @@ class Scorer:
                 if state.version != state.tick_version:
                     self.changed[customer_id] = p
         self.population.rebuild(values)
-        self.in_force = InForce()  # the first tick scores everyone under the models of its time
+        self.in_force = InForce()  # the first tick re-scores everyone under the models of its time (spread)
         self.completed_at = None
 
     # --- fates, commit, flow control -------------------------------------------------------------------------------
