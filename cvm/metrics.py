@@ -21,8 +21,8 @@ Worker state and models:
 * ``cvm_table_customers{partition}`` — customers held in the worker's table;
 * ``cvm_table_recovery_seconds`` and ``cvm_table_recovered_records_total`` — rebuilding assigned partitions from
   the changelog;
-* ``cvm_rescorings_total{kind}`` and ``cvm_rescored_customers_total{kind}`` — population re-scorings on a new
-  model version;
+* ``cvm_rescorings_total{kind}`` and ``cvm_rescored_customers_total{kind}`` — new model versions, and the customers
+  each one gave a slot to be re-scored under it (``CVM_MODEL_RESCORE_SPREAD_S``);
 * ``cvm_model_version{kind}`` and ``cvm_model_age_seconds{kind}`` — the version in force and the seconds since it
   was signed (:func:`model_in_force`); ``cvm_models_published_total{kind}`` (learner);
 * ``cvm_model_messages_refused_total{reason}`` — model messages refused (``unsigned``, ``forged``, ``malformed``):
@@ -140,14 +140,18 @@ table_recovery_seconds = Histogram(
 )
 table_recovered_records = Counter("cvm_table_recovered_records", "Changelog records read to rebuild tables.")
 rescorings = Counter("cvm_rescorings", "Population re-scorings on a new model version.", ["kind"])
-rescored_customers = Counter("cvm_rescored_customers", "Customers re-scored on a new model version.", ["kind"])
+rescored_customers = Counter(
+    "cvm_rescored_customers", "Customers given a slot to be re-scored under a new model version.", ["kind"]
+)
 scorings = Counter(
     "cvm_scorings",
     "Customer scorings, by occasion: event (fresh), tick (stream time), idle (end of stream).",
     ["scored_by"],
 )
 silent_rescorings = Counter(
-    "cvm_silent_rescorings", "Customers scored at a tick without an event since their last scoring (timers due)."
+    "cvm_silent_rescorings",
+    "Customers scored at a tick without an event since their last scoring (timers due: silence, a label deadline, "
+    "a new model version's slot).",
 )
 worker_stage_seconds = Counter(
     "cvm_worker_stage_seconds",
