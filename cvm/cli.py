@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--end", help="event time at which the history ends (ISO-8601; default: now, or 2026-01-01 with --out)"
     )
     p.add_argument("--duration", type=_positive_float, help="stop live traffic after this many seconds")
+    p.add_argument(
+        "--live-only",
+        action="store_true",
+        help="draw the history without publishing it, then publish live events: the customers go on from a history "
+        "already published (what cvm up runs when ClickHouse holds one)",
+    )
 
     p = sub.add_parser("replay", help="publish a history file through the live topics")
     p.add_argument("file", help="JSON lines (simulator format), CSV, Avro container or Parquet file")

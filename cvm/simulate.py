@@ -15,6 +15,10 @@ time runs :data:`LIVE_SPEEDUP` times faster than the wall clock (one model hour 
 sees traffic and a few churns within minutes; the spacing of a payment's due and paid dates around its event time
 is kept as modelled. ``--rate`` caps the events per second; ``--duration`` (counted from the start of the command;
 the history is always published whole) and SIGTERM/SIGINT end it.
+
+``--live-only`` draws the history without publishing it, then goes live: the customers go on from a history an
+earlier run published. ``cvm up`` runs the simulator so when ClickHouse already holds a history (a second start):
+publishing a new history would give the same customers a second, overlapping one (their transactions doubled).
 """
 
 from __future__ import annotations
@@ -175,6 +179,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
     days = args.days or 180
     live = _goes_live(args)
+    live_only = getattr(args, "live_only", False)
+    if live_only and (args.out or not live):
+        raise CvmError("--live-only publishes live events: give --duration (or no --days), not --out")
     sim = Simulation(args.customers, days, args.seed, _end_ms(args))
     _check_span(cfg, sim)
     progress = Progress("cvm simulate")
@@ -186,12 +193,20 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             pub = Publisher(cfg, rate=args.rate)
             counts = pub.counts
             span = max(1, sim.end_ms - sim.start_ms)
+            drawn = 0
             for kind, rec in _in_currency(sim.history(), cfg.base_currency):
+                if live_only:  # the lives up to now, already published by an earlier run: drawn, not sent
+                    drawn += 1
+                    if not drawn & 1023 and stop.requested:
+                        break
+                    continue
                 pub.publish(kind, rec)
                 if not pub.published & 1023:
                     progress.update(pub.published, (rec["event_time"] - sim.start_ms) / span, "history")
                     if stop.requested:
                         break
+            if live_only:
+                print(f"cvm simulate: {drawn:,} events of history drawn, not published (--live-only)", file=sys.stderr)
             if args.truth:
                 _write_truth(args.truth, sim.truth())
             if live and not stop.requested:

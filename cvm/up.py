@@ -32,7 +32,7 @@ from cvm.exceptions import CvmError, PortInUse
 from cvm.restore import progress_line
 from cvm.signals import StopSignals
 
-__all__ = ["Child", "main", "restart_dead", "wait_http", "wait_learner"]
+__all__ = ["Child", "main", "restart_dead", "simulator_argv", "wait_http", "wait_learner"]
 
 _MAX_RESTARTS = 3
 
@@ -179,9 +179,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                     print(f"cvm up: {child.name} metrics on {child.metrics}", file=sys.stderr)
             for child in children:
                 if child.name == "simulator":  # new input goes after the restored history, never before
-                    code = _wait_restored(status, children, env, logs, stop)
+                    code, restored = _wait_restored(status, children, env, logs, stop)
                     if code or stop.is_set():
                         return code
+                    child.argv = simulator_argv(child.argv, restored)
                 child.start(env, logs)
                 if child.name == "broker" and not wait_port(cfg.broker_port, timeout=15):
                     raise CvmError(f"the embedded broker did not start: see {child.log}")
@@ -190,7 +191,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                 if child.name == "learner" and not wait_learner(cfg, child, timeout=60):
                     raise CvmError(f"the learner did not start: {child.tail()} (log {child.log})")
             if not any(c.name == "simulator" for c in children):
-                code = _wait_restored(status, children, env, logs, stop)
+                code, _ = _wait_restored(status, children, env, logs, stop)
                 if code or stop.is_set():
                     return code
             code = _supervise(cfg, args, children, env, logs, status, stop, started)
@@ -298,20 +299,31 @@ def restart_dead(children: list[Child], env: dict[str, str], logs: Path) -> bool
     return False
 
 
+def simulator_argv(argv: list[str], restored: int) -> list[str]:
+    """The simulator's arguments once the restore is over: after ``restored`` events of an earlier run came back
+    from ClickHouse, its customers go on living (``--live-only``) rather than get a second history.
+
+    >>> simulator_argv(["simulate", "--days", "60"], 0), simulator_argv(["simulate", "--days", "60"], 3459)
+    (['simulate', '--days', '60'], ['simulate', '--days', '60', '--live-only'])
+    """
+    return [*argv, "--live-only"] if restored else argv
+
+
 def _wait_restored(
     status: Status, children: list[Child], env: dict[str, str], logs: Path, stop: threading.Event
-) -> int:
-    """Wait until the sink has restored the history (or found none), with a progress line; then say ready."""
+) -> tuple[int, int]:
+    """Wait until the sink has restored the history (or found none), with a progress line; then say ready.
+    Returns the exit code so far (1: a child or the restore failed) and the events restored."""
     tty = sys.stderr.isatty()
     shown, last_line = False, 0.0
     while not stop.wait(0.5):
         if restart_dead(children, env, logs):
-            return 1
+            return 1, 0
         restore = (status.sink().get("writer") or {}).get("restore") or {}
         state = restore.get("state")
         if state == "failed":
             print(f"cvm up: the restore failed: {restore.get('error')}", file=sys.stderr)
-            return 1
+            return 1, 0
         if state in ("done", "none"):
             if shown and tty:
                 sys.stderr.write("\r\x1b[K")
@@ -320,7 +332,7 @@ def _wait_restored(
                 rate = f" ({seconds / max(events, 1) * 1e6:,.0f} s per million events)" if events else ""
                 print(f"cvm up: restored {events:,} events from ClickHouse in {seconds:.1f}s{rate}", file=sys.stderr)
             print("cvm up: ready", file=sys.stderr, flush=True)
-            return 0
+            return 0, int(restore.get("published", 0)) if state == "done" else 0
         if state is None or state == "starting":
             continue
         line = progress_line(restore, "cvm up: restoring")
@@ -332,7 +344,7 @@ def _wait_restored(
         elif now - last_line >= 5:
             last_line = now
             print(line, file=sys.stderr, flush=True)
-    return 0
+    return 0, 0
 
 
 def _show(status: Status, elapsed: float, children: list[Child], tty: bool) -> None:

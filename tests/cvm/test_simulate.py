@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from cvm.codec import Codec
 from cvm.config import EVENT_TOPICS, Config
 from cvm.events import from_json, parse_time, to_json, validate
+from cvm.exceptions import CvmError
 from cvm.kafka import make_consumer
 from cvm.simulate import main
 from cvm.simulation import ANCHOR_MS, DAY_MS, Simulation, generate
@@ -27,7 +28,7 @@ Event = tuple[str, dict[str, Any]]
 
 def args(**overrides: Any) -> argparse.Namespace:
     base: dict[str, Any] = dict(
-        customers=100, days=60, rate=None, seed=1, out=None, truth=None, end=None, duration=None
+        customers=100, days=60, rate=None, seed=1, out=None, truth=None, end=None, duration=None, live_only=False
     )
     return argparse.Namespace(**(base | overrides))
 
@@ -293,6 +294,27 @@ def test_publishes_the_history_then_live_events(
 
 
 @pytest.mark.integration
+def test_live_only_goes_on_from_a_history_published_before(
+    cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `cvm up` gave the restored customers a second, overlapping history (their transactions doubled):
+    after a restore the simulator draws the history without publishing it, and publishes live events only."""
+    started_ms = int(time.time() * 1000)
+    assert main(cfg, args(customers=300, days=None, duration=8, live_only=True)) == 0
+    summary = capsys.readouterr().err
+    assert re.search(r"[\d,]+ events of history drawn, not published", summary), summary
+    match = re.search(r"cvm simulate: ([\d,]+) events \(", summary)
+    assert match, summary
+    published = int(match.group(1).replace(",", ""))
+    assert published > 0, "live events follow"
+    events = [Codec().decode(m.value()) for m in consume_all(cfg, published)]
+    assert len(events) == published
+    assert all(rec["event_time"] >= started_ms for _, rec in events), "no event of the history"
+    with pytest.raises(CvmError, match="--live-only"):
+        main(cfg, args(out=str(tmp_path / "x.jsonl"), live_only=True))
+
+
+@pytest.mark.integration
 def test_a_history_ending_in_1998_goes_on_from_its_end(
     cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -311,8 +333,6 @@ def test_a_history_ending_in_1998_goes_on_from_its_end(
 
 
 def test_a_history_the_workers_would_refuse_is_refused(tmp_path: Path) -> None:
-    from cvm.exceptions import CvmError
-
     out = str(tmp_path / "h.jsonl")
     with pytest.raises(CvmError, match="would start on 1969-12-02.*not after CVM_MIN_EVENT_TIME"):
         main(Config(), args(out=out, end="1970-03-01T00:00:00Z", days=89))
