@@ -13,6 +13,7 @@ load once with :mod:`cvm.simulation` (the three topics' natural mix, 200,000 cus
 ``pipeline_2w_eps``              two ``cvm worker`` processes in one group, under the models published during the above
 ``p50_latency_s``, ``p99_..``    publish → the customer's row in ClickHouse covers the event, at ``pipeline_eps / 2``
 ``p50_score_latency_s``, ..      publish → a score record covering it (the worker's share of the latency)
+``p50_live_latency_s``, ..       the same with the events stamped with the wall clock: live traffic, not a backfill
 ``state_bytes_per_customer``     mean size of the table values (the changelog's latest value per customer), and max
 ``rss_mb``                       peak resident memory of the single worker (``VmHWM``)
 ``pipeline_cpu_us_per_event``    the single worker's CPU time per event, steadier than a rate on a shared machine
@@ -80,7 +81,7 @@ from cvm.metrics import sample_sums
 __all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"]
 
 #: What ``--skip`` can leave out; ``pipeline`` also carries ``state_bytes_per_customer`` and ``rss_mb``.
-MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "recovery", "restore")
+MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "latency_live", "recovery", "restore")
 
 #: The stages of a worker's batch whose CPU the bench reports per event (cvm_worker_stage_seconds).
 _STAGES = {
@@ -106,6 +107,9 @@ KEYS = {
     "p99_latency_s": "publish -> row in ClickHouse, 99th percentile",
     "p50_score_latency_s": "publish -> score record sent by the worker, median",
     "p99_score_latency_s": "publish -> score record sent by the worker, 99th percentile",
+    "p50_live_latency_s": "the same with the events stamped with the wall clock (live traffic), median",
+    "p99_live_latency_s": "the same, live traffic, 99th percentile",
+    "p99_live_score_latency_s": "publish -> score record sent by the worker, live traffic, 99th percentile",
     "state_bytes_per_customer": "table value bytes per customer, mean",
     "state_bytes_max": "table value bytes per customer, largest",
     "rss_mb": "peak resident memory of the single worker (VmHWM)",
@@ -127,6 +131,7 @@ _PHASES = {
     "pipeline": "one cvm worker and the learner",
     "pipeline_2w": "two cvm workers",
     "latency": "worker + learner + sink, publishing at pipeline_eps / 2",
+    "latency_live": "the same with the events stamped with the wall clock as they are published",
     "recovery": "a worker's table recovered from its changelog, then from its checkpoint",
     "restore": "the load restored from ClickHouse onto a fresh broker (sink, learner, worker)",
 }
@@ -278,7 +283,15 @@ class Bench(Harness):
             return bench_restart.recovery(self.cfg, self.recovery_customers)
         if name == "restore":
             return bench_restart.restore(self)
-        return self.latency(load.pool, (so_far["pipeline_eps"] or 2000) / 2)
+        rate = (so_far["pipeline_eps"] or 2000) / 2
+        if name == "latency_live":
+            figures = self.latency(load.pool, rate, live=True)
+            return {
+                "p50_live_latency_s": figures["p50_latency_s"],
+                "p99_live_latency_s": figures["p99_latency_s"],
+                "p99_live_score_latency_s": figures["p99_score_latency_s"],
+            }
+        return self.latency(load.pool, rate)
 
     def _batch(self, size: int) -> int:
         """``size``, or less for a small load: the first batch is not timed, and a run must time several."""
@@ -413,13 +426,33 @@ class Bench(Harness):
 
     # --- latency ------------------------------------------------------------------------------------------------
 
-    def latency(self, pool: Sequence[tuple[str, bytes, bytes]], rate: float) -> dict[str, Any]:
+    def latency(self, pool: Sequence[tuple[str, bytes, bytes]], rate: float, live: bool = False) -> dict[str, Any]:
         """Worker and sink on fresh topics; publish ``pool`` at ``rate`` and time sampled events into ClickHouse
-        (and, to tell the worker's share from the sink's, onto ``customer-scores``)."""
+        (and, to tell the worker's share from the sink's, onto ``customer-scores``).
+
+        The pool is history: at ``rate`` its stream time runs thousands of times faster than the wall clock, so every
+        cost that stream time drives (ticks, re-scoring, new model versions) comes as a burst. ``live`` stamps each
+        event with the wall clock as it is published (its other times moved alike), as upstream traffic is: stream
+        time then follows the wall clock, as in production."""
+        from cvm.codec import Codec
+        from cvm.events import TIME_FIELDS
         from cvm.kafka import create_topics, make_producer
         from cvm.publish import RateLimiter
 
-        cfg = self.cfg.replace(topic_prefix=f"{self.cfg.topic_prefix}lat-", app_id=f"{self.cfg.app_id}-lat")
+        tag = "live" if live else "lat"
+        cfg = self.cfg.replace(topic_prefix=f"{self.cfg.topic_prefix}{tag}-", app_id=f"{self.cfg.app_id}-{tag}")
+        if live:  # a database of its own: the other phase's history there would be restored first
+            cfg = cfg.replace(clickhouse_database="live")
+        codec = Codec()
+
+        def stamped(kind: str, value: bytes) -> bytes:
+            _, rec = codec.decode(value)
+            moved = int(time.time() * 1000) - rec["event_time"]
+            for name in TIME_FIELDS[kind]:
+                if rec.get(name) is not None:
+                    rec[name] += moved
+            return codec.encode(kind, rec)
+
         create_topics(cfg)
         sink = self.children.start("sink", ["-m", "cvm.cli", "sink"], cfg)
         worker = self._spawn_worker(cfg, f"{cfg.app_id}-w1")
@@ -437,6 +470,8 @@ class Bench(Harness):
                 for i, (kind, key, value) in enumerate(items):
                     if limiter is not None:
                         limiter.take()
+                    if live:
+                        value = stamped(kind, value)
                     while True:
                         try:
                             producer.produce(topics[kind], value, key)

@@ -44,6 +44,7 @@ def test_small_run_reports_every_figure() -> None:
     for key in RATES:
         assert result[key] > 0, (key, result)
     assert 0 < result["p50_latency_s"] <= result["p99_latency_s"] < 120
+    assert 0 < result["p50_live_latency_s"] <= result["p99_live_latency_s"] < 120
     assert result["latency_samples"] > 0
     assert 50 < result["state_bytes_per_customer"] <= result["state_bytes_max"] < 100_000
     assert 20 < result["rss_mb"] < 10_000
