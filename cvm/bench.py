@@ -437,7 +437,7 @@ class Bench(Harness):
         from cvm.codec import Codec
         from cvm.events import TIME_FIELDS
         from cvm.kafka import create_topics, make_producer
-        from cvm.publish import RateLimiter
+        from cvm.publish import RateLimiter, produce_retrying
 
         tag = "live" if live else "lat"
         cfg = self.cfg.replace(topic_prefix=f"{self.cfg.topic_prefix}{tag}-", app_id=f"{self.cfg.app_id}-{tag}")
@@ -472,12 +472,7 @@ class Bench(Harness):
                         limiter.take()
                     if live:
                         value = stamped(kind, value)
-                    while True:
-                        try:
-                            producer.produce(topics[kind], value, key)
-                            break
-                        except BufferError:
-                            producer.poll(0.01)
+                    produce_retrying(producer, topics[kind], value, key, poll_s=0.01)
                     n = published[(key, kind)] = published.get((key, kind), 0) + 1
                     if i % every == 0:
                         now = time.time()

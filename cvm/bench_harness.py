@@ -93,6 +93,7 @@ def generate(events: int, customers: int, extra: int, seed: int = 1) -> Load:
 def publish(cfg: Config, records: Sequence[tuple[str, bytes, bytes]]) -> dict[tuple[str, int], int]:
     """Produce ``records`` to ``cfg``'s topics; return the end offset (last + 1) of every partition written."""
     from cvm.kafka import make_producer
+    from cvm.publish import produce_retrying
 
     ends: dict[tuple[str, int], int] = {}
     failed: list[str] = []
@@ -107,12 +108,7 @@ def publish(cfg: Config, records: Sequence[tuple[str, bytes, bytes]]) -> dict[tu
     producer = make_producer(cfg, on_delivery=delivered)
     topics = {kind: cfg.topic(kind) for kind in EVENT_TOPICS}
     for kind, key, value in records:
-        while True:
-            try:
-                producer.produce(topics[kind], value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_retrying(producer, topics[kind], value, key)
     if producer.flush(60) or failed:
         raise CvmError(f"publishing the bench load failed ({failed[0] if failed else 'timeout'}): is the broker up?")
     return ends

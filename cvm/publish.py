@@ -5,6 +5,9 @@ An event ``(kind, record)`` is encoded with the :class:`~cvm.codec.Codec` (Confl
 every co-partitioned topic. Kafka record timestamps are left to the producer (now): a history replayed with its old
 event times as record timestamps would fall straight out of the topics' time-based retention.
 
+:func:`produce_retrying` is the one produce-and-retry-while-the-queue-is-full loop: the :class:`Publisher` uses it,
+and so do the producers that keep their own delivery callbacks (``cvm bench``'s loads, the restore's history).
+
 >>> clock = [0.0]
 >>> bucket = RateLimiter(10, clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
 >>> for _ in range(25):
@@ -20,13 +23,15 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from confluent_kafka import Producer
+
 from cvm.codec import Codec, make_registry
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import BrokerUnavailable, CvmError
 from cvm.kafka import check_broker, create_topics, make_producer
 from cvm.signals import StopSignals  # re-exported: simulate and replay take it from here
 
-__all__ = ["Progress", "Publisher", "RateLimiter", "StopSignals", "format_counts"]
+__all__ = ["Progress", "Publisher", "RateLimiter", "StopSignals", "format_counts", "produce_retrying"]
 
 
 class RateLimiter:
@@ -112,6 +117,17 @@ def format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{kind} {n:,}" for kind, n in counts.items() if n) or "none"
 
 
+def produce_retrying(producer: Producer, topic: str, value: bytes, key: bytes, poll_s: float = 0.05) -> None:
+    """``producer.produce(topic, value, key)``; while the local queue is full (``BufferError``), serve the producer
+    for up to ``poll_s`` seconds (librdkafka sends, delivery callbacks run) and try again."""
+    while True:
+        try:
+            producer.produce(topic, value, key)
+            return
+        except BufferError:
+            producer.poll(poll_s)
+
+
 class Publisher:
     """Encode events and produce them to cvm's topics, keyed by customer id, optionally rate-limited.
 
@@ -146,14 +162,7 @@ class Publisher:
         value = self.codec.encode(kind, record)
         if self.limiter is not None:
             self.limiter.take()
-        topic, key = self.topics[kind], record["customer_id"].encode()
-        produce = self.producer.produce
-        while True:
-            try:
-                produce(topic, value, key)
-                break
-            except BufferError:  # the local queue is full: let librdkafka send, then retry
-                self.producer.poll(0.05)
+        produce_retrying(self.producer, self.topics[kind], value, record["customer_id"].encode())
         self.counts[kind] += 1
         self._unpolled += 1
         if self._unpolled >= 1000:

@@ -51,6 +51,7 @@ from cvm.config import EVENT_TOPICS, Config
 from cvm.epoch import Epoch, claim, read, records_after
 from cvm.exceptions import DecodeError, RestoreError
 from cvm.kafka import make_consumer, make_producer
+from cvm.publish import produce_retrying
 from sinks.clickhouse import ClickHouse, migrate
 from sinks.writer import Writer, sink_group
 from streams.table import CustomerTable
@@ -365,13 +366,7 @@ class Restorer:
                 p.unpublishable += 1
                 log.error("restore: %s %s not published: %s", kind, record.get("event_id"), exc)
                 continue
-            key = str(record["customer_id"]).encode()
-            while True:
-                try:
-                    producer.produce(topics[kind], value, key)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_retrying(producer, topics[kind], value, str(record["customer_id"]).encode())
             p.published += 1
             if not p.published % 2000:
                 producer.poll(0)

@@ -1,0 +1,50 @@
+"""The one producing loop (:func:`cvm.publish.produce_retrying`): a full local queue is waited out, never lost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cvm.publish import produce_retrying
+
+
+class FullThenFree:
+    """A producer whose local queue is full for the first ``full`` produce calls; it notes every call, in order."""
+
+    def __init__(self, full: int) -> None:
+        self.full = full
+        self.calls: list[tuple[str, Any]] = []
+        self.produced: list[tuple[str, bytes, bytes]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        self.calls.append(("produce", topic))
+        if self.full:
+            self.full -= 1
+            raise BufferError("Local: Queue full")
+        self.produced.append((topic, value, key))
+
+    def poll(self, timeout: float) -> int:
+        self.calls.append(("poll", timeout))
+        return 0
+
+
+def test_a_full_queue_is_polled_then_the_record_produced_once() -> None:
+    producer = FullThenFree(full=2)
+    produce_retrying(producer, "transactions", b"value", b"c1")  # type: ignore[arg-type]
+    assert producer.produced == [("transactions", b"value", b"c1")]
+    assert producer.calls == [
+        ("produce", "transactions"),
+        ("poll", 0.05),
+        ("produce", "transactions"),
+        ("poll", 0.05),
+        ("produce", "transactions"),
+    ]
+
+
+def test_a_free_queue_is_not_polled_and_the_poll_timeout_is_the_callers() -> None:
+    free = FullThenFree(full=0)
+    produce_retrying(free, "contacts", b"v", b"k", poll_s=0.01)  # type: ignore[arg-type]
+    assert free.calls == [("produce", "contacts")]
+    full = FullThenFree(full=1)
+    produce_retrying(full, "contacts", b"v", b"k", poll_s=0.01)  # type: ignore[arg-type]
+    assert full.calls == [("produce", "contacts"), ("poll", 0.01), ("produce", "contacts")]
+    assert full.produced == [("contacts", b"v", b"k")]
