@@ -17,26 +17,14 @@ At-least-once, never lossy:
   layer: an INSERT is tried once per flush); nothing is dropped. Partitions taken away by a rebalance before
   their batches were written are simply not committed: their new owner reads them again.
 
-Raw events are decoded with the Avro codec; records that fail to decode or validate are skipped here — the worker
-sends them to ``dead-letters``, which this writer stores. Score, alert, dead-letter and late-event messages are
-JSON. Alerts go to ``alerts`` (a ReplacingMergeTree on the episode, so a re-emitted alert collapses); once a batch
-of them is written, the ones whose episode ClickHouse did not hold before go to :attr:`Writer.alert_listener` (the
-webhook), so a replay does not notify anyone twice.
-Score messages are checked against their contract (``schemas/customer_score.avsc``, :mod:`schemas.scores`): a
-missing field with a default takes it (NULL for what is not known yet), a message missing a required field is
-refused, and a key the contract does not know is counted (``score_contract`` in :meth:`Writer.stats`), logged once
-and not written. Their keys are then mapped onto the columns ``customers`` and ``customer_scores`` have (read from
-``system.columns`` at start); a test keeps the contract and the columns equal, so a new feature needs a schema
-field, a migration and the worker emitting the key, and no change here.
-
-Raw transactions keep the ``amount`` and ``currency`` upstream sent; ``amount_base`` and ``gross_margin_base`` are
-the amounts in the base currency at the event's date (:mod:`scoring.currency`, as the workers convert them), NULL
-when there is no rate (the worker dead-letters such a transaction).
+What rows a record of each topic becomes (decoding, validation, the score contract, currency conversion,
+conversion to the tables' columns) is :mod:`sinks.routes`'s. Once a batch of alerts is written, the ones whose
+episode ClickHouse did not hold before (:meth:`~sinks.routes.Routes.fresh_alerts`, asked before the INSERT) go to
+:attr:`Writer.alert_listener` (the webhook), so a replay does not notify anyone twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -45,34 +33,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from cvm import metrics
-from cvm.codec import Codec, make_registry
-from cvm.config import EVENT_TOPICS, Config
+from cvm.config import Config
 from cvm.epoch import Epoch
-from cvm.events import validate
-from cvm.exceptions import BrokenContract, DecodeError, InvalidEvent, ModelRejected, NoExchangeRate
-from cvm.kafka import ModelKey, decode_model, make_consumer
-from schemas.scores import ScoreContract
-from scoring.currency import Rates
-from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed, Table, condense_error
+from cvm.kafka import make_consumer
+from sinks.clickhouse import SCORE_TABLES, ClickHouse, InsertFailed
+from sinks.routes import REFUSALS, Routes, Row
 
 __all__ = ["SCORE_TABLES", "Writer", "sink_group"]
 
 log = logging.getLogger("cvm.sink")
 
-#: Longest base64 text kept of a dead letter's record (the worker bounds it too; this is the sink's guard).
-MAX_RAW_CHARS = 65_536
-
 _RATE_WINDOW_S = 5.0
 _LAG_EVERY_S = 2.0
 _MAX_RETRY_S = 10.0
-
-Row = dict[str, Any]
-Route = Callable[[str, int, int, bytes, bytes | None], list[tuple[str, Row]]]
 
 
 @dataclass
@@ -123,26 +99,12 @@ class Writer:
         self.cfg = cfg
         self.ch = ch
         self.consumer = consumer
-        self.epoch = epoch or Epoch.local()
-        self.codec = Codec(make_registry(cfg.schema_registry_url))
-        self.model_key = ModelKey.from_config(cfg)
-        self.contract = ScoreContract.load()
-        self.rates = Rates.from_config(cfg)
-        self.floor_ms = cfg.min_event_time_ms
-        names = (*EVENT_TOPICS, *SCORE_TABLES, "alerts", "dead_letters", "late_events", "clv_params", "model_metrics")
-        self.tables = {name: Table.load(ch, name) for name in names}
-        self._routes: dict[str, Route] = {cfg.topic(kind): self._raw for kind in EVENT_TOPICS}
-        self._routes[cfg.topic("customer-scores")] = self._scores
-        self._routes[cfg.topic("dead-letters")] = self._dead_letter
-        self._routes[cfg.topic("late-events")] = self._late_event
-        self._routes[cfg.topic("alerts")] = self._alert
-        self._routes[cfg.topic("model-metrics")] = self._model_metrics
+        #: What each topic's records become; it holds the tables (:attr:`tables`) and the epoch (:attr:`epoch`).
+        self.routes = Routes(cfg, ch, epoch or Epoch.local())
+        self.tables = self.routes.tables
+        self._routes = self.routes.by_topic
         #: Called with the new alerts of each written batch (converted rows), from the writer's thread.
         self.alert_listener: Callable[[list[Row]], None] | None = None
-        self._kind = {cfg.topic(kind): kind for kind in EVENT_TOPICS}
-        # The score tables share their columns (migrations write both from one statement): convert once for both.
-        first = self.tables[SCORE_TABLES[0]]
-        self._scores_alike = all(self.tables[name].types == first.types for name in SCORE_TABLES)
 
         self._open: dict[tuple[str, str, int], _Batch] = {}  # batches still taking records
         self._pending: list[_Batch] = []  # every unwritten batch, oldest first
@@ -174,6 +136,15 @@ class Writer:
         """The full names of the topics the writer consumes."""
         return list(self._routes)
 
+    @property
+    def epoch(self) -> Epoch:
+        """The broker's epoch: in every INSERT's token, and in the rows of raw events, dead letters and late events."""
+        return self.routes.epoch
+
+    @epoch.setter
+    def epoch(self, epoch: Epoch) -> None:
+        self.routes.epoch = epoch
+
     # --- records in ------------------------------------------------------------------------------------------------
 
     def add(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = None) -> bool:
@@ -192,16 +163,7 @@ class Writer:
             return False
         try:
             rows = route(topic, partition, offset, value, key)
-        except (
-            DecodeError,
-            InvalidEvent,
-            ModelRejected,
-            BrokenContract,
-            ValueError,
-            TypeError,
-            KeyError,
-            AttributeError,
-        ) as exc:
+        except REFUSALS as exc:
             # "Skip this record" is not a failure: the worker dead-letters raw events, and a malformed JSON
             # message cannot become valid by retrying.
             self._skipped += 1
@@ -224,121 +186,6 @@ class Writer:
                 self._full = True
         return True
 
-    def _raw(self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None) -> list[tuple[str, Row]]:
-        kind, record = self.codec.decode(value)
-        expected = self._kind[topic]
-        if kind != expected:
-            raise DecodeError(f"a {kind} record on the {expected} topic")
-        validate(kind, record, floor_ms=self.floor_ms)
-        record.update(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            epoch=self.epoch.number,
-            ingested_at=int(time.time() * 1000),
-        )
-        if kind == "transactions":
-            try:
-                base = self.rates.convert(kind, record)
-                record.update(amount_base=base["amount"], gross_margin_base=base["gross_margin"])
-            except NoExchangeRate:
-                record.update(amount_base=None, gross_margin_base=None)
-        return [(kind, self.tables[kind].convert(record))]
-
-    def _scores(
-        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
-    ) -> list[tuple[str, Row]]:
-        obj = _json_object(value)
-        if not obj.get("customer_id"):
-            if not key:
-                raise ValueError("score message without customer_id")
-            obj["customer_id"] = key.decode()
-        obj = self.contract.check(obj)
-        if self._scores_alike:
-            row = self.tables[SCORE_TABLES[0]].convert(obj)  # read-only from here on: both batches may hold it
-            return [(name, row) for name in SCORE_TABLES]
-        return [(name, self.tables[name].convert(obj)) for name in SCORE_TABLES]
-
-    def _dead_letter(
-        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
-    ) -> list[tuple[str, Row]]:
-        obj = _json_object(value)
-        raw = obj.get("raw_b64") or obj.get("raw") or ""
-        record = {
-            "time": obj.get("time") or int(time.time() * 1000),
-            "topic": obj.get("topic", ""),
-            "partition": obj.get("partition", -1),
-            "offset": obj.get("offset", -1),
-            "epoch": self.epoch.number,
-            "key": obj.get("key") or "",
-            "raw": str(raw)[:MAX_RAW_CHARS],
-            "error_class": obj.get("error_class", ""),
-            "error": obj.get("error", ""),
-        }
-        return [("dead_letters", self.tables["dead_letters"].convert(record))]
-
-    def _late_event(
-        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
-    ) -> list[tuple[str, Row]]:
-        obj = _json_object(value)
-        obj.setdefault("time", int(time.time() * 1000))
-        obj["epoch"] = self.epoch.number
-        return [("late_events", self.tables["late_events"].convert(obj))]
-
-    def _model_metrics(
-        self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None
-    ) -> list[tuple[str, Row]]:
-        """A CLV fit becomes a row of ``clv_params``; churn metrics one row per metric of ``model_metrics``."""
-        try:
-            meta, _ = decode_model(value, key=self.model_key)
-        except ModelRejected as exc:  # counted by decode_model; skipped by add()
-            log.warning("%s[%d]@%d: %s", topic, partition, offset, exc)
-            raise
-        if meta.get("kind") == "clv":
-            bg, gg = meta.get("bgnbd") or {}, meta.get("gamma_gamma") or {}
-            record = {**meta, **bg, **{k: v for k, v in gg.items() if k in ("p", "q", "gamma")}}
-            record.update(gg_customers=gg.get("customers", 0), gg_log_likelihood=gg.get("log_likelihood", 0.0))
-            record["log_likelihood"] = bg.get("log_likelihood", 0.0)
-            return [("clv_params", self.tables["clv_params"].convert(record))]
-        if meta.get("kind") == "metrics":
-            table = self.tables["model_metrics"]
-            base = {"time": meta["time"], "model_version": meta.get("model_version", 0)}
-            return [
-                ("model_metrics", table.convert({**base, "metric": name, "value": v}))
-                for name, v in sorted((meta.get("metrics") or {}).items())
-            ]
-        raise ValueError(f"unknown model-metrics message kind {meta.get('kind')!r}")
-
-    def _alert(self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None) -> list[tuple[str, Row]]:
-        obj = _json_object(value)
-        if not obj.get("customer_id") and key:
-            obj["customer_id"] = key.decode()
-        for name in ("customer_id", "rule", "episode", "alert_time"):
-            if not obj.get(name):
-                raise ValueError(f"alert message without {name}")
-        return [("alerts", self.tables["alerts"].convert(obj))]
-
-    def _fresh_alerts(self, records: list[Row]) -> list[Row]:
-        """The alerts whose episode ClickHouse does not hold yet, once each (a replay's repeats are not new)."""
-        try:
-            known = {
-                e
-                for (e,) in self.ch.rows(
-                    f"SELECT episode FROM {self.ch.database}.alerts "
-                    "WHERE customer_id IN {c:Array(String)} AND episode IN {e:Array(String)}",
-                    {"c": sorted({r["customer_id"] for r in records}), "e": sorted({r["episode"] for r in records})},
-                )
-            }
-        except ClickHouseError as exc:  # the insert will meet the same trouble; if it passes, better twice than never
-            log.warning("could not look up known alert episodes: %s", condense_error(exc))
-            known = set()
-        fresh = []
-        for record in records:
-            if record["episode"] not in known:
-                known.add(record["episode"])
-                fresh.append(record)
-        return fresh
-
     # --- records out -----------------------------------------------------------------------------------------------
 
     @property
@@ -360,7 +207,7 @@ class Writer:
             columns = [c for c in table.columns if c in ins.batches[0].keys]  # the batches share their keys
             records = ins.records
             if ins.table == "alerts" and self.alert_listener is not None and ins.fresh is None:
-                ins.fresh = self._fresh_alerts(records)  # before inserting: afterwards every episode is known
+                ins.fresh = self.routes.fresh_alerts(records)  # before inserting: afterwards every episode is known
             try:
                 self.ch.insert(ins.table, columns, table.rows(records, columns), ins.token)
             except InsertFailed as exc:
@@ -614,8 +461,8 @@ class Writer:
                 "last_error": self._last_error,
                 "lag": dict(self._lag),
                 "score_contract": {
-                    "unknown_keys": dict(self.contract.unknown),
-                    "refused": dict(self.contract.broken),
+                    "unknown_keys": dict(self.routes.contract.unknown),
+                    "refused": dict(self.routes.contract.broken),
                 },
             }
 
@@ -623,16 +470,6 @@ class Writer:
 def sink_group(cfg: Config) -> str:
     """The sink's consumer group (a restore commits its offsets past what it wrote itself)."""
     return f"{cfg.app_id}-sink"
-
-
-def _json_object(value: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        obj = json.loads(value)  # what orjson refuses but json reads: NaN, Infinity (earlier workers wrote them)
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def _lag(consumer: Consumer) -> dict[tuple[str, int], int]:

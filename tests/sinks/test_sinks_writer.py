@@ -254,7 +254,7 @@ def test_batches_with_other_keys_are_other_inserts(cfg: Config, ch: ClickHouse) 
 
 
 def test_json_messages_are_read_with_orjson_and_the_json_module_reads_what_it_refuses() -> None:
-    from sinks.writer import _json_object
+    from sinks.routes import _json_object
 
     assert _json_object(b'{"customer_id":"c1","p_alive":0.5}') == {"customer_id": "c1", "p_alive": 0.5}
     assert math.isnan(_json_object(b'{"p_alive": NaN}')["p_alive"])  # written by json.dumps in earlier workers
