@@ -202,7 +202,11 @@ def test_writer_pauses_while_clickhouse_refuses_and_loses_nothing(cfg: Config, c
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    return proc.stdout.readline() if ready else ""
+    line = proc.stdout.readline() if ready else ""
+    if not line and proc.poll() is not None:  # it died: say why, not only that the line is missing
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        raise AssertionError(f"{proc.args} exited with {proc.returncode} before its first line:\n{err[-3000:]}")
+    return line
 
 
 def test_sink_and_sql_commands(cfg: Config, tmp_path: Path) -> None:
