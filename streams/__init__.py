@@ -1,4 +1,5 @@
-"""The Faust side of cvm: the worker (scorer and steps: decode, fold, score, delivery, stream clock), the learner."""
+"""The Faust side of cvm: the worker (scorer and steps: decode, fold, score, delivery, stream clock; its partitions,
+the model versions in force), the learner."""
 
 from __future__ import annotations
 

@@ -9,14 +9,14 @@ without Kafka; :func:`streams.app.create_app` builds the real ones. Per batch (:
 2. **decode** (:mod:`streams.decode`): poison goes to the dead letters, a record keyed otherwise than by its
    customer id is copied to the re-key topic; the rest queue up in their source partition (:mod:`streams.clock`);
 3. **ticks**: while every source has passed the next tick, fold that tick's phase (:mod:`streams.fold`) and score
-   at the tick (:mod:`streams.score`), with the models valid at it (:mod:`streams.models`), waiting for the learner
+   at the tick (:mod:`streams.score`), with the models valid at it (:mod:`streams.versions`), waiting for the learner
    if it is behind; then fold what has come of the next phase and score those customers as of their events; when
    the stream has gone idle, score everyone not scored since the last tick as of the latest event time;
 4. **outputs** (scores, alerts, late events, dead letters, re-keyed copies, labels, CLV facts) are sent and
    acknowledged (:mod:`streams.delivery`), then the learner is told how far the worker's partitions have ticked;
 5. **table**: one write per changed customer and per partition whose clock moved, acknowledged;
 6. **commit** each source partition up to its first record not processed yet (the held ones come again after a
-   crash); pause the sources that hold records for a later tick, resume the others.
+   crash); pause the sources that hold records for a later tick, resume the others (:mod:`streams.partitions`).
 
 Outputs go before state so that a crash between the two leaves the state behind, not the outputs: the re-delivered
 records are scored again and their outputs sent again (the same score version, the same alert episode, the same
@@ -30,58 +30,36 @@ Each stage of a batch is charged the CPU it used, and the worker logs where it s
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from cvm import metrics
 from cvm.codec import Codec
 from cvm.config import EVENT_TOPICS, Config
-from cvm.exceptions import ConfigError
-from scoring.bgnbd import BGNBD
-from scoring.churn import ChurnModel
-from scoring.clv import ClvModel
 from scoring.currency import Rates
-from scoring.gamma_gamma import GammaGamma
 from scoring.population import Population
 from scoring.state import CustomerState
 from streams.clock import Item, StreamClock, Timers, closing_tick
 from streams.decode import Decoder, kafka_partition
 from streams.delivery import Delivery, DeliveryFailed
 from streams.fold import Folder
-from streams.models import ModelFeed, grid_point, unpack_churn
+from streams.models import ModelFeed, grid_point
+from streams.partitions import CLOCK_KEY, Partitions, pack_clock
 from streams.records import Event, Outputs, RawRecord, dead_letter
 from streams.score import Assessor, Candidate, InForce, ranked
 from streams.status import Laps, status_line
+from streams.table import Table
+from streams.versions import Versions, versions_of
 
-__all__ = ["CLOCK_KEY", "Scorer"]
+__all__ = ["Scorer"]
 
 log = logging.getLogger("cvm.worker")
-
-#: Table key of a partition's clock (the last tick it evaluated); never a customer id.
-CLOCK_KEY = b"\x00cvm-clock"
-_CLOCK = struct.Struct("<q")
-
-Found = tuple[dict[str, Any], bytes] | None  # a models message (metadata, blob), if any
-
-
-class Table(Protocol):
-    """What the scorer needs of the customer table (:class:`streams.table.CustomerTable`)."""
-
-    partitions: dict[int, dict[bytes, bytes]]
-
-    def get(self, partition: int, key: bytes) -> bytes | None: ...
-    def put(self, partition: int, key: bytes, value: bytes) -> None: ...
-    def seal(self, partitions: Iterable[int]) -> None: ...
-    def recover(self, partitions: Iterable[int]) -> int: ...
-    def drop(self, partitions: Iterable[int]) -> None: ...
-    def locate(self, key: bytes) -> int | None: ...
 
 
 class Scorer:
@@ -102,7 +80,6 @@ class Scorer:
         self.cfg = cfg
         self.consumer = consumer
         self.table = table
-        self.models = models
         self.monotonic = monotonic
         self.rekey_topic = f"{cfg.app_id}-rekey"
         self.sources = [cfg.topic(kind) for kind in EVENT_TOPICS] + [self.rekey_topic]
@@ -125,17 +102,12 @@ class Scorer:
         self.unscored: set[str] = set()  # folded in this batch and not scored since
         self.since_idle: set[str] = set()  # folded since the last idle scoring
         self.in_force = InForce()  # the models of the last tick
-        self._model_cache: dict[tuple[str, int], Any] = {}
+        self.versions = Versions(cfg, models, self.counters, monotonic)  # the models in force at a stream time
         self.completed_at: int | None = None  # stream time of the last idle scoring
-        self.reported: dict[int, int | None] = {}  # partition clocks last reported to the learner
         self.reported_idle: set[int] = set()
-        self.waiting_since: float | None = None
         self.stopping = threading.Event()
         self.delivery = Delivery(cfg, producer, learn_producer, self.rekey_topic, self.stopping)
-        self.rebalanced = False
-        self.paused: set[tuple[str, int]] = set()
-        self.resume_after_assign: set[tuple[str, int]] = set()
-        self.assigned_now: set[tuple[str, int]] = set()  # assigned during the poll in progress
+        self.partitions = Partitions(cfg, table, self.clock, self.sources, self.rekey_topic)
         self._next_status = 0.0
         self.laps = Laps()  # CPU seconds of this (the Kafka) thread by stage of a batch
 
@@ -143,63 +115,7 @@ class Scorer:
 
     def subscribe(self) -> None:
         """Join the consumer group on the source topics (after checking they are co-partitioned)."""
-        self.check_partitions()
-        self.consumer.subscribe(
-            self.sources, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
-        )
-
-    def check_partitions(self) -> None:
-        """Refuse to start when a source topic's partitions are not ``CVM_PARTITIONS``: states would split."""
-        meta = self.consumer.list_topics(timeout=10)
-        for topic in [*self.sources, getattr(self.table, "topic", "")]:
-            found = meta.topics.get(topic)
-            if found is None or found.error is not None:
-                continue
-            n = len(found.partitions)
-            if n != self.cfg.partitions:
-                raise ConfigError(
-                    f"topic {topic} has {n} partitions, cvm's topics have CVM_PARTITIONS={self.cfg.partitions}: "
-                    "customers' events would land on other partitions than their states. Keep the partition count, "
-                    "or move to new topics with the new count and replay the history into them (cvm rebuild)"
-                )
-
-    def _on_assign(self, consumer: Any, assigned: list[TopicPartition]) -> None:
-        partitions = {tp.partition for tp in assigned}
-        fresh = partitions - set(self.table.partitions)
-        with metrics.table_recovery_seconds.time():
-            read = self.table.recover(fresh)
-        metrics.table_recovered_records.inc(read)
-        clocks = {p: _clock_of(self.table.get(p, CLOCK_KEY)) for p in partitions}
-        self.clock.assign([(tp.topic, tp.partition) for tp in assigned], clocks, followers=[self.rekey_topic])
-        log.info("assigned partitions %s", " ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "none")
-        log.info("table ready: %d partitions, %d changelog records read", len(partitions), read)
-        self.rebalanced = True
-        # A partition paused before the rebalance may still be paused in the client: resume them all, after the
-        # callback (the assignment takes effect when it returns).
-        self.resume_after_assign |= {(tp.topic, tp.partition) for tp in assigned}
-        self.assigned_now |= {(tp.topic, tp.partition) for tp in assigned}
-        self.paused -= self.resume_after_assign
-
-    def _on_revoke(self, consumer: Any, revoked: list[TopicPartition]) -> None:
-        partitions = {tp.partition for tp in revoked}
-        for tp in revoked:
-            try:
-                metrics.consumer_lag.remove(metrics.topic_label(self.cfg, tp.topic), str(tp.partition))
-            except KeyError:
-                pass
-        for p in partitions:
-            try:
-                metrics.customers_held.remove(str(p))
-            except KeyError:
-                pass
-        log.info("revoked partitions %s", " ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked) or "none")
-        self.table.drop(partitions)
-        self.clock.revoke(partitions)
-        for p in partitions:
-            self.reported.pop(p, None)
-        self.paused -= {(tp.topic, tp.partition) for tp in revoked}
-        self.assigned_now -= {(tp.topic, tp.partition) for tp in revoked}
-        self.rebalanced = True
+        self.partitions.subscribe(self.consumer)
 
     def close(self) -> None:
         """Leave the group (every applied batch is committed already) and flush what is left to send."""
@@ -220,14 +136,14 @@ class Scorer:
         msgs = self.consumer.consume(num_messages=self.cfg.worker_batch, timeout=self.cfg.worker_batch_s)
         self.laps.lap("consume")
         started = time.perf_counter()
-        if self.assigned_now:
+        if self.partitions.assigned_now:
             msgs = self._from_committed(msgs)
         now_ms = int(time.time() * 1000)
         n = self._take(msgs, now_ms)
         self.laps.lap("decode")
         self._positions()
-        if self.rebalanced:
-            self.rebalanced = False
+        if self.partitions.rebalanced:
+            self.partitions.rebalanced = False
             self._rebuild()
         self.laps.lap("other")
         if self.clock.start():
@@ -260,8 +176,8 @@ class Scorer:
         return status_line(
             self.clock,
             self.monotonic(),
-            paused=len(self.paused),
-            waiting_for_models=self.waiting_since is not None,
+            paused=len(self.partitions.paused),
+            waiting_for_models=self.versions.waiting_since is not None,
             changed=len(self.changed),
             timers=len(self.timers),
             scored=self.counters,
@@ -301,7 +217,7 @@ class Scorer:
         offset: folding those first would make the records between the committed offset and them look re-delivered
         (a hole). They are dropped and the partitions read again from their committed offsets.
         """
-        fresh, self.assigned_now = self.assigned_now, set()
+        fresh, self.partitions.assigned_now = self.partitions.assigned_now, set()
         kept = [m for m in msgs if (m.topic(), m.partition()) not in fresh]
         committed = self.consumer.committed([TopicPartition(t, p) for t, p in fresh], timeout=10)
         for tp in committed:
@@ -350,7 +266,7 @@ class Scorer:
             t = clock.next_tick()
             if not clock.ready(t):
                 return
-            models = self._models_at(t)
+            models = self.versions.at(t)
             if models is None:
                 return  # the learner is behind: wait for it (sources that passed the tick stay paused)
             items = clock.take(t)
@@ -359,7 +275,7 @@ class Scorer:
                 not items
                 and not self.changed
                 and (due is None or due > t)
-                and _versions(models) == _versions(self.in_force)
+                and versions_of(models) == versions_of(self.in_force)
             ):
                 # Nothing happens at this tick: go straight to the last tick before something does.
                 limits = [clock.horizon() or t, grid_point(t, self.grid_ms) + self.grid_ms]
@@ -418,12 +334,12 @@ class Scorer:
         ticks of ``CVM_MODEL_RESCORE_SPREAD_S`` from ``t`` (:meth:`_spread`): each is re-scored under them by then,
         and no tick scores the whole population at once."""
         evaluate = {p for p, c in self.clock.clocks.items() if c is None or c < t}
-        new_versions = _versions(models) != _versions(self.in_force)
+        new_versions = versions_of(models) != versions_of(self.in_force)
         if new_versions:
             queued = self._spread(t)
             log.info(
                 "model versions %s at stream time %d: %d customers re-scored under them within %d ticks",
-                _versions(models),
+                versions_of(models),
                 t,
                 queued,
                 self.spread_ticks,
@@ -474,7 +390,7 @@ class Scorer:
             return
         if self.completed_at is not None and latest <= self.completed_at and not self.since_idle:
             return
-        models = self._models_at(latest)
+        models = self.versions.at(latest)
         if models is None:
             return
         fresh_from = latest - self.tick_ms
@@ -504,7 +420,7 @@ class Scorer:
         self.laps.lap("other")
         if self.unscored:
             cands = [self.entries[c] for c in self.unscored if c in self.entries]
-            self._assess(cands, "event", self._latest_models())
+            self._assess(cands, "event", self.versions.latest())
             self.unscored.clear()
         self.laps.lap("score")
         self.delivery.send(self.out)
@@ -516,10 +432,10 @@ class Scorer:
             self.table.put(entry.partition, entry.customer_id.encode(), entry.state.to_bytes())
             written.add(entry.partition)
         self.entries.clear()
-        clocks = dict(self.clock.clocks)
-        moved = {p: c for p, c in clocks.items() if c is not None and self.reported.get(p) != c}
+        clocks, reported = dict(self.clock.clocks), self.partitions.reported
+        moved = {p: c for p, c in clocks.items() if c is not None and reported.get(p) != c}
         for p, c in moved.items():
-            self.table.put(p, CLOCK_KEY, _CLOCK.pack(c))
+            self.table.put(p, CLOCK_KEY, pack_clock(c))
             written.add(p)
         idle = self.clock.idle_partitions()
         if moved or idle != self.reported_idle:
@@ -529,10 +445,10 @@ class Scorer:
             self.table.seal(written)
             self.delivery.flush()
         self.laps.lap("changelog")
-        self.reported.update(moved)
+        reported.update(moved)
         self.reported_idle = idle
-        self._commit(self.clock.commit_positions())
-        self._flow()
+        self.partitions.commit(self.consumer, self.clock.commit_positions())
+        self.partitions.flow(self.consumer)
         self.laps.lap("commit")
 
     def _assess(self, cands: list[Candidate], scored_by: str, models: InForce, **at: Any) -> None:
@@ -543,62 +459,6 @@ class Scorer:
         self.counters[scored_by] += len(cands)
         metrics.scorings.labels(scored_by=scored_by).inc(len(cands))
         metrics.scoring_seconds.labels(scored_by=scored_by).inc(time.process_time() - cpu)
-
-    # --- models ----------------------------------------------------------------------------------------------------
-
-    def _models_at(self, t: int) -> InForce | None:
-        """The models valid at stream time ``t``; ``None`` while the learner has not published them yet."""
-        if not self.models.covers(t):
-            now = self.monotonic()
-            if self.waiting_since is None:
-                self.waiting_since = now
-                metrics.model_waits.labels(outcome="waited").inc()
-            if now - self.waiting_since < self.cfg.model_wait_s:
-                return None
-            self.counters["model_wait_timeouts"] += 1
-            metrics.model_waits.labels(outcome="given_up").inc()
-            log.warning(
-                "the learner has not published the models of stream time %d for %.0f s: going on with the newest "
-                "(this stretch of scores will not be reproduced exactly by a replay)",
-                t,
-                now - self.waiting_since,
-            )
-        self.waiting_since = None
-        return self._in_force(self.models.at("clv", t), self.models.at("churn", t))
-
-    def _latest_models(self) -> InForce:
-        return self._in_force(self.models.get("clv"), self.models.get("churn"))
-
-    def _in_force(self, clv: Found, churn: Found) -> InForce:
-        clv_model = None
-        clv_version = churn_version = 0
-        heads: tuple[ChurnModel, ...] = ()
-        if clv is not None:
-            clv_version = int(clv[0]["version"])
-            clv_model = self._cached("clv", clv_version, lambda: self._clv_model(clv[0]))
-        if churn is not None:
-            churn_version, blob = int(churn[0]["version"]), churn[1]
-            heads = self._cached(
-                "churn", churn_version, lambda: tuple(ChurnModel.from_bytes(m) for m in unpack_churn(blob)["models"])
-            )
-        return InForce(clv_model, clv_version, heads, churn_version)
-
-    def _cached(self, kind: str, version: int, build: Callable[[], Any]) -> Any:
-        key = (kind, version)
-        if key not in self._model_cache:
-            if len(self._model_cache) >= 8:
-                self._model_cache.pop(next(iter(self._model_cache)))
-            self._model_cache[key] = build()
-        return self._model_cache[key]
-
-    def _clv_model(self, meta: dict[str, Any]) -> ClvModel:
-        gg = meta.get("gamma_gamma") or {}
-        return ClvModel(
-            BGNBD.from_dict(meta["bgnbd"]),
-            GammaGamma.from_dict(gg) if "p" in gg else None,
-            horizon_days=self.cfg.clv_horizon_days,
-            discount_rate=self.cfg.clv_discount_rate,
-        )
 
     # --- state -----------------------------------------------------------------------------------------------------
 
@@ -631,7 +491,7 @@ class Scorer:
         self.in_force = InForce()  # the first tick re-scores everyone under the models of its time (spread)
         self.completed_at = None
 
-    # --- fates, commit, flow control -------------------------------------------------------------------------------
+    # --- fates, consumer errors -------------------------------------------------------------------------------------
 
     def _count_fates(self) -> None:
         """Count the fates of the records whose outputs were just sent; the outputs start over."""
@@ -642,40 +502,7 @@ class Scorer:
             metrics.records.labels(topic=label, fate="dead_lettered" if fate == "dead" else fate).inc(count)
         out.clear()
 
-    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
-        if not positions or self.consumer is None:
-            return
-        try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()], asynchronous=False
-            )
-        except KafkaException as exc:  # e.g. a rebalance took the partitions: the new owner re-applies (no-ops)
-            log.warning("offsets not committed (%s): the records will be delivered again", exc.args[0])
-
-    def _flow(self) -> None:
-        """Pause the sources that hold records for a later tick; resume those that caught up."""
-        held = self.clock.holding()
-        if self.resume_after_assign:
-            self.consumer.resume([TopicPartition(t, p) for t, p in self.resume_after_assign])
-            self.resume_after_assign.clear()
-        pause = held - self.paused
-        resume = self.paused - held
-        if pause:
-            self.consumer.pause([TopicPartition(t, p) for t, p in pause])
-        if resume:
-            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
-            self.clock.touch(resume)  # a source we held is not idle: it has not been asked for records
-        self.paused = held
-
     def _consumer_error(self, msg: Message) -> None:
         err = msg.error()
         if err.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 - its public name
             log.warning("consumer: %s", err.str())
-
-
-def _clock_of(data: bytes | None) -> int | None:
-    return _CLOCK.unpack(data)[0] if data else None
-
-
-def _versions(models: InForce) -> tuple[int, int]:
-    return models.clv_version, models.churn_version

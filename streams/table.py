@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -44,7 +45,7 @@ from cvm.config import Config
 from cvm.epoch import read as read_epoch
 from cvm.kafka import TopicSpec, create_topic, make_consumer
 
-__all__ = ["MARKER", "CustomerTable"]
+__all__ = ["MARKER", "CustomerTable", "Table"]
 
 #: Key of the changelog marker records (see :meth:`CustomerTable.seal`); never a customer id, never read as state.
 MARKER = b"\x00cvm-seal"
@@ -63,6 +64,19 @@ _RECOVERY = {
     "fetch.max.bytes": 100 * 1024 * 1024,
     "max.partition.fetch.bytes": 50 * 1024 * 1024,
 }
+
+
+class Table(Protocol):
+    """What the worker needs of the customer table (:class:`CustomerTable`; the scorer's tests use dicts)."""
+
+    partitions: dict[int, dict[bytes, bytes]]
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+    def put(self, partition: int, key: bytes, value: bytes) -> None: ...
+    def seal(self, partitions: Iterable[int]) -> None: ...
+    def recover(self, partitions: Iterable[int]) -> int: ...
+    def drop(self, partitions: Iterable[int]) -> None: ...
+    def locate(self, key: bytes) -> int | None: ...
 
 
 @dataclass

@@ -16,7 +16,8 @@ from cvm.kafka import encode_model
 from scoring.churn import ChurnModel
 from scoring.state import CustomerState
 from streams.models import pack_churn
-from streams.scorer import CLOCK_KEY, Scorer
+from streams.partitions import CLOCK_KEY
+from streams.scorer import Scorer
 from tests.conftest import MODEL_KEY
 from tests.streams import fakes
 from tests.streams.fakes import DAY, Feed, Log, Table, drain
