@@ -46,8 +46,8 @@ from cvm.epoch import records_after
 from cvm.exceptions import CvmError
 from cvm.kafka import make_consumer
 from cvm.publish import Progress
-from cvm.replay import HistoryFile, Parsed
 from cvm.replay import main as replay_main
+from cvm.replay_file import HistoryFile, Parsed
 from cvm.signals import StopSignals
 from cvm.up import Child, restart_dead, wait_http, wait_learner
 from scoring import outcomes

@@ -4,7 +4,7 @@ and checked exactly.
 The expectation is computed without ``scoring/``, from the file and the rules the README promises:
 
 * **What is published** is what ``cvm replay`` publishes: the file is read by the same
-  :class:`~cvm.replay.HistoryFile` and each row checked by the same :class:`~cvm.replay.RowCheck`
+  :class:`~cvm.replay_file.HistoryFile` and each row checked by the same :class:`~cvm.replay.RowCheck`
   (:func:`cvm.events.validate` with ``CVM_MIN_EVENT_TIME``, the Avro schema, a rate to the base currency); a row
   replay skips never reaches Kafka, so it is neither counted nor a dead letter.
 * **Money is in the base currency**: a transaction in another currency counts converted by
@@ -61,7 +61,8 @@ from cvm.codec import KINDS
 from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import ClickHouseUnavailable, CvmError
 from cvm.kafka import SESSION_TIMEOUT_S
-from cvm.replay import HistoryFile, Parsed, RowCheck, parse_mapping
+from cvm.replay import RowCheck
+from cvm.replay_file import HistoryFile, Parsed, parse_mapping
 
 __all__ = ["Actual", "Expectation", "Report", "Totals", "compare", "expect_file", "main", "read_actual", "verify"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from cvm.config import EVENT_TOPICS, Config
 from cvm.events import parse_time
-from cvm.replay import HistoryFile
+from cvm.replay_file import HistoryFile
 from cvm.verify import Report, expect_file, verify
 from tests.conftest import spawn, stop
 

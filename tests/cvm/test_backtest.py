@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cvm.replay import HistoryFile, Parsed
+from cvm.replay_file import HistoryFile, Parsed
 
 pytestmark = pytest.mark.integration
 

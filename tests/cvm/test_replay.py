@@ -15,7 +15,8 @@ from cvm.codec import Codec, load_schema
 from cvm.config import Config
 from cvm.events import parse_time
 from cvm.exceptions import BrokerUnavailable, CvmError
-from cvm.replay import HistoryFile, Parsed, Rejected, RowCheck, file_id, main
+from cvm.replay import RowCheck, main
+from cvm.replay_file import HistoryFile, Parsed, Rejected, file_id
 from cvm.simulate import write_jsonl
 from cvm.simulation import ANCHOR_MS, generate
 from tests.cvm.test_simulate import consume_all

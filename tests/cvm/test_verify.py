@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cvm.config import Config
 from cvm.events import to_json
-from cvm.replay import HistoryFile
+from cvm.replay_file import HistoryFile
 from cvm.verify import Actual, Expectation, Published, Totals, compare, expect_file
 from scoring.state import RECENT_IDS, CustomerState, FoldRules
 
