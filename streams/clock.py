@@ -12,9 +12,9 @@ evaluates the same ticks on the same states as live processing did.
 **Out-of-order records.** A record older than a tick already evaluated (within the allowed lateness) belongs to
 the next phase: where it falls is still decided by its position in its partition, so it is deterministic too.
 
-**Idle sources.** A source that holds nothing and has nothing more to read — the broker has no record past its
-position — for a second (``catch_up_s``), or that has delivered nothing for ``CVM_IDLE_PARTITION_S`` seconds, is
-idle: it does not hold stream time back. When every source is idle, ticks go up to the latest event
+**Idle sources.** A source that holds nothing and has had nothing more to read — the broker has no record past its
+position — for a second since its latest delivery (``catch_up_s``), or that has delivered nothing for
+``CVM_IDLE_PARTITION_S`` seconds, is idle: it does not hold stream time back. When every source is idle, ticks go up to the latest event
 time seen. When the stream wakes up (a first delivery after every source was idle, or after the assignment),
 every source gets that long again to deliver before it is left out: a replay published after a pause is aligned
 from its first record. This is the one place wall-clock time enters, and so the one difference between a replay
@@ -144,6 +144,7 @@ class StreamClock:
         src.items.extend(items)
         _strip(src.items)
         src.seen = now
+        src.caught_up = None  # it had records to read: its second at the end starts when it is at the end again
         last = items[-1]
         src.next_offset = (last.offset if isinstance(last, RawRecord) else last.rec.offset) + 1
         for item in items:

@@ -360,3 +360,27 @@ def test_stage_cpu_counts_the_thread_that_steps_not_the_one_that_built_the_score
     t.start()
     t.join()
     assert not errors, errors
+
+
+def test_live_traffic_that_keeps_coming_is_not_an_idle_stream() -> None:
+    """Each partition delivers every 0.6 s, read to its end at once (a worker that keeps up), and every fourth batch
+    brings nothing (a 0.3 s lull): no source is idle, so no idle scoring re-scores everyone mid-stream. Once the
+    records stop, the stream is idle within a second or so. (A source that had once read to the end counted as
+    idle a second later, however much it delivered since: in the bench's live traffic, 2,100 events/s, a lull of a
+    batch set off idle scorings of ~18,000 customers that held the worker ~2 s.)"""
+    log = Log(CFG.partitions)
+    s = fakes.scorer(CFG, log, feed=feed_with_models())
+    clock = s.monotonic
+    assert isinstance(clock, fakes.Clock)
+    sides = (("c0", "c4", "c9"), ("c1", "c2", "c3"))  # customers of partition 0, of partition 1
+    for step in range(40):  # 12 s of wall time, each partition every other step; 40 s of event time
+        for kind in ("transactions", "contacts", "payments"):
+            for cid in sides[step % 2] if step % 4 != 3 else ():
+                publish(log, kind, cid, 100 + step / 86400, f"{kind}-{cid}-{step}")
+        s.step()
+        clock.now += 0.3
+    assert s.counters["idle"] == 0, s.counters
+    for _ in range(10):  # the stream stops
+        s.step()
+        clock.now += 0.3
+    assert s.counters["idle"] == 6, s.counters  # its six customers, once, as of the latest event
