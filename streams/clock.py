@@ -14,12 +14,12 @@ the next phase: where it falls is still decided by its position in its partition
 
 **Idle sources.** A source that holds nothing and has had nothing more to read — the broker has no record past its
 position — for a second since its latest delivery (``catch_up_s``), or that has delivered nothing for
-``CVM_IDLE_PARTITION_S`` seconds, is idle: it does not hold stream time back. When every source is idle, ticks go up to the latest event
-time seen. When the stream wakes up (a first delivery after every source was idle, or after the assignment),
-every source gets that long again to deliver before it is left out: a replay published after a pause is aligned
-from its first record. This is the one place wall-clock time enters, and so the one difference between a replay
-and live processing: a partition that falls silent for longer than that mid-stream lets the others' ticks go
-ahead.
+``CVM_IDLE_PARTITION_S`` seconds, is idle: it does not hold stream time back. When every source is idle, ticks go
+up to the latest event time seen. When the stream wakes up (a first delivery after every source was idle, or after
+the assignment), every source gets that long again to deliver before it is left out: a replay published after a
+pause is aligned from its first record. This is the one place wall-clock time enters, and so the one difference
+between a replay and live processing: a partition that falls silent for longer than that mid-stream lets the
+others' ticks go ahead.
 
 **Start.** A partition's clock (the last tick it evaluated) is kept in the worker's table, so a restarted or
 reassigned partition continues where it was. A fresh worker starts its grid at the earliest event its sources
