@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _EVENTS_PER_CUSTOMER_DAY = 0.1  # a little under the simulator's 0.125 per active day (cvm/simulation_model.py)
+_READ_QUIET_S = 60.0  # reading the score records back fails after this long without a new one
 
 
 def free_port() -> int:
@@ -330,7 +331,9 @@ class Harness:
         records: list[tuple[int, bytes, int]] = []
         latest: dict[bytes, int] = {}
         total = 0
-        deadline = time.monotonic() + 60.0
+        # 60 s without a new record, not 60 s in all: at 10,000 customers a run sends ~1.1 million score records,
+        # which take about that long to read back (a run whose events were all applied failed on the clock)
+        deadline = time.monotonic() + _READ_QUIET_S
         try:
             while total < self.events:
                 if time.monotonic() > deadline:
@@ -339,7 +342,10 @@ class Harness:
                         f"the workers' scores cover {total:,} of {self.events:,} events published: "
                         "events were lost or dead-lettered"
                     )
-                for msg in consumer.consume(num_messages=10000, timeout=0.5):
+                messages = consumer.consume(num_messages=10000, timeout=0.5)
+                if messages:
+                    deadline = time.monotonic() + _READ_QUIET_S
+                for msg in messages:
                     if msg.error() is not None:
                         continue
                     try:

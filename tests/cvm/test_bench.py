@@ -178,3 +178,65 @@ def test_the_restore_phase_fails_at_once_when_its_worker_or_learner_dies(tmp_pat
     with pytest.raises(CvmError, match="restore-worker exited with code 1 .*ValueError: boom"):
         _wait(Bench(), {"sink": Proc(None), "restore-worker": Proc(1)}, lambda: None, "the restore")  # type: ignore[arg-type]
     assert time.monotonic() - started < 5
+
+
+def test_reading_the_scores_back_fails_only_when_they_stop_coming(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scores of a run are read back until they cover every event. At 10,000 customers a run sends over a
+    million score records: a fixed 60 s to read them failed a run at 270,452 of 400,000 events, and the same load,
+    read until the records stop coming, covered every event. Here 120 records, one per second of (fake) time: they
+    cover every event and the read succeeds; when they stop short, it fails 60 s after the last one."""
+    import cvm.bench_harness as harness
+    import cvm.kafka
+    from cvm.config import Config
+    from cvm.exceptions import CvmError
+
+    class Msg:
+        def __init__(self, n: int, at: float) -> None:
+            self.n, self.at = n, at
+
+        def error(self) -> None:
+            return None
+
+        def value(self) -> bytes:
+            return json.dumps({"n_events": 1}).encode()
+
+        def key(self) -> bytes:
+            return f"c{self.n}".encode()
+
+        def timestamp(self) -> tuple[int, int]:
+            return 1, int(self.at * 1000)
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self.n
+
+    now = [0.0]
+
+    class Consumer:
+        def __init__(self, records: int) -> None:
+            self.left = list(range(records))
+
+        def assign(self, tps: object) -> None:
+            pass
+
+        def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+            now[0] += 1.0
+            return [Msg(self.left.pop(0), now[0])] if self.left else []
+
+        def close(self) -> None:
+            pass
+
+    def read(records: int, events: int) -> tuple[int, int, int]:
+        h = harness.Harness.__new__(harness.Harness)
+        h.events, h.scores_from, h.workdir = events, {}, Path("/nonexistent")
+        monkeypatch.setattr(cvm.kafka, "make_consumer", lambda cfg, group: Consumer(records))
+        return h._read_scores(Config.load(env={}), [], [])
+
+    monkeypatch.setattr(harness.time, "monotonic", lambda: now[0])
+    assert read(120, 120) == (1000, 1, 120_000)
+    now[0] = 0.0
+    with pytest.raises(CvmError, match="cover 100 of 120 events"):
+        read(100, 120)
+    assert now[0] == pytest.approx(100 + 61, abs=1)  # 60 s after the last record
