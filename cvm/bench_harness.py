@@ -331,8 +331,8 @@ class Harness:
         records: list[tuple[int, bytes, int]] = []
         latest: dict[bytes, int] = {}
         total = 0
-        # 60 s without a new record, not 60 s in all: at 10,000 customers a run sends ~1.1 million score records,
-        # which take about that long to read back (a run whose events were all applied failed on the clock)
+        # 60 s without a new record, not 60 s in all: at 10,000 customers a run sends over a million score records,
+        # and 60 s in all read those of 270,452 of its 400,000 events (all of them applied)
         deadline = time.monotonic() + _READ_QUIET_S
         try:
             while total < self.events:
