@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cvm.broker import port_free, wait_port
 from cvm.config import Config
 from tests.chaos_helpers import Stack
 from tests.conftest import free_port, spawn, stop
@@ -150,3 +154,24 @@ def restore_state(stack: Stack) -> str:
             return str(((json.loads(resp.read()).get("writer") or {}).get("restore") or {}).get("state"))
     except OSError:
         return ""
+
+
+def test_sigkill_of_everything_returns_once_the_brokers_port_is_free(cfg: Config, tmp_path: Path) -> None:
+    """The broker's pid shows "Z" while its other threads still exit and hold its socket: ``sigkill_all`` must wait
+    for the port itself, or the next ``cvm up`` finds it in use (CI failed so on 2026-12-05)."""
+    for run in range(8):
+        up = Up(cfg.replace(broker_port=free_port()), tmp_path)
+        up.proc = subprocess.Popen(
+            [sys.executable, "-m", "cvm.cli", "broker"],
+            env=up.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert wait_port(up.cfg.broker_port, timeout=30), f"run {run}: cvm broker did not listen"
+        socks = [socket.create_connection(("127.0.0.1", up.cfg.broker_port)) for _ in range(8)]
+        try:
+            up.sigkill_all()
+            assert port_free(up.cfg.broker_port), f"run {run}: sigkill_all returned while the port was still bound"
+        finally:
+            for sock in socks:
+                sock.close()
