@@ -135,7 +135,8 @@ class Config:
     idle_partition_s: float = _f(
         10.0,
         "CVM_IDLE_PARTITION_S",
-        "Seconds without events after which a partition no longer holds stream time back (then idle scoring runs).",
+        "Seconds without events after which a partition no longer holds stream time back (once every partition is,"
+        " the idle scoring brings every customer up to the last tick).",
     )
     # Stream time (streams/clock.py): ticks drive alerts, labels, re-scoring and model versions, in event time.
     tick_s: float = _f(

@@ -145,7 +145,7 @@ rescored_customers = Counter(
 )
 scorings = Counter(
     "cvm_scorings",
-    "Customer scorings, by occasion: event (fresh), tick (stream time), idle (end of stream).",
+    "Customer scorings, by occasion: event (fresh), tick (stream time), idle (up to the last tick, the stream idle).",
     ["scored_by"],
 )
 silent_rescorings = Counter(

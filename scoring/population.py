@@ -6,10 +6,9 @@ sketch fed one value per event). Values are bucketed on a signed log scale (5% w
 the histogram stays small (hundreds of buckets) whatever the number of customers; a percentile is exact up to the
 width of its bucket.
 
-Percentiles are read from a frozen view, refreshed once per batch after the batch's moves: they describe the
-population as it is at the end of the batch, whatever the order inside it. Unlike the per-customer features,
-they move with the population, so they are not part of the exact replay guarantee (a replay scores each customer
-against the population at that point of the replay).
+Percentiles are read from a frozen view, refreshed by :meth:`Population.freeze` (the worker freezes it at each
+tick, after the tick's moves): they describe the population as it was then, whatever the moves since. Unlike the
+per-customer features, they depend on the other customers' values as well as the customer's own.
 
 >>> pop = Population()
 >>> for v in range(100):

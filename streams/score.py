@@ -9,16 +9,21 @@ at (``as_of``):
   labels, offer churn snapshots and run the alert rules, all as of ``T`` and with the models valid at ``T``: these
   are the scorings a replay reproduces exactly.
 * ``event`` — at the end of a batch, the customers whose events were folded in a phase whose tick has not come
-  yet, as of their own latest event, with the newest models: fresh figures between ticks, not reproducible.
-* ``idle`` — when the stream has gone idle, every customer not scored since the last tick, as of the latest event
-  time: the figures a dashboard shows after a backfill. No alerts, labels or snapshots.
+  yet, as of their own latest event (the last tick if that is later), with the models of the last tick, ranked
+  against the population as the last tick left it: fresh figures between ticks. A customer's last event scoring
+  before its next tick depends only on its state and that tick, not on the batches.
+* ``idle`` — while the stream is idle, every customer last scored before the last tick, as of that tick
+  (:mod:`streams.catch_up`): the figures a dashboard shows after a backfill or in a quiet hour. No alerts, labels
+  or snapshots, and nothing recorded in the state or the population: the ticks after it see what they would have
+  seen without it.
 
 A score's ``version`` orders a customer's scores (``customers`` keeps the highest): by events applied, then stream
 time, then occasion (event < tick < idle).
 
 Value tiers, RFM scores and percentiles rank a customer in the population of the worker's customers
-(:class:`scoring.population.Population`). The population holds each customer's values as of its last scoring; a
-scoring moves them first, for every customer scored together, then ranks them all against the same population.
+(:class:`scoring.population.Population`). The population holds each customer's values as of its last tick or
+event scoring; a tick moves them first, for every customer scored together, then ranks them all against the same
+population and freezes that view; the scorings until the next tick rank against the view of the last one.
 While a new CLV version reaches the customers (one slot each, within ``CVM_MODEL_RESCORE_SPREAD_S``), the CLV
 ranking holds both versions' values: each customer's leaves it for the new one when it is re-scored.
 """
@@ -144,29 +149,32 @@ class Assessor:
         out: Outputs,
         at: int | None = None,
     ) -> None:
-        """Score ``cands`` and send their score messages to ``out``; their states record the scoring.
+        """Score ``cands`` and send their score messages to ``out``.
 
         ``at`` is the stream time of a ``tick`` or ``idle`` scoring; an ``event`` scoring is as of each customer's
-        latest event (or its previous scoring, if later).
+        latest event, its previous scoring or ``at`` (the last tick), whichever is latest. A tick or event scoring
+        records itself in the states and the population; an idle scoring changes neither (module docstring).
         """
         if not cands:
             return
         tick = scored_by == "tick"
+        keep = scored_by != "idle"
         moved = [c.state.version != c.state.tick_version for c in cands]  # events since the last tick scoring
         for c in cands:
             s = c.state
-            as_of = at if at is not None else max(s.last_time, s.as_of)
+            as_of = at if at is not None and scored_by != "event" else max(s.last_time, s.as_of, at or 0)
             if tick:
                 self._mature(c, as_of, out)
             c.scores = self._features(c.customer_id, s, as_of, scored_by)
         cpu = time.thread_time()
         if models.clv is not None:
             try:
-                self._score_clv(models, cands)
+                self._score_clv(models, cands, keep)
             except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
                 log.exception("CLV scoring failed for %d customers", len(cands))
         self.models_cpu += time.thread_time() - cpu
-        self._move(cands)
+        if keep:
+            self._move(cands, freeze=tick)
         for c in cands:
             self._rank(c)
         rows = [_churn_row(c.scores) for c in cands]  # type: ignore[arg-type]
@@ -182,7 +190,8 @@ class Assessor:
                 if events:  # snapshots only where the customer's events moved it (docs/churn.md)
                     self._offer(c, row, at or 0)
                 s.tick_version = s.version
-            s.as_of = scores["as_of"]
+            if keep:
+                s.as_of = scores["as_of"]
             out.scores.append((c.customer_id, scores))
 
     def due(self, c: Candidate) -> int | None:
@@ -239,8 +248,9 @@ class Assessor:
         )
         return {"clv_x": x, "clv_t_x": t_x, "clv_T": age, "clv_mean_repeat_value": round(m, 6)}
 
-    def _score_clv(self, models: InForce, cands: list[Candidate]) -> None:
-        """P(alive), expected purchases and spend, CLV for the customers with a purchase, vectorised."""
+    def _score_clv(self, models: InForce, cands: list[Candidate], keep: bool = True) -> None:
+        """P(alive), expected purchases and spend, CLV for the customers with a purchase, vectorised (``keep``: the
+        state keeps the CLV it is ranked on)."""
         rows = [c for c in cands if c.state.n_occasions]
         if not rows or models.clv is None:
             return
@@ -272,10 +282,12 @@ class Assessor:
                 clv=value,
                 clv_params_version=version,
             )
-            c.state.ranked_clv = value
+            if keep:
+                c.state.ranked_clv = value
 
-    def _move(self, cands: list[Candidate]) -> None:
-        """Move each customer in the population from what it held to its new values, then freeze the view."""
+    def _move(self, cands: list[Candidate], freeze: bool) -> None:
+        """Move each customer in the population from what it held to its new values; at a tick, freeze the view
+        (between ticks, scorings rank against the view of the last tick)."""
         pop = self.population
         for c in cands:
             new = ranked(c.state)
@@ -285,7 +297,8 @@ class Assessor:
             for metric, value in new.items():
                 pop.update(metric, c.previous.get(metric), value)
             c.previous = new
-        pop.freeze()
+        if freeze:
+            pop.freeze()
 
     def _rank(self, c: Candidate) -> None:
         """Where the customer stands in the population: percentile, tier, RFM."""

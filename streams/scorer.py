@@ -10,8 +10,8 @@ without Kafka; :func:`streams.app.create_app` builds the real ones. Per batch (:
    customer id is copied to the re-key topic; the rest queue up in their source partition (:mod:`streams.clock`);
 3. **ticks**: while every source has passed the next tick, fold that tick's phase (:mod:`streams.fold`) and score
    at the tick (:mod:`streams.score`), with the models valid at it (:mod:`streams.versions`), waiting for the learner
-   if it is behind; then fold what has come of the next phase and score those customers as of their events; when
-   the stream has gone idle, score everyone not scored since the last tick as of the latest event time;
+   if it is behind; then fold what has come of the next phase and score those customers as of their events; while
+   the stream is idle, score the customers last scored before the last tick as of it (:mod:`streams.catch_up`);
 4. **outputs** (scores, alerts, late events, dead letters, re-keyed copies, labels, CLV facts) are sent and
    acknowledged (:mod:`streams.delivery`), then the learner is told how far the worker's partitions have ticked;
 5. **table**: one write per changed customer and per partition whose clock moved, acknowledged;
@@ -45,6 +45,7 @@ from cvm.config import EVENT_TOPICS, Config
 from scoring.currency import Rates
 from scoring.population import Population
 from scoring.state import CustomerState
+from streams.catch_up import CatchUp
 from streams.clock import Item, StreamClock, Timers, closing_tick
 from streams.decode import Decoder, kafka_partition
 from streams.delivery import Delivery, DeliveryFailed
@@ -100,10 +101,9 @@ class Scorer:
         self.changed: dict[str, int] = {}  # customer -> partition: events folded since its last tick scoring
         self.entries: dict[str, Candidate] = {}  # the customers this batch touched, states decoded
         self.unscored: set[str] = set()  # folded in this batch and not scored since
-        self.since_idle: set[str] = set()  # folded since the last idle scoring
         self.in_force = InForce()  # the models of the last tick
         self.versions = Versions(cfg, models, self.counters, monotonic)  # the models in force at a stream time
-        self.completed_at: int | None = None  # stream time of the last idle scoring
+        self.catch_up = CatchUp(table)  # while the stream is idle: everyone up to the last tick
         self.reported_idle: set[int] = set()
         self.stopping = threading.Event()
         self.delivery = Delivery(cfg, producer, learn_producer, self.rekey_topic, self.stopping)
@@ -327,7 +327,6 @@ class Scorer:
             if changed:
                 self.changed[customer_id] = partition
                 self.unscored.add(customer_id)
-                self.since_idle.add(customer_id)
 
     def _tick(self, t: int, models: InForce) -> None:
         """Score at tick ``t``: the customers changed or due. New model versions give every customer a slot among the
@@ -383,44 +382,25 @@ class Scorer:
         return queued
 
     def _idle(self) -> None:
-        """Once the stream is idle, score every customer not scored since the last tick as of its latest event."""
+        """While the stream is idle, score a share of the customers last scored before the last tick, as of it."""
         clock = self.clock
-        latest = clock.latest()
-        if latest is None or not clock.all_idle():
+        t = clock.tick
+        if not self.catch_up.due(t) or not clock.all_idle():
             return
-        if self.completed_at is not None and latest <= self.completed_at and not self.since_idle:
-            return
-        models = self.versions.at(latest)
-        if models is None:
-            return
-        fresh_from = latest - self.tick_ms
-        cands = []
-        for p, entries in list(self.table.partitions.items()):
-            for key, data in entries.items():
-                if key == CLOCK_KEY or not data:
-                    continue
-                customer_id = key.decode()
-                entry = self.entries.get(customer_id)
-                state = entry.state if entry is not None else CustomerState.from_bytes(data)
-                if state.as_of >= fresh_from and state.tick_version == state.version:
-                    continue  # scored at the last tick: that score stands
-                cands.append(entry or self._entry(customer_id, p, state))
+        assert t is not None
+        cands = self.catch_up.take(t, self.entries.get, self.unscored)
         self.laps.lap("other")
-        self._assess(cands, "idle", models, at=latest)
+        self._assess(cands, "idle", self.versions.valid_at(t), at=t)
         self.laps.lap("score")
-        for c in cands:
-            self.unscored.discard(c.customer_id)
-        self.completed_at = latest
-        self.since_idle.clear()
-        if cands:
-            log.info("stream idle at %d: %d customers scored as of it", latest, len(cands))
 
     def _finish(self) -> None:
         """Event scores, then outputs → table → commit; pause what waits for a tick."""
         self.laps.lap("other")
         if self.unscored:
             cands = [self.entries[c] for c in self.unscored if c in self.entries]
-            self._assess(cands, "event", self.versions.latest())
+            t = self.clock.tick  # folded in an open phase: the clock has started
+            assert t is not None
+            self._assess(cands, "event", self.versions.valid_at(t), at=t)
             self.unscored.clear()
         self.laps.lap("score")
         self.delivery.send(self.out)
@@ -477,6 +457,7 @@ class Scorer:
         """After a rebalance: the population, the timers and the changed customers, from the table's entries."""
         values, self.changed = [], {}
         self.timers.clear()
+        self.catch_up.reset()
         for p, entries in self.table.partitions.items():
             for key, data in entries.items():
                 if key == CLOCK_KEY or not data:

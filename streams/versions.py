@@ -2,9 +2,9 @@
 
 :meth:`Versions.at` gives the versions valid at a tick (:meth:`streams.models.ModelFeed.at`), or ``None`` while the
 learner has not said it published them: the tick waits for it, up to ``CVM_MODEL_WAIT_S``, then goes on with the
-newest (a stretch a replay will not reproduce exactly). :meth:`Versions.latest` gives the newest versions, for the
-event scorings between ticks. The CLV model and churn heads built from a version's message are kept (the last eight
-built), not built again at each tick.
+newest (a stretch a replay will not reproduce exactly). :meth:`Versions.valid_at` gives the versions valid at a
+stream time without waiting, for the scorings between ticks (the last tick's models). The CLV model and churn heads
+built from a version's message are kept (the last eight built), not built again at each tick.
 """
 
 from __future__ import annotations
@@ -80,9 +80,10 @@ class Versions:
         self.waiting_since = None
         return self._in_force(self.models.at("clv", t), self.models.at("churn", t))
 
-    def latest(self) -> InForce:
-        """The newest models (event scorings, between ticks)."""
-        return self._in_force(self.models.get("clv"), self.models.get("churn"))
+    def valid_at(self, t: int) -> InForce:
+        """The models valid at stream time ``t`` as far as the feed knows, without waiting for the learner (the
+        scorings between ticks use the last tick's: a tick waited for them)."""
+        return self._in_force(self.models.at("clv", t), self.models.at("churn", t))
 
     def _in_force(self, clv: Found, churn: Found) -> InForce:
         clv_model = None
