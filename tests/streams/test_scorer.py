@@ -124,7 +124,7 @@ def test_ticks_alerts_labels_and_final_states_do_not_depend_on_batches_or_interl
         labels = sorted(log.values(CFG.topic("churn-labels")))
         labels = [v for v in labels if b'"progress"' not in v]
         states = {k: v for p in s.table.partitions.values() for k, v in p.items()}
-        results.append((ticks, alerts, labels, states))
+        results.append((ticks, alerts, labels, states, final_rows(log)))
     first = results[0]
     assert first[0] and first[2], "the history must produce tick scores and labels"
     for other in results[1:]:
@@ -132,6 +132,7 @@ def test_ticks_alerts_labels_and_final_states_do_not_depend_on_batches_or_interl
         assert other[1] == first[1]
         assert other[2] == first[2]
         assert other[3] == first[3]
+        assert other[4] == first[4]  # customers FINAL
 
 
 def test_silent_customers_are_rescored_as_stream_time_passes() -> None:
@@ -437,3 +438,22 @@ def test_a_live_stream_with_lulls_gives_what_a_replay_of_it_gives() -> None:
     assert labels(live_log) == labels(log)
     assert final_rows(live_log) == final_rows(log)
     assert live.counters["idle"] <= replayed.counters["idle"] + 10 * 120, live.counters  # at most once a tick
+
+
+def test_a_worker_behind_leaves_event_scorings_to_the_tick() -> None:
+    """Batches that come full (a backfill) make no event scorings: the tick scores those customers, and the ones
+    whose tick has not come are scored once a batch is not full. The final rows are those of a worker that kept up
+    (batches of 1,000 never fill on this history: the ticks hold the records back)."""
+    log, kept_up = run(seed=1, batch=1000)
+    behind_log = Log(CFG.partitions)
+    history(behind_log)
+    behind = fakes.scorer(CFG.replace(worker_batch=7), behind_log, seed=1, feed=feed_with_models())
+    full = 0
+    for _ in range(200):  # the history is ~200 records: batches of 7 come full until its end
+        before = behind.counters["event"]
+        if behind.step() == 7:
+            full += 1
+            assert behind.counters["event"] == before, "a full batch made event scorings"
+    drain(behind)
+    assert full >= 5, full
+    assert final_rows(behind_log) == final_rows(log)
