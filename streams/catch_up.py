@@ -4,8 +4,7 @@ scored as of that tick, a share of the table per batch.
 Ticks score the customers whose events came or whose timer is due; event scorings between ticks score the customers
 whose events came since. The rest keep the score of their last tick, which may be days old: after a backfill, or in
 a quiet hour, the dashboard would show them as of then. So once every source is idle, the worker walks its table and
-scores, as of the last tick ``T`` (``scored_by = idle``), each customer whose state was last scored before ``T`` (a
-customer with events since its last tick gets an event scoring instead, as of its latest event):
+scores, as of the last tick ``T`` (``scored_by = idle``), each customer whose state was last scored before ``T``:
 
 * **once per tick.** A customer scored as of ``T`` is not scored again until the next tick, however many lulls the
   stream has (each lull of a quiet shop re-scored everyone of the hour, 35 scorings per event);
@@ -79,7 +78,7 @@ class CatchUp:
             read += 1
             found = entry(customer_id)
             state = found.state if found is not None else CustomerState.from_bytes(data)
-            if state.as_of < t and state.version == state.tick_version:  # events since: an event scoring comes
+            if state.as_of < t:
                 cands.append(found or Candidate(customer_id, p, state, ranked(state)))
         self.scored += len(cands)
         if not todo:

@@ -174,7 +174,7 @@ class Assessor:
                 log.exception("CLV scoring failed for %d customers", len(cands))
         self.models_cpu += time.thread_time() - cpu
         if keep:
-            self.move(cands, freeze=tick)
+            self._move(cands, freeze=tick)
         for c in cands:
             self._rank(c)
         rows = [_churn_row(c.scores) for c in cands]  # type: ignore[arg-type]
@@ -285,10 +285,9 @@ class Assessor:
             if keep:
                 c.state.ranked_clv = value
 
-    def move(self, cands: list[Candidate], freeze: bool) -> None:
-        """Move each customer in the population from what it held to what its state ranks (its CLV: the one just
-        scored, else the one it keeps); at a tick, freeze the view (between ticks, scorings rank against the view of
-        the last tick)."""
+    def _move(self, cands: list[Candidate], freeze: bool) -> None:
+        """Move each customer in the population from what it held to its new values; at a tick, freeze the view
+        (between ticks, scorings rank against the view of the last tick)."""
         pop = self.population
         for c in cands:
             new = ranked(c.state)

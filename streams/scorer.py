@@ -10,9 +10,8 @@ without Kafka; :func:`streams.app.create_app` builds the real ones. Per batch (:
    customer id is copied to the re-key topic; the rest queue up in their source partition (:mod:`streams.clock`);
 3. **ticks**: while every source has passed the next tick, fold that tick's phase (:mod:`streams.fold`) and score
    at the tick (:mod:`streams.score`), with the models valid at it (:mod:`streams.versions`), waiting for the learner
-   if it is behind; then fold what has come of the next phase and, unless the batch came full (the worker is
-   behind), score those customers as of their events; while the stream is idle, score the customers last scored
-   before the last tick as of it (:mod:`streams.catch_up`);
+   if it is behind; then fold what has come of the next phase and score those customers as of their events; while
+   the stream is idle, score the customers last scored before the last tick as of it (:mod:`streams.catch_up`);
 4. **outputs** (scores, alerts, late events, dead letters, re-keyed copies, labels, CLV facts) are sent and
    acknowledged (:mod:`streams.delivery`), then the learner is told how far the worker's partitions have ticked;
 5. **table**: one write per changed customer and per partition whose clock moved, acknowledged;
@@ -101,7 +100,7 @@ class Scorer:
         self.counters: Counter[str] = Counter()  # scorings by occasion, model waits, ...
         self.changed: dict[str, int] = {}  # customer -> partition: events folded since its last tick scoring
         self.entries: dict[str, Candidate] = {}  # the customers this batch touched, states decoded
-        self.unscored: set[str] = set()  # folded and not scored since (event scorings wait for a batch not full)
+        self.unscored: set[str] = set()  # folded in this batch and not scored since
         self.in_force = InForce()  # the models of the last tick
         self.versions = Versions(cfg, models, self.counters, monotonic)  # the models in force at a stream time
         self.catch_up = CatchUp(table)  # while the stream is idle: everyone up to the last tick
@@ -151,7 +150,7 @@ class Scorer:
             self._ticks(now_ms)
             self._open_phase(now_ms)
             self._idle()
-        self._finish(n)
+        self._finish()
         if n:
             metrics.batch_records.observe(n)
             metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -394,25 +393,15 @@ class Scorer:
         self._assess(cands, "idle", self.versions.valid_at(t), at=t)
         self.laps.lap("score")
 
-    def _finish(self, n: int) -> None:
-        """Event scores, then outputs → table → commit; pause what waits for a tick.
-
-        A batch of ``n`` records that came full (``CVM_WORKER_BATCH``) says the worker is behind: its customers'
-        event scorings wait for a batch that is not (the worker caught up, or the stream is idle) unless their tick
-        scores them first. A replay's fresh scores would be superseded within a batch or two; each event scoring
-        depends only on the customer's state and the last tick (:mod:`streams.score`), so the last one is the same
-        whichever batch makes it.
-        """
+    def _finish(self) -> None:
+        """Event scores, then outputs → table → commit; pause what waits for a tick."""
         self.laps.lap("other")
-        if self.unscored and n < self.cfg.worker_batch:
-            changed = self.changed
-            cands = [self._entry(c, changed[c]) for c in self.unscored if c in changed]
+        if self.unscored:
+            cands = [self.entries[c] for c in self.unscored if c in self.entries]
             t = self.clock.tick  # folded in an open phase: the clock has started
             assert t is not None
             self._assess(cands, "event", self.versions.valid_at(t), at=t)
             self.unscored.clear()
-        elif self.unscored:  # their scorings wait, but the population holds what their states rank (as it must)
-            self.assessor.move([self.entries[c] for c in self.unscored if c in self.entries], freeze=False)
         self.laps.lap("score")
         self.delivery.send(self.out)
         self._count_fates()
@@ -481,7 +470,6 @@ class Scorer:
                     self.changed[customer_id] = p
         self.population.rebuild(values)
         self.in_force = InForce()  # the first tick re-scores everyone under the models of its time (spread)
-        self.unscored = set(self.changed)  # a previous owner may have left their event scorings to their tick
 
     # --- fates, consumer errors -------------------------------------------------------------------------------------
 

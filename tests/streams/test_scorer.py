@@ -438,22 +438,3 @@ def test_a_live_stream_with_lulls_gives_what_a_replay_of_it_gives() -> None:
     assert labels(live_log) == labels(log)
     assert final_rows(live_log) == final_rows(log)
     assert live.counters["idle"] <= replayed.counters["idle"] + 10 * 120, live.counters  # at most once a tick
-
-
-def test_a_worker_behind_leaves_event_scorings_to_the_tick() -> None:
-    """Batches that come full (a backfill) make no event scorings: the tick scores those customers, and the ones
-    whose tick has not come are scored once a batch is not full. The final rows are those of a worker that kept up
-    (batches of 1,000 never fill on this history: the ticks hold the records back)."""
-    log, kept_up = run(seed=1, batch=1000)
-    behind_log = Log(CFG.partitions)
-    history(behind_log)
-    behind = fakes.scorer(CFG.replace(worker_batch=7), behind_log, seed=1, feed=feed_with_models())
-    full = 0
-    for _ in range(200):  # the history is ~200 records: batches of 7 come full until its end
-        before = behind.counters["event"]
-        if behind.step() == 7:
-            full += 1
-            assert behind.counters["event"] == before, "a full batch made event scorings"
-    drain(behind)
-    assert full >= 5, full
-    assert final_rows(behind_log) == final_rows(log)
