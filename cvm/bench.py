@@ -437,7 +437,7 @@ class Bench(Harness):
         from cvm.codec import Codec
         from cvm.events import TIME_FIELDS
         from cvm.kafka import create_topics, make_producer
-        from cvm.publish import RateLimiter, produce_retrying
+        from cvm.publish import RateLimiter, poll_for, produce_retrying
 
         tag = "live" if live else "lat"
         cfg = self.cfg.replace(topic_prefix=f"{self.cfg.topic_prefix}{tag}-", app_id=f"{self.cfg.app_id}-{tag}")
@@ -502,7 +502,7 @@ class Bench(Harness):
             table.latencies.clear()
             scores.latencies.clear()
             timed = list(pool[warm : warm + max(1, min(len(pool) - warm, int(rate * _LATENCY_S)))])
-            limiter = RateLimiter(rate, sleep=producer.poll)
+            limiter = RateLimiter(rate, sleep=poll_for(producer))
             send(timed, max(1, len(timed) // _LATENCY_SAMPLES), limiter)
             settle(60.0, "sampled events")
         finally:

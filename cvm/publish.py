@@ -31,7 +31,7 @@ from cvm.exceptions import BrokerUnavailable, CvmError
 from cvm.kafka import check_broker, create_topics, make_producer
 from cvm.signals import StopSignals  # re-exported: simulate and replay take it from here
 
-__all__ = ["Progress", "Publisher", "RateLimiter", "StopSignals", "format_counts", "produce_retrying"]
+__all__ = ["Progress", "Publisher", "RateLimiter", "StopSignals", "format_counts", "poll_for", "produce_retrying"]
 
 
 class RateLimiter:
@@ -128,6 +128,21 @@ def produce_retrying(producer: Producer, topic: str, value: bytes, key: bytes, p
             producer.poll(poll_s)
 
 
+def poll_for(producer: Producer, clock: Callable[[], float] = time.monotonic) -> Callable[[float], None]:
+    """A sleep of ``seconds`` that serves ``producer`` meanwhile, for :class:`RateLimiter`.
+
+    ``producer.poll(timeout)`` returns as soon as it has served an event, long before ``timeout``: as a rate
+    limiter's sleep it let ``cvm replay --rate 0.5`` publish 1,500 events in 11.6 s (129 a second).
+    """
+
+    def sleep(seconds: float) -> None:
+        deadline = clock() + seconds
+        while (left := deadline - clock()) > 0:
+            producer.poll(left)
+
+    return sleep
+
+
 class Publisher:
     """Encode events and produce them to cvm's topics, keyed by customer id, optionally rate-limited.
 
@@ -141,7 +156,7 @@ class Publisher:
         self.codec = Codec(make_registry(cfg.schema_registry_url))
         self.producer = make_producer(cfg, **{"on_delivery": self._delivered, "delivery.report.only.error": True})
         self.topics = {kind: cfg.topic(kind) for kind in EVENT_TOPICS}
-        self.limiter = RateLimiter(rate, sleep=self.producer.poll) if rate else None
+        self.limiter = RateLimiter(rate, sleep=poll_for(self.producer)) if rate else None
         self.counts = dict.fromkeys(EVENT_TOPICS, 0)
         self.failed = 0
         self.first_error = ""

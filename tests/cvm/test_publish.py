@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvm.publish import produce_retrying
+from cvm.publish import RateLimiter, poll_for, produce_retrying
 
 
 class FullThenFree:
@@ -48,3 +48,24 @@ def test_a_free_queue_is_not_polled_and_the_poll_timeout_is_the_callers() -> Non
     produce_retrying(full, "contacts", b"v", b"k", poll_s=0.01)  # type: ignore[arg-type]
     assert full.calls == [("produce", "contacts"), ("poll", 0.01), ("produce", "contacts")]
     assert full.produced == [("contacts", b"v", b"k")]
+
+
+def test_a_rate_limit_holds_when_the_producer_returns_early() -> None:
+    """``producer.poll(timeout)`` returns once it served an event: the limiter's sleep polls until its deadline.
+    (With ``sleep=producer.poll``, ``cvm replay --rate 0.5`` published 1,500 events in 11.6 s.)"""
+    clock = [0.0]
+
+    class Busy:  # a delivery report is always ready: each poll serves one in 1 ms and returns
+        polls = 0
+
+        def poll(self, timeout: float) -> int:
+            self.polls += 1
+            clock[0] += min(timeout, 0.001)
+            return 1
+
+    busy = Busy()
+    bucket = RateLimiter(0.5, clock=lambda: clock[0], sleep=poll_for(busy, clock=lambda: clock[0]))  # type: ignore[arg-type]
+    for _ in range(5):
+        bucket.take()
+    assert clock[0] >= 8.0  # one event of burst, then one every 2 s
+    assert busy.polls > 4_000  # the producer was served all along
