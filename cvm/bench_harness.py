@@ -10,8 +10,8 @@
   :class:`ScoresWatch` see them arrive in ClickHouse and on ``customer-scores``.
 
 The measurements (:class:`cvm.bench.Bench`, a :class:`Harness`), the table of results and the command are in
-:mod:`cvm.bench`, the restart measurements in :mod:`cvm.bench_restart`, which uses the same harness: this module
-holds how a run is driven, so that those hold only what each figure is and how it is computed.
+:mod:`cvm.bench`, the latency phase in :mod:`cvm.bench_latency`, the restart measurements in :mod:`cvm.bench_restart`,
+all on this harness: it holds how a run is driven, so that they hold only what each figure is and how it is computed.
 """
 
 from __future__ import annotations
