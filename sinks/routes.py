@@ -40,7 +40,8 @@ from cvm.exceptions import BrokenContract, DecodeError, InvalidEvent, ModelRejec
 from cvm.kafka import ModelKey, decode_model
 from schemas.scores import ScoreContract
 from scoring.currency import Rates
-from sinks.clickhouse import SCORE_TABLES, ClickHouse, Table, condense_error
+from sinks.clickhouse import SCORE_TABLES, ClickHouse, condense_error
+from sinks.columns import Table
 
 __all__ = ["MAX_RAW_CHARS", "REFUSALS", "Route", "Routes", "Row"]
 

@@ -12,7 +12,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from cvm.config import Config
 from cvm.exceptions import ClickHouseUnavailable, QueryError
-from sinks.clickhouse import ClickHouse, Migration, Table, check_read_only, connect, load_migrations, migrate
+from sinks.clickhouse import ClickHouse, Migration, check_read_only, connect, load_migrations, migrate
+from sinks.columns import Table
 from sinks.query import run_query
 
 TABLES = {
