@@ -103,8 +103,9 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
             )
 
     s30, s90 = get(scores, "spend_30d"), get(scores, "spend_90d")
-    if s30 is not None and s90 and s90 > 0 and tenure >= 45.0:
-        ratio = max(0.0, s30) / exposure_days(tenure, 30.0) / (s90 / exposure_days(tenure, 90.0))
+    usual_spend = s90 / exposure_days(tenure, 90.0) if s90 and s90 > 0 else 0.0  # 0 when s90 is too small a float
+    if s30 is not None and usual_spend > 0 and tenure >= 45.0:
+        ratio = max(0.0, s30) / exposure_days(tenure, 30.0) / usual_spend
         if ratio <= 0.5:
             out["spend"] = (1.0 / max(ratio, 0.05), f"spend down {round(100 * (1 - ratio))}% on its own 90-day average")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from scoring.features import compute
@@ -93,6 +93,10 @@ movement = st.fixed_dictionaries(
 
 
 @given(size_or_age, movement)
+@example(  # a 90-day spend too small for its daily rate to be a float: ZeroDivisionError (found in a fresh clone)
+    {"frequency": 0, "monetary": 0.0, "clv": 0.0, "profitability": 0.0, "revenue": 0.0, "tenure_days": 45.0},
+    {"spend_30d": 0.0, "spend_90d": 5e-324},
+)
 def test_size_and_age_are_never_reasons(size: dict, moved: dict) -> None:
     found = signals({**size, **moved}, T0)
     assert set(found) <= set(SIGNALS)
