@@ -32,7 +32,8 @@ __all__ = ["PER_BATCH", "CatchUp"]
 
 log = logging.getLogger("cvm.worker")
 
-#: How many customers' states one batch reads to catch up (~0.5 s of scoring if all of them are behind).
+#: How many customers' states one batch reads to catch up (if all of them are behind: 5,000 scorings, about 0.25 s
+#: at the 51 µs per scoring ``cvm bench`` measured at 200,000 customers; an estimate).
 PER_BATCH = 5_000
 
 

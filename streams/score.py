@@ -162,7 +162,7 @@ class Assessor:
         moved = [c.state.version != c.state.tick_version for c in cands]  # events since the last tick scoring
         for c in cands:
             s = c.state
-            as_of = at if at is not None and scored_by != "event" else max(s.last_time, s.as_of, at or 0)
+            as_of = max(s.last_time, s.as_of, at or 0) if at is None or scored_by == "event" else at
             if tick:
                 self._mature(c, as_of, out)
             c.scores = self._features(c.customer_id, s, as_of, scored_by)

@@ -78,7 +78,7 @@ class Versions:
                 now - self.waiting_since,
             )
         self.waiting_since = None
-        return self._in_force(self.models.at("clv", t), self.models.at("churn", t))
+        return self.valid_at(t)
 
     def valid_at(self, t: int) -> InForce:
         """The models valid at stream time ``t`` as far as the feed knows, without waiting for the learner (the
