@@ -160,6 +160,12 @@ worker_stage_seconds = Counter(
     "(table writes), commit (offsets, pausing), other.",
     ["stage"],
 )
+scoring_failures = Counter(
+    "cvm_scoring_failures",
+    "Customers whose scoring raised, by step: features, clv, rank, churn, reasons, alerts, snapshot, timer. The "
+    "customer keeps its last scores (the step's outputs are left out); the log names it.",
+    ["step"],
+)
 scoring_seconds = Counter("cvm_scoring_seconds", "CPU seconds spent scoring customers, by occasion.", ["scored_by"])
 stream_tick = Gauge("cvm_stream_tick_seconds", "The last stream-time tick the worker evaluated (event time, epoch s).")
 held_records = Gauge("cvm_held_records", "Records a worker holds for a later tick (their partitions are paused).")

@@ -33,11 +33,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from cvm import metrics
 from cvm.config import Config
 from scoring import features
 from scoring.alerts import AlertRules, AlertState
@@ -159,44 +161,79 @@ class Assessor:
             return
         tick = scored_by == "tick"
         keep = scored_by != "idle"
-        moved = [c.state.version != c.state.tick_version for c in cands]  # events since the last tick scoring
-        for c in cands:
+
+        def features_of(c: Candidate) -> None:
             s = c.state
             as_of = max(s.last_time, s.as_of, at or 0) if at is None or scored_by == "event" else at
             if tick:
                 self._mature(c, as_of, out)
             c.scores = self._features(c.customer_id, s, as_of, scored_by)
+
+        cands = self._each(cands, "features", features_of)
         cpu = time.thread_time()
         if models.clv is not None:
             try:
                 self._score_clv(models, cands, keep)
             except Exception:  # a model failure must not stop scoring: the batch goes out without CLV outputs
                 log.exception("CLV scoring failed for %d customers", len(cands))
+                metrics.scoring_failures.labels(step="clv").inc(len(cands))
         self.models_cpu += time.thread_time() - cpu
         if keep:
             self._move(cands, freeze=tick)
-        for c in cands:
-            self._rank(c)
+        cands = self._each(cands, "rank", self._rank)
         rows = [_churn_row(c.scores) for c in cands]  # type: ignore[arg-type]
         cpu = time.thread_time()
         self._score_churn(models, cands, rows)
         self.models_cpu += time.thread_time() - cpu
-        for c, row, events in zip(cands, rows, moved, strict=True):
+        for c, row in zip(cands, rows, strict=True):
             scores, s = c.scores, c.state
             assert scores is not None
-            scores["churn_reasons"] = reasons(scores, scores["as_of"])
+            try:
+                scores["churn_reasons"] = reasons(scores, scores["as_of"])
+            except Exception:
+                self._failed(c, "reasons")
+                continue
             if tick:
                 self._alerts(c, scores, at or 0, out)
-                if events:  # snapshots only where the customer's events moved it (docs/churn.md)
-                    self._offer(c, row, at or 0)
+                if s.version != s.tick_version:  # events since its last tick: a snapshot (docs/churn.md)
+                    try:
+                        self._offer(c, row, at or 0)
+                    except Exception:
+                        self._failed(c, "snapshot")
                 s.tick_version = s.version
             if keep:
                 s.as_of = scores["as_of"]
             out.scores.append((c.customer_id, scores))
 
+    def _each(self, cands: list[Candidate], step: str, fn: Callable[[Candidate], object]) -> list[Candidate]:
+        """``fn`` on each customer; those it raises for are logged, counted and left out of the rest of the scoring
+        (one customer's failure must cost that customer only, never stop the worker)."""
+        kept = []
+        for c in cands:
+            try:
+                fn(c)
+            except Exception:
+                self._failed(c, step)
+                continue
+            kept.append(c)
+        return kept
+
+    @staticmethod
+    def _failed(c: Candidate, step: str) -> None:
+        log.exception("scoring customer %s failed at %s; it keeps its last scores", c.customer_id, step)
+        metrics.scoring_failures.labels(step=step).inc()
+
     def due(self, c: Candidate) -> int | None:
         """When this customer must be scored again without an event: a label deadline passed (plus the allowed
-        lateness, after which no purchase can settle it any more), or the next step of its silence."""
+        lateness, after which no purchase can settle it any more), or the next step of its silence (``None``: at its
+        next event, also when this fails for the customer, logged and counted)."""
+        try:
+            return self._due(c)
+        except Exception:
+            self._failed(c, "timer")
+            return None
+
+    def _due(self, c: Candidate) -> int | None:
         s = c.state
         deadline = None
         if s.churn_bytes:
@@ -336,7 +373,7 @@ class Assessor:
                     try:
                         results.append(model.predict_many([row])[0])
                     except Exception:
-                        log.exception("churn scoring failed for customer %s", c.customer_id)
+                        self._failed(c, "churn")
                         results.append(None)
             for c, p in zip(cands, results, strict=True):
                 if p is not None and c.scores is not None:
@@ -352,7 +389,7 @@ class Assessor:
                 out.alerts.append((c.customer_id, alert))
             c.state.alert_bytes = alert_state.to_bytes()
         except Exception:
-            log.exception("alert rules failed for customer %s", c.customer_id)
+            self._failed(c, "alerts")
 
     def _offer(self, c: Candidate, row: list[float | None], at: int) -> None:
         """Keep a churn snapshot of the features scored at tick ``at`` (one per period, a few pending at most)."""

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from cvm.codec import Codec
 from cvm.config import Config
@@ -438,3 +439,33 @@ def test_a_live_stream_with_lulls_gives_what_a_replay_of_it_gives() -> None:
     assert labels(live_log) == labels(log)
     assert final_rows(live_log) == final_rows(log)
     assert live.counters["idle"] <= replayed.counters["idle"] + 10 * 120, live.counters  # at most once a tick
+
+
+@pytest.mark.parametrize(
+    "step, target", [("features", "scoring.features.compute"), ("reasons", "streams.score.reasons")]
+)
+def test_a_customer_whose_scoring_raises_costs_that_customer_only(
+    step: str, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that raises for one customer's state must not stop the worker (it would crash at the same batch again
+    after every restart): that customer keeps its last scores, counted and logged; the others are scored."""
+    module, name = target.rsplit(".", 1)
+    real = getattr(__import__(module, fromlist=[name]), name)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        if (result if step == "features" else args[0])["avg_basket"] == 17.0:  # c3's, and no other customer's
+            raise ValueError("math domain error")
+        return result
+
+    log = Log(CFG.partitions)
+    history(log)
+    monkeypatch.setattr(target, broken)
+    failures = REGISTRY.get_sample_value("cvm_scoring_failures_total", {"step": step}) or 0.0
+    s = fakes.scorer(CFG, log, seed=1, feed=feed_with_models())
+    drain(s)
+    by_customer = Counter(m["customer_id"] for m in scores(log))
+    assert "c3" not in by_customer and set(by_customer) == {f"c{c}" for c in range(10)} - {"c3"}
+    assert REGISTRY.get_sample_value("cvm_scoring_failures_total", {"step": step}) - failures >= 1
+    consumed = sum(len(part) for (t, _), part in log.records.items() if t in s.sources)
+    assert sum(n for (_, _, fate), n in s.fates.items() if fate == "applied") == consumed - 1  # the straggler: late
