@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -305,19 +306,24 @@ class CustomerState:
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
         # An entry older than its kind's lateness horizon can never match again: an event that old is late from
         # every partition that has brought the kind.
-        horizons = [
-            (min(a, b) if a and b else a or b) - lateness_ms if a or b else 0
-            for a, b in zip(self.kind_times, self.rekey_times, strict=True)
-        ]
-        recent = [e for e in self.recent if e[0] >= horizons[e[1] & 3]]  # the same tuples, kept
-        recent.append((t, h))
-        recent.sort()
+        if any(self.rekey_times):
+            horizons = [
+                (min(a, b) if a and b else a or b) - lateness_ms if a or b else 0
+                for a, b in zip(self.kind_times, self.rekey_times, strict=True)
+            ]
+        else:  # the usual customer: never re-keyed
+            horizons = [a - lateness_ms if a else 0 for a in self.kind_times]
+        recent = [e for e in self.recent if e[0] >= horizons[e[1] & 3]]  # the same tuples, kept (in order)
+        entry = (t, h)
+        if not recent or entry > recent[-1]:
+            recent.append(entry)  # the usual event: the customer's newest
+        else:
+            insort(recent, entry)
         k = h & 3
         mine = [e for e in recent if e[1] & 3 == k]
         # Forgotten: beyond the count, and (when one partition of the kind lags far behind the other) entries too old
         # to store against the kind's stream time. A kind's entries leave in (time, hash) order: its floor only grows.
-        oldest = self.stream_time(k) - MAX_BACK_MS
-        n = max(len(mine) - RECENT_IDS[k], sum(1 for e in mine if e[0] < oldest))
+        n = max(len(mine) - RECENT_IDS[k], bisect_left(mine, (self.stream_time(k) - MAX_BACK_MS,)))
         for ot, oh in mine[:n]:
             recent.remove((ot, oh))
             self.floors[k], self.floor_hashes[k] = ot, oh
