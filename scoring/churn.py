@@ -7,6 +7,9 @@ each pair before learning it (progressive validation, :mod:`scoring.metrics`), l
 The labels are noisy — a customer who stays but buys rarely is labelled "gone" too — and the model knows how noisy
 (:class:`NoisyLog`, :meth:`ChurnModel.noise`), so its probability is that of being gone, not of being silent.
 
+The model's view of its inputs (:func:`~scoring.churn_inputs.prepare`: which features, heavy tails compressed) is in
+:mod:`scoring.churn_inputs`.
+
 ``docs/churn.md`` states the design and the measurements that chose it. The label names are re-exported here.
 
 >>> model = ChurnModel(noise_days=45)
@@ -27,6 +30,7 @@ import river
 from river import forest, linear_model, optim, preprocessing, tree
 from river.utils.math import sigmoid
 
+from scoring.churn_inputs import _prepared, prepare
 from scoring.labels import (
     DAY_MS,
     FEATURES,
@@ -57,7 +61,6 @@ __all__ = [
     "Snapshot",
     "label_rules",
     "pack_snapshot",
-    "prepare",
     "unpack_snapshot",
 ]
 
@@ -66,66 +69,11 @@ __all__ = [
 NOISE_PRIOR_SHAPE = 1.0
 NOISE_PRIOR_DAYS = 30.0
 
-#: Heavy-tailed features (counts, money, days; any model input): the model sees ``sign(v) * log1p(|v|)`` of them.
-_LOG_FEATURES = frozenset(
-    {
-        "recency_days",
-        "frequency",
-        "monetary",
-        "tenure_days",
-        "spend_trend",
-        "spend_30d",
-        "spend_90d",
-        "purchases_30d",
-        "purchases_90d",
-        "contacts_30d",
-        "complaints_30d",
-        "n_cancellation_requests",
-        "avg_days_past_due",
-        "failed_payments_90d",
-        "profitability",
-        "typical_gap_days",
-        "silence_gaps",
-        "silence_rate",
-        "days_since_contact",
-        "contacts_7d",
-        "unresolved_30d",
-        "refunds_90d",
-        "late_payments_90d",
-        "clv",
-    }
-)
-
-#: Positions in :data:`FEATURES` of the heavy-tailed ones.
-_LOG_INDEX = tuple(i for i, name in enumerate(FEATURES) if name in _LOG_FEATURES)
-
 #: The model kinds :class:`ChurnModel` builds (``CVM_CHURN_MODEL``).
 MODELS = ("logreg", "hat", "arf")
 
 
 # --- the model ------------------------------------------------------------------------------------------------------
-
-
-def prepare(x: Mapping[str, float | None], features: Sequence[str] = MODEL_FEATURES) -> dict[str, float]:
-    """The model's view of a feature dict: its ``features`` only, heavy tails compressed, missing values dropped.
-
-    >>> prepare({"silence_gaps": math.e - 1, "spend_trend": -(math.e - 1), "spend_vs_usual": 0.5, "other": 1.0})
-    {'silence_gaps': 1.0, 'spend_vs_usual': 0.5, 'spend_trend': -1.0}
-    >>> prepare({"silence_gaps": None, "frequency": float("nan")})
-    {}
-    >>> prepare({"silence_gaps": 0.0, "frequency": 1.0}, features=("frequency",))
-    {'frequency': 0.6931471805599453}
-    """
-    out = {}
-    for name in features:
-        v = x.get(name)
-        if v is None or v != v:
-            continue
-        v = float(v)
-        if name in _LOG_FEATURES:
-            v = math.copysign(math.log1p(abs(v)), v)
-        out[name] = v
-    return out
 
 
 class NoisyLog(optim.losses.Log):
@@ -485,24 +433,6 @@ class ChurnModel:
 
     def __repr__(self) -> str:
         return f"ChurnModel(kind={self.kind!r}, version={self.version}, n_learned={self.n_learned})"
-
-
-def _prepared(rows: Sequence[Sequence[float | None]]) -> Any:
-    """:func:`prepare` of rows of :data:`FEATURES` values, as a matrix (NaN: missing).
-
-    The heavy tails are compressed with Python's ``math`` a column at a time, so each value is the float
-    :func:`prepare` gives.
-    """
-    try:
-        z = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):  # None among the values, or a number numpy will not convert
-        z = np.array([[math.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64)
-    if z.ndim != 2 or z.shape[1] != len(FEATURES):
-        raise ValueError(f"churn rows must hold the {len(FEATURES)} FEATURES, got shape {z.shape}")
-    log1p, copysign = math.log1p, math.copysign
-    for j in _LOG_INDEX:
-        z[:, j] = [copysign(log1p(abs(v)), v) for v in z[:, j].tolist()]
-    return z
 
 
 def _top(contributions: dict[str, float], k: int) -> list[str]:

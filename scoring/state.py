@@ -257,7 +257,7 @@ class CustomerState:
         self.ranked_clv = math.nan
         self.recent: list[tuple[int, int]] = []  # (event_time, event_hash), oldest first
         # Opaque sections owned by other scoring modules, kept with the state so they change atomically with it:
-        # the alert episodes (scoring.alerts.AlertState) and the churn snapshots awaiting labels (scoring.churn).
+        # the alert episodes (scoring.alert_state.AlertState) and the churn snapshots awaiting labels (scoring.churn).
         self.alert_bytes = b""
         self.churn_bytes = b""
 

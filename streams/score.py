@@ -42,7 +42,8 @@ import numpy as np
 from cvm import metrics
 from cvm.config import Config
 from scoring import features
-from scoring.alerts import AlertRules, AlertState
+from scoring.alert_state import AlertState
+from scoring.alerts import AlertRules
 from scoring.churn import FEATURES, ChurnModel
 from scoring.clv import ClvModel, summary
 from scoring.labels import LabelRule, PendingLabels, label_rules

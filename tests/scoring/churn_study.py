@@ -27,7 +27,8 @@ import numpy as np
 from cvm.config import Config
 from cvm.simulate import main as simulate_main
 from scoring import outcomes
-from scoring.alerts import AlertRules, AlertState
+from scoring.alert_state import AlertState
+from scoring.alerts import AlertRules
 from scoring.churn import FEATURES, LEGACY_FEATURES, MODEL_FEATURES, ChurnModel, LabelRule
 from scoring.metrics import read_truth
 from scoring.state import DAY_MS

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from cvm.config import Config
 from cvm.exceptions import ConfigError
-from scoring.alerts import RULES, AlertRules, AlertState
+from scoring.alert_state import RULES, AlertState
+from scoring.alerts import AlertRules
 
 DAY = 86_400_000
 T0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC

@@ -32,9 +32,9 @@ from scoring.churn import (
     PendingLabels,
     label_rules,
     pack_snapshot,
-    prepare,
     unpack_snapshot,
 )
+from scoring.churn_inputs import prepare
 from scoring.metrics import ProgressiveMetrics, roc_auc
 
 RULE = LabelRule.from_days(90, 30)

@@ -15,7 +15,8 @@ import pytest
 from cvm import cli
 from cvm.config import Config
 from cvm.exceptions import ClickHouseUnavailable, ConfigError, QueryError
-from scoring.alerts import AlertRules, AlertState
+from scoring.alert_state import AlertState
+from scoring.alerts import AlertRules
 from sinks import alerts_cmd
 from sinks.clickhouse import ClickHouse, load_migrations, migrate
 from sinks.http import ApiServer

@@ -23,7 +23,8 @@ from prometheus_client import REGISTRY
 
 from cvm.config import Config
 from cvm.kafka import make_producer
-from scoring.alerts import AlertRules, AlertState
+from scoring.alert_state import AlertState
+from scoring.alerts import AlertRules
 from sinks.webhook import WebhookDeliverer, _retry_after
 from tests.conftest import free_port
 
