@@ -362,21 +362,22 @@ class ChurnModel:
             raw = acc + self._clf.intercept
             contrib = scaled * np.array([weights.get(name, 0.0) for name in FEATURES])
             bad |= present & np.isnan(contrib)
-            order = np.argsort(np.where(present, -np.abs(contrib), np.inf), axis=1, kind="stable")[:, :k]
-        redo = bad.any(axis=1)
+            # the k largest contributions of each row (none asked: no sort, as predict_many)
+            order = np.argsort(np.where(present, -np.abs(contrib), np.inf), axis=1, kind="stable")[:, :k] if k else None
+        redo = bad.any(axis=1).tolist()
         out: list[tuple[float, list[str]]] = []
-        for i in range(len(rows)):
+        for i, logit in enumerate(raw.tolist()):
             if redo[i]:
                 out.append(one(dict(zip(FEATURES, rows[i], strict=True)), k))
                 continue
             reasons = []
-            for j in order[i].tolist():
+            for j in order[i].tolist() if order is not None else ():
                 if not present[i, j]:
                     break
                 value = float(contrib[i, j])
                 if round(value, 1) != 0:
                     reasons.append(f"{FEATURES[j]} {value:+.1f}")
-            out.append((float(sigmoid(float(raw[i]))), reasons))
+            out.append((float(sigmoid(logit)), reasons))
         return out
 
     # --- lifecycle -------------------------------------------------------------------------------------------------

@@ -425,13 +425,9 @@ class PendingLabels:
         known = self._next
         if known is not None and known[0] is rules:
             return known[1]
+        heads = tuple(enumerate(_rules(rules)))
         due = min(
-            (
-                rule.deadline(e[0], e[2])
-                for e in self.entries
-                for i, rule in enumerate(_rules(rules))
-                if e[3][i] != _RELEASED
-            ),
+            (rule.deadline(e[0], e[2]) for e in self.entries for i, rule in heads if e[3][i] != _RELEASED),
             default=None,
         )
         self._next = (rules, due)
