@@ -35,10 +35,10 @@ deployment that learns (its models topic is shared): the two-worker phase, on th
 versions the first phase's learner published, and runs no learner of its own.
 
 This module holds what is measured and reported, and the throughput and footprint phases; how a run is driven
-(the load, the child processes and waiting on them, the latency phase's watchers) is :mod:`cvm.bench_harness`,
-the latency phase (:class:`cvm.bench_latency.LatencyPhase`, which :class:`Bench` is, and :func:`percentile`) is
-:mod:`cvm.bench_latency`, the recovery and restore measurements are :mod:`cvm.bench_restart`, and the Faust and
-Quix peers' child processes :mod:`cvm.bench_peers`.
+(the load, the child processes and waiting on them) is :mod:`cvm.bench_harness`, the latency phase's watchers
+:mod:`cvm.bench_watch`, the latency phase (:class:`cvm.bench_latency.LatencyPhase`, which :class:`Bench` is, and
+:func:`percentile`) is :mod:`cvm.bench_latency`, the recovery and restore measurements are :mod:`cvm.bench_restart`,
+and the Faust and Quix peers' child processes :mod:`cvm.bench_peers`.
 """
 
 from __future__ import annotations

@@ -5,13 +5,13 @@
 * the child processes: :class:`Harness` owns the run's working directory, its configuration (its own ports, topic
   prefix, group ids and stores) and its children (workers, sink, peers), spawns a worker, waits for the workers'
   commits, reads their score records back and waits for the sink's HTTP API, failing at once when a child exits;
-  :class:`Profiler` runs py-spy on a worker; :func:`peak_rss_mb` reads a child's peak memory;
-* the watchers of the latency phase: :class:`Waiting` holds the sampled events, :class:`ClickHouseWatch` and
-  :class:`ScoresWatch` see them arrive in ClickHouse and on ``customer-scores``.
+  :class:`Profiler` runs py-spy on a worker; :func:`peak_rss_mb` reads a child's peak memory.
 
-The measurements (:class:`cvm.bench.Bench`, a :class:`Harness`), the table of results and the command are in
-:mod:`cvm.bench`, the latency phase in :mod:`cvm.bench_latency`, the restart measurements in :mod:`cvm.bench_restart`,
-all on this harness: it holds how a run is driven, so that they hold only what each figure is and how it is computed.
+The watchers of the latency phase, threads that see sampled events arrive while the harness's children run, are
+:mod:`cvm.bench_watch`. The measurements (:class:`cvm.bench.Bench`, a :class:`Harness`), the table of results and the
+command are in :mod:`cvm.bench`, the latency phase in :mod:`cvm.bench_latency`, the restart measurements in
+:mod:`cvm.bench_restart`, all on this harness: it holds how a run is driven, so that they hold only what each figure
+is and how it is computed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -38,12 +37,9 @@ from cvm.config import EVENT_TOPICS, Config
 from cvm.exceptions import CvmError
 
 __all__ = [
-    "ClickHouseWatch",
     "Harness",
     "Load",
     "Profiler",
-    "ScoresWatch",
-    "Waiting",
     "free_port",
     "generate",
     "peak_rss_mb",
@@ -389,146 +385,3 @@ class Harness:
             except OSError:
                 time.sleep(0.2)
         raise self.fail("the sink's HTTP API did not answer within 120s")
-
-
-# --- watchers of the latency phase --------------------------------------------------------------------------------
-
-
-class Waiting:
-    """Sampled events waiting to be covered by their customer's figures, and the latencies of those covered.
-
-    An event is covered when the customer's count of that event kind (``n_transactions``, ...) reaches the number
-    of events of that kind published for the customer up to and including it: a topic-partition is applied in
-    order, so nothing earlier can be missing.
-
-    >>> w = Waiting()
-    >>> w.expect("c1", "contacts", 2, published=10.0)
-    >>> w.cover("c1", {"n_contacts": 1}, at=10.5); w.pending()
-    1
-    >>> w.cover("c1", {"n_contacts": 2, "n_transactions": 7}, at=11.25); w.pending(), w.latencies
-    (0, [1.25])
-    """
-
-    COLUMNS = {"transactions": "n_transactions", "contacts": "n_contacts", "payments": "n_payments"}
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.waiting: dict[str, list[tuple[str, int, float]]] = {}  # customer → (kind, count needed, published)
-        self.latencies: list[float] = []
-
-    def expect(self, customer: str, kind: str, count: int, published: float) -> None:
-        with self.lock:
-            self.waiting.setdefault(customer, []).append((self.COLUMNS[kind], count, published))
-
-    def pending(self) -> int:
-        with self.lock:
-            return sum(len(v) for v in self.waiting.values())
-
-    def customers(self, limit: int) -> list[str]:
-        with self.lock:
-            return list(itertools.islice(self.waiting, limit))
-
-    def cover(self, customer: str, have: dict[str, Any], at: float) -> None:
-        with self.lock:
-            entries = self.waiting.get(customer)
-            if not entries:
-                return
-            left = []
-            for column, need, published in entries:
-                if int(have.get(column) or 0) >= need:
-                    self.latencies.append(at - published)
-                else:
-                    left.append((column, need, published))
-            if left:
-                self.waiting[customer] = left
-            else:
-                del self.waiting[customer]
-
-
-class _Watch:
-    """A daemon thread that feeds a :class:`Waiting` until stopped; its first failure is kept in ``error``."""
-
-    name = "watch"
-
-    def __init__(self, waiting: Waiting) -> None:
-        self.waiting = waiting
-        self.error = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._guarded, name=f"cvm-bench-{self.name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
-
-    def _guarded(self) -> None:
-        try:
-            self.run()
-        except Exception as exc:  # reported by the main thread, on one line
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    def run(self) -> None:
-        raise NotImplementedError
-
-
-class ClickHouseWatch(_Watch):
-    """Polls the customers table through the sink's HTTP API (/api/sql); the time of an answer is when the rows
-    it shows became visible, at the latest."""
-
-    name = "reading ClickHouse through the sink"
-
-    def __init__(self, cfg: Config, waiting: Waiting) -> None:
-        super().__init__(waiting)
-        self.url = f"http://127.0.0.1:{cfg.http_port}/api/sql?format=json"
-        self.table = f"{cfg.clickhouse_database}.customers"
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            customers = self.waiting.customers(400)
-            if not customers:
-                self._stop.wait(0.02)
-                continue
-            ids = ",".join(f"'{c}'" for c in customers if c.isalnum())  # simulator ids: letters and digits
-            query = (
-                "SELECT customer_id, max(n_transactions) AS n_transactions, max(n_contacts) AS n_contacts, "
-                f"max(n_payments) AS n_payments FROM {self.table} WHERE customer_id IN ({ids}) GROUP BY customer_id"
-            )
-            request = urllib.request.Request(self.url, data=query.encode(), method="POST")
-            with urllib.request.urlopen(request, timeout=10.0) as resp:
-                rows = json.loads(resp.read())
-            seen = time.time()
-            for row in rows:
-                self.waiting.cover(row["customer_id"], row, seen)
-            self._stop.wait(0.1)  # the queries run in the sink's process: polling faster measurably slowed it
-
-
-class ScoresWatch(_Watch):
-    """Reads ``customer-scores``; a score record's timestamp is when the worker sent it."""
-
-    name = "reading customer-scores"
-
-    def __init__(self, cfg: Config, waiting: Waiting) -> None:
-        super().__init__(waiting)
-        self.cfg = cfg
-
-    def run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-        from cvm.kafka import make_consumer
-
-        cfg = self.cfg
-        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-latency", **{"fetch.wait.max.ms": 10})
-        topic = cfg.topic("customer-scores")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(cfg.partitions)])
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(num_messages=1000, timeout=0.1):
-                    if msg.error() is not None:
-                        continue
-                    score = json.loads(msg.value())
-                    self.waiting.cover(str(score["customer_id"]), score, msg.timestamp()[1] / 1000)
-        finally:
-            consumer.close()

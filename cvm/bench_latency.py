@@ -3,8 +3,8 @@
 :class:`LatencyPhase` is the :class:`cvm.bench_harness.Harness` with :meth:`LatencyPhase.latency`, the phase behind the
 ``p50_latency_s`` … ``p99_live_score_latency_s`` figures: a worker, the learner and the sink on topics of their own,
 the load's pool published at a set rate (as history, or stamped with the wall clock as live traffic), and sampled
-events timed until ClickHouse and the score records cover them (the watchers, :class:`cvm.bench_harness.Waiting`,
-:class:`cvm.bench_harness.ClickHouseWatch` and :class:`cvm.bench_harness.ScoresWatch`, are the harness's).
+events timed until ClickHouse and the score records cover them (the watchers, :class:`cvm.bench_watch.Waiting`,
+:class:`cvm.bench_watch.ClickHouseWatch` and :class:`cvm.bench_watch.ScoresWatch`, are :mod:`cvm.bench_watch`).
 :func:`percentile` reduces the samples. :class:`cvm.bench.Bench` is a :class:`LatencyPhase`, and :mod:`cvm.bench`
 holds what the phase's figures are, and when the phase runs.
 """
@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cvm.bench_harness import ClickHouseWatch, Harness, ScoresWatch, Waiting
+from cvm.bench_harness import Harness
+from cvm.bench_watch import ClickHouseWatch, ScoresWatch, Waiting
 from cvm.config import EVENT_TOPICS
 
 __all__ = ["LatencyPhase", "percentile"]

@@ -4,7 +4,7 @@ Routes (described, with their parameters, at ``GET /api/openapi.json``):
 
 * ``GET /`` — the dashboard (``sinks/static/index.html``), its files under ``/static/`` (:mod:`sinks.page`);
 * ``GET /api/kpis``, ``/api/whale``, ``/api/matrix``, ``/api/alerts``, ``/api/customer/{id}``, ``/api/migration``,
-  ``/api/model`` — the dashboard's data as JSON (:data:`sinks.dashboard.ENDPOINTS`);
+  ``/api/model`` — the dashboard's data as JSON (:data:`sinks.endpoints.ENDPOINTS`);
 * ``GET /api/status`` — rows per table, customers, the writer's counters and lag;
 * ``GET|POST /api/sql`` — a read-only query: ``?query=...`` or the POST body (plain text, or JSON
   ``{"query": ..., "format": ...}``); ``format=json`` (default: a list with one object per row) or ``tsv``
@@ -39,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
 from cvm import metrics
 from cvm.config import Config
 from cvm.exceptions import ConfigError, CvmError, PortInUse
-from sinks import dashboard, openapi, page
+from sinks import dashboard, endpoints, openapi, page
 from sinks.clickhouse import ClickHouse, condense_error
 from sinks.outcomes import OutcomeSettings
 from sinks.query import Result, run_query, to_tsv
@@ -117,7 +117,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 def _explain(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == HTTPStatus.NOT_FOUND:
         if request.path.startswith("/api/"):
-            return f"no such endpoint: {request.path} (try {', '.join(dashboard.routes())})"
+            return f"no such endpoint: {request.path} (try {', '.join(endpoints.routes())})"
         return f"no such file or endpoint: {request.path}"
     if exc.status == HTTPStatus.METHOD_NOT_ALLOWED:
         return f"{request.method} is not allowed on {request.path}"
@@ -178,7 +178,7 @@ class ApiServer:
         self.require_token = not metrics.is_loopback(cfg.http_host)
         self.started = time.time()
         self.index_html = page.index_html()
-        self.context = dashboard.Context(
+        self.context = endpoints.Context(
             cfg.default_margin_rate, status, cfg.base_currency, OutcomeSettings.from_config(cfg)
         )
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cvm-http")
@@ -335,7 +335,7 @@ def build_app(api: ApiServer) -> web.Application:
     app.router.add_get("/api/status", status)
     app.router.add_route("GET", "/api/sql", lambda request: _sql(api, request))
     app.router.add_route("POST", "/api/sql", lambda request: _sql(api, request))
-    for endpoint in dashboard.ENDPOINTS:
+    for endpoint in endpoints.ENDPOINTS:
         app.router.add_get(_aiohttp_path(endpoint.path), _dashboard_handler(api, endpoint))
     return app
 
@@ -345,7 +345,7 @@ def _aiohttp_path(path: str) -> str:
     return path.replace("{id}", "{id:.*}")
 
 
-def _dashboard_handler(api: ApiServer, endpoint: dashboard.Endpoint) -> Handler:
+def _dashboard_handler(api: ApiServer, endpoint: endpoints.Endpoint) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         path = dict(request.match_info)
         answer = await api.blocking(lambda: endpoint.answer(api.reader, request.query_string, api.context, **path))

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the sink's HTTP API, served at ``/api/openapi.json``.
 
-The dashboard's endpoints and their parameters come from :data:`sinks.dashboard.ENDPOINTS`, the table the server
+The dashboard's endpoints and their parameters come from :data:`sinks.endpoints.ENDPOINTS`, the table the server
 routes, so the description cannot drift from what is served; the other routes are described here.
 
 >>> doc = document()
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sinks import dashboard
+from sinks import endpoints
 
 __all__ = ["document"]
 
@@ -32,7 +32,7 @@ def _json_answer(doc: str, schema: dict[str, Any] | None = None) -> dict[str, An
 
 def _dashboard_paths() -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for endpoint in dashboard.ENDPOINTS:
+    for endpoint in endpoints.ENDPOINTS:
         params = [_param(name, "query", spec.schema(), spec.doc) for name, spec in endpoint.params.items()]
         if "{id}" in endpoint.path:
             params.insert(0, _param("id", "path", {"type": "string", "maxLength": 200}, "Customer id", True))
