@@ -25,13 +25,15 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
 import fastavro
 
-from cvm.exceptions import ConfigError, DecodeError
+from cvm.exceptions import ConfigError, DecodeError, RegistryUnavailable
 
 __all__ = ["KINDS", "Codec", "LocalRegistry", "SchemaRegistry", "load_schema", "make_registry"]
 
@@ -41,6 +43,8 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 KINDS = {"transactions": "transaction.avsc", "contacts": "contact.avsc", "payments": "payment.avsc"}
 
 _HEADER = struct.Struct(">bI")
+
+log = logging.getLogger("cvm.codec")
 
 
 def load_schema(kind: str) -> dict[str, Any]:
@@ -111,13 +115,21 @@ class LocalRegistry:
 
 
 class SchemaRegistry:
-    """A Confluent Schema Registry: registers cvm's schemas and fetches unknown writer schemas by id."""
+    """A Confluent Schema Registry: registers cvm's schemas and fetches unknown writer schemas by id.
 
-    def __init__(self, url: str) -> None:
+    An upstream's schema is recognised by its record name (``Transaction``, ``Contact``, ``Payment``, in any
+    namespace) and read through cvm's own schema (Avro schema resolution: fields cvm does not know are skipped).
+    While the registry does not answer for a writer schema (refused, timed out, an error status), the records wait:
+    :meth:`schema_by_id` tries again with backoff for ``wait_s`` seconds, then raises
+    :class:`~cvm.exceptions.RegistryUnavailable`. Only an id the registry says it does not know is undecodable.
+    """
+
+    def __init__(self, url: str, wait_s: float = 60.0) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.client = SchemaRegistryClient({"url": url})
         self.url = url
+        self.wait_s = wait_s
 
     def latest_id(self, kind: str, schema: dict[str, Any]) -> int:
         from confluent_kafka.schema_registry import Schema
@@ -130,18 +142,50 @@ class SchemaRegistry:
             ) from None
 
     def schema_by_id(self, schema_id: int) -> tuple[str, dict[str, Any]] | None:
-        try:
-            found = self.client.get_schema(schema_id)
-        except Exception:
-            return None
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        deadline, delay = time.monotonic() + self.wait_s, 0.25
+        while True:
+            try:
+                found = self.client.get_schema(schema_id)
+                break
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:
+                    return None  # the registry does not know it: undecodable
+                problem = f"answered {exc.http_status_code} ({exc.error_message})"
+            except Exception as exc:  # the client raises transport errors of several kinds
+                problem = f"did not answer ({exc.__class__.__name__}: {exc})"
+            from cvm import metrics  # here, not at the top: every cvm command imports the codec, few need metrics
+
+            metrics.registry_failures.inc()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RegistryUnavailable(
+                    f"schema registry {self.url} {problem} for schema id {schema_id} for {self.wait_s:g} s: its "
+                    "records were not decoded and are read again after a restart; check CVM_SCHEMA_REGISTRY_URL"
+                )
+            log.warning("schema registry %s %s for schema id %d: its records wait (retry in %.2f s)",
+                        self.url, problem, schema_id, min(delay, left))  # fmt: skip
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
         schema = json.loads(found.schema_str)
-        kind = {v.split(".")[0].title(): k for k, v in KINDS.items()}.get(schema.get("name", ""))
-        return (kind, schema) if kind else None
+        name = str(schema.get("name", "")).rsplit(".", 1)[-1] if isinstance(schema, dict) else ""
+        kind = _KIND_OF_RECORD.get(name)
+        if kind is None:
+            raise DecodeError(
+                f"schema id {schema_id} is a record named {name or '(none)'!r}, not one of cvm's events "
+                f"({', '.join(_KIND_OF_RECORD)})"
+            )
+        return kind, schema
 
 
-def make_registry(schema_registry_url: str = "") -> LocalRegistry | SchemaRegistry:
-    """The registry a configuration asks for."""
-    return SchemaRegistry(schema_registry_url) if schema_registry_url else LocalRegistry()
+#: The record name of each event kind's schema (schemas/*.avsc), whatever the namespace.
+_KIND_OF_RECORD = {load_schema(kind)["name"]: kind for kind in KINDS}
+
+
+def make_registry(schema_registry_url: str = "", wait_s: float = 60.0) -> LocalRegistry | SchemaRegistry:
+    """The registry a configuration asks for (``wait_s``: ``CVM_SCHEMA_REGISTRY_WAIT_S``)."""
+    return SchemaRegistry(schema_registry_url, wait_s) if schema_registry_url else LocalRegistry()
 
 
 class Codec:

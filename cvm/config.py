@@ -57,6 +57,12 @@ class Config:
     schema_registry_url: str = _f(
         "", "CVM_SCHEMA_REGISTRY_URL", "Confluent Schema Registry; empty means the local registry in schemas/."
     )
+    schema_registry_wait_s: float = _f(
+        60.0,
+        "CVM_SCHEMA_REGISTRY_WAIT_S",
+        "How long a worker or sink waits, retrying, for the Schema Registry to answer for a new writer schema before "
+        "it stops (its records are never dead-lettered for that).",
+    )
     topic_prefix: str = _f("", "CVM_TOPIC_PREFIX", "Prefix of every topic name (several deployments, one cluster).")
     partitions: int = _f(4, "CVM_PARTITIONS", "Partitions of the co-partitioned event topics.")
     replication_factor: int = _f(1, "CVM_REPLICATION_FACTOR", "Replication factor of topics cvm creates.")

@@ -15,6 +15,7 @@ __all__ = [
     "NothingToFit",
     "PortInUse",
     "QueryError",
+    "RegistryUnavailable",
     "RestoreError",
 ]
 
@@ -45,6 +46,12 @@ class PortInUse(CvmError):
 
 class DecodeError(CvmError):
     """A record's bytes are not a Confluent-framed Avro record of a known schema."""
+
+
+class RegistryUnavailable(CvmError):
+    """The Schema Registry did not answer for a writer schema (refused, timed out, an error status) within
+    ``CVM_SCHEMA_REGISTRY_WAIT_S``: its records are not decodable yet, but not poison either, so they are not
+    dead-lettered; the process stops without committing them."""
 
 
 class InvalidEvent(CvmError):

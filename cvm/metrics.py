@@ -117,6 +117,11 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # --- records -------------------------------------------------------------------------------------------------------
 
+registry_failures = Counter(
+    "cvm_schema_registry_failures",
+    "Requests for a writer schema the Schema Registry did not answer (refused, timed out, an error status); each "
+    "is tried again, its records wait.",
+)
 records_consumed = Counter("cvm_records_consumed", "Kafka records consumed, per topic.", ["topic"])
 records = Counter(
     "cvm_records",

@@ -40,7 +40,7 @@ class RowCheck:
     currency when it is a transaction in another currency."""
 
     def __init__(self, cfg: Config, now_ms: int | None = None) -> None:
-        self.codec = Codec(make_registry(cfg.schema_registry_url))
+        self.codec = Codec(make_registry(cfg.schema_registry_url, cfg.schema_registry_wait_s))
         self.rates = Rates.from_config(cfg)
         self.floor_ms = cfg.min_event_time_ms
         self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms

@@ -343,7 +343,7 @@ class Restorer:
 
     def _publish(self, history: History, stop: threading.Event) -> Boundaries | None:
         """Publish the history; where it lies on each input partition (``None``: stopped)."""
-        codec = Codec(make_registry(self.cfg.schema_registry_url))
+        codec = Codec(make_registry(self.cfg.schema_registry_url, self.cfg.schema_registry_wait_s))
         starts: dict[str, int] = {}
         ends: dict[str, int] = {}
         failed: list[str] = []

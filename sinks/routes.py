@@ -76,7 +76,7 @@ class Routes:
     def __init__(self, cfg: Config, ch: ClickHouse, epoch: Epoch) -> None:
         self.ch = ch
         self.epoch = epoch
-        self.codec = Codec(make_registry(cfg.schema_registry_url))
+        self.codec = Codec(make_registry(cfg.schema_registry_url, cfg.schema_registry_wait_s))
         self.model_key = ModelKey.from_config(cfg)
         self.contract = ScoreContract.load()
         self.rates = Rates.from_config(cfg)

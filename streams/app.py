@@ -64,7 +64,7 @@ def build_scorer(cfg: Config, models: ModelFeed) -> Scorer:
         learn_producer=make_producer(cfg),
         table=table,
         models=models,
-        codec=Codec(make_registry(cfg.schema_registry_url)),
+        codec=Codec(make_registry(cfg.schema_registry_url, cfg.schema_registry_wait_s)),
     )
     scorers.append(scorer)
     return scorer
