@@ -62,6 +62,21 @@ def test_scores_json_lands_in_customers_and_history(cfg: Config, ch: ClickHouse)
     assert writer.stats()["rows_written"] == {"customers": 3, "customer_scores": 3}
 
 
+def test_an_idle_scoring_refreshes_the_current_row_and_stays_out_of_the_history(cfg: Config, ch: ClickHouse) -> None:
+    """A quiet stream scores every customer as of each tick (scored_by idle): customers FINAL shows it, the history
+    keeps the event and tick scorings only (else a row per customer per hour of quiet)."""
+    writer = Writer(cfg, ch)
+    topic = cfg.topic("customer-scores")
+    assert writer.add(topic, 0, 1, _score("c1", 10, scored_by="tick", p_alive=0.9))
+    for offset, version in ((2, 11), (3, 12)):
+        assert writer.add(topic, 0, offset, _score("c1", version, scored_by="idle", p_alive=0.8))
+    assert writer.flush()
+    db = ch.database
+    assert ch.rows(f"SELECT version, scored_by, p_alive FROM {db}.customers FINAL") == [(12, "idle", 0.8)]
+    assert ch.rows(f"SELECT version, scored_by FROM {db}.customer_scores") == [(10, "tick")]
+    assert writer.stats()["rows_written"] == {"customers": 3, "customer_scores": 1}
+
+
 def test_score_messages_are_held_to_their_contract(
     cfg: Config, ch: ClickHouse, caplog: pytest.LogCaptureFixture
 ) -> None:
