@@ -348,7 +348,7 @@ def report(figures: dict[str, Any]) -> str:
     day = lambda ms: time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))  # noqa: E731
     lines = [
         f"cvm backtest of {figures['file']}: {figures['events']:,} events, {figures['customers']:,} customers, "
-        f"{figures['scorings']:,} scorings, {figures['seconds']:.0f}s",
+        f"{figures['scorings']:,} event and tick scorings, {figures['seconds']:.0f}s",
         f"judged against: {figures['basis']}",
         f"window {day(w['start_ms'])} to {day(w['end_ms'])} ({w['checkpoints']} monthly checkpoints), "
         f"{figures['leavers_in_window']:,} leavers in it; tier-A base rate (leaving within 90 days): "
