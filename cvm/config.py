@@ -61,7 +61,7 @@ class Config:
         60.0,
         "CVM_SCHEMA_REGISTRY_WAIT_S",
         "How long a worker or sink waits, retrying, for the Schema Registry to answer for a new writer schema before "
-        "it stops (its records are never dead-lettered for that).",
+        "it stops (its records are never dead-lettered for that); at most 240.",
     )
     topic_prefix: str = _f("", "CVM_TOPIC_PREFIX", "Prefix of every topic name (several deployments, one cluster).")
     partitions: int = _f(4, "CVM_PARTITIONS", "Partitions of the co-partitioned event topics.")
@@ -322,6 +322,11 @@ class Config:
             raise ConfigError(f"base_currency={code!r}: expected a 3-letter ISO 4217 code in capitals, e.g. EUR")
         if self.fx_max_age_days < 0:
             raise ConfigError(f"fx_max_age_days={self.fx_max_age_days}: must be at least 0")
+        if not 0 < self.schema_registry_wait_s <= 240:  # a worker that does not poll for 300 s leaves its group
+            raise ConfigError(
+                f"schema_registry_wait_s={self.schema_registry_wait_s:g}: must be more than 0 and at most 240 "
+                "(CVM_SCHEMA_REGISTRY_WAIT_S)"
+            )
 
     # --- construction -------------------------------------------------------------------------------------------
 

@@ -15,13 +15,19 @@ Traceback (most recent call last):
 cvm.exceptions.InvalidEvent: missing customer_id
 
 History is any event time from the floor on (``CVM_MIN_EVENT_TIME``, default 1970-01-01): a purchase of 1997 is
-history like one of last week. Two limits stay: event time 0 itself (1970-01-01T00:00:00.000Z) is refused as the
-value of an unset time, and times more than 7 days ahead of the wall clock are clock errors.
+history like one of last week. Three limits stay: event time 0 itself (1970-01-01T00:00:00.000Z) is refused as the
+value of an unset time; a time of the first 25 days of 1970 is a time in seconds sent as milliseconds (every
+second since 1970 until 2038 is below 2**31, which is 1970-01-25 in milliseconds); times more than 7 days ahead of
+the wall clock are clock errors.
 
 >>> validate("transactions", {"event_id": "e1", "customer_id": "c1", "event_time": 852_076_800_000, "amount": 1.0})
 >>> validate("transactions", {"event_id": "e1", "customer_id": "c1", "event_time": -1, "amount": 1.0})
 Traceback (most recent call last):
 cvm.exceptions.InvalidEvent: event_time 1969-12-31T23:59:59.999Z is before 1970-01-01T00:00:00.000Z (CVM_MIN_EVENT_TIME)
+>>> seconds = {"event_id": "e1", "customer_id": "c1", "event_time": 1_733_400_000, "amount": 1.0}
+>>> validate("transactions", seconds)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+cvm.exceptions.InvalidEvent: event_time 1733400000 is 1970-01-21T01:30:00.000Z: seconds sent as milliseconds? ...
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ __all__ = [
     "CONTACT_REASONS",
     "MIN_EVENT_TIME_MS",
     "PAYMENT_STATUSES",
+    "SECONDS_LIKE_MS",
     "TIME_FIELDS",
     "from_json",
     "iso",
@@ -64,6 +71,9 @@ _NUMBER_FIELDS = {
 #: The default floor of event times (``CVM_MIN_EVENT_TIME``): 1970-01-01. Earlier times cannot be history for cvm:
 #: customer states count time in non-negative milliseconds since the epoch.
 MIN_EVENT_TIME_MS = 0
+#: Event times below this (1970-01-25T20:31:23.648Z) are seconds sent as milliseconds: every second since 1970
+#: until 2038 is below 2**31.
+SECONDS_LIKE_MS = 2**31
 _MAX_FUTURE_MS = 7 * 86_400_000  # a week ahead of the wall clock: clock skew, not a future event
 _MAX_AMOUNT = 1e9
 
@@ -163,6 +173,11 @@ def validate(kind: str, record: dict[str, Any], now_ms: int | None = None, floor
     t = record.get("event_time")
     if not isinstance(t, int) or isinstance(t, bool):
         raise InvalidEvent(f"event_time {t!r} is not a time in milliseconds", "event_time not a time")
+    if 0 < t < SECONDS_LIKE_MS:
+        raise InvalidEvent(
+            f"event_time {t} is {iso(t)}: seconds sent as milliseconds? (refused before 1970-01-25)",
+            "event_time in seconds",
+        )
     if t < floor_ms:
         raise InvalidEvent(
             f"event_time {_shown(t)} is before {iso(floor_ms)} (CVM_MIN_EVENT_TIME)", "event_time before the floor"

@@ -71,6 +71,7 @@ def poison(cfg: Config) -> list[tuple[bytes, str, str]]:
         (codec.encode("transactions", dict(tx, customer_id="")), "InvalidEvent", "missing customer_id"),
         (codec.encode("transactions", dict(tx, amount=float("nan"))), "InvalidEvent", "amount is nan"),
         (codec.encode("transactions", dict(tx, event_time=now + 400 * DAY)), "InvalidEvent", "in the future"),
+        (codec.encode("transactions", dict(tx, event_time=now // 1000)), "InvalidEvent", "seconds sent as milli"),
     ]
 
 

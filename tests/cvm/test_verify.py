@@ -140,12 +140,13 @@ def test_money_in_other_currencies_is_expected_converted_and_history_goes_back_t
         "c1,1997-01-03,3,,\n"  # no currency: the base currency
         "c2,1997-01-02,7,JPY,\n"  # no rate: replay refuses it
         "c3,1969-12-31,7,EUR,\n"  # before 1970
-        "c4,1970-01-01T00:00:00.001Z,2,EUR,\n"  # history too
+        "c4,1970-01-26,2,EUR,\n"  # history too
+        "c5,1970-01-01T00:00:00.001Z,2,EUR,\n"  # 1 in seconds or in milliseconds: a time in seconds, refused
     )
     cfg = Config.load(env={"CVM_DATA_DIR": str(tmp_path), "CVM_FX_RATES": str(rates)})
     source = HistoryFile(path, kind="transactions", default_currency=cfg.base_currency)
     e, published = expect_file(cfg, source)
-    assert dict(published.published) == {"transactions": 3} and dict(published.skipped) == {"transactions": 2}
+    assert dict(published.published) == {"transactions": 3} and dict(published.skipped) == {"transactions": 3}
     from scoring.currency import Rates
 
     day = 852_163_200_000  # 1997-01-02
