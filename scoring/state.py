@@ -18,7 +18,9 @@ of events in any order (within the allowed lateness) gives the same state:
   event only changes float rounding (within 1e-9 relative; see the tests).
 
 The state's bytes (``to_bytes``/``from_bytes``, the worker table's values) are :mod:`scoring.state_format`'s,
-kept apart from the fold; the stored field lists (:data:`DECAYED`, the counts) live there too.
+kept apart from the fold; the stored field lists (:data:`DECAYED`, the counts) live there too. The set arithmetic
+of the two bitmaps (purchase occasions, contact days) is :mod:`scoring.occasions`'s, a base class of the state
+(:class:`~scoring.occasions.OccasionSets`) whose methods the fold calls as its own.
 
 Idempotence has two layers:
 
@@ -57,9 +59,9 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
+from scoring.occasions import OccasionSets
 from scoring.state_format import COUNTS, DECAYED, MAX_BACK_MS, decode, encode
 
 __all__ = [
@@ -74,7 +76,6 @@ __all__ = [
     "CustomerState",
     "FoldRules",
     "event_hash",
-    "month_of",
 ]
 
 #: Position of each event kind in per-kind arrays (offsets, stream times, floors).
@@ -92,10 +93,6 @@ RECENT_IDS = (8, 4, 4)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-_REPEAT_WINDOW_DAYS = 7
-_BITS = 64
-_MASK = (1 << _BITS) - 1
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 #: The time constant of each decayed counter (:data:`DECAYED`), from its name.
 TAU_MS = tuple(int(name.rsplit("_", 1)[1][:-1]) * DAY_MS for name in DECAYED)
@@ -157,17 +154,7 @@ def _cents(amount: float) -> int:
     return int(round(amount * 100))
 
 
-def month_of(period: int, period_days: int) -> int:
-    """A running month number (year * 12 + month) of the first day of a period.
-
-    >>> month_of(0, 1), month_of(31, 1) - month_of(0, 1)
-    (23640, 1)
-    """
-    d = date.fromordinal(_EPOCH_ORDINAL + period * period_days)
-    return d.year * 12 + d.month - 1
-
-
-class CustomerState:
+class CustomerState(OccasionSets):
     """What one customer's events add up to; :meth:`apply` folds one event in."""
 
     __slots__ = (
@@ -379,62 +366,6 @@ class CustomerState:
         self._add_decayed(_PURCHASES, 1.0, t)
         self._add_occasion(t // rules.period_ms, cents, rules.period_days)
 
-    def _add_occasion(self, p: int, cents: int, period_days: int) -> None:
-        """Add a purchase of ``cents`` in period ``p``: a new occasion unless the period already has one."""
-        first, last = self.first_occasion, self.last_occasion
-        if first < 0:
-            self.first_occasion = self.last_occasion = p
-            self.occasion_bits, self.n_occasions, self.first_occasion_cents, self.active_months = 1, 1, cents, 1
-            return
-        if p == first:
-            self.first_occasion_cents += cents
-            return
-        if p > last:
-            shift = p - last
-            dropped = self.occasion_bits >> (_BITS - shift) if shift < _BITS else self.occasion_bits
-            if dropped:  # the newest occasion leaving the bitmap becomes the prior one
-                lowest = (dropped & -dropped).bit_length() - 1
-                self.prior_occasion = last - (lowest + (_BITS - shift if shift < _BITS else 0))
-            self.occasion_bits = (self.occasion_bits << shift) & _MASK | 1 if shift < _BITS else 1
-            self.last_occasion = p
-            self._new_occasion(p, last, -1, period_days)
-            return
-        pos = last - p
-        if pos >= _BITS:
-            # Older than the bitmap reaches: only a record through the re-key topic can be (its partition may lag the
-            # customer's others by more than the allowed lateness). Before the first occasion it is exactly a new
-            # first one; between, whether its period had an occasion is unknown: it counts as none (its money does).
-            if p < first:
-                self.first_occasion, self.first_occasion_cents = p, cents
-                self._new_occasion(p, -1, first, period_days)
-            return
-        bits = self.occasion_bits
-        if bits >> pos & 1:
-            return
-        self.occasion_bits = bits | 1 << pos
-        if p < first:
-            self.first_occasion, self.first_occasion_cents = p, cents  # the old first occasion is now a repeat
-            self._new_occasion(p, -1, first, period_days)
-            return
-        older = bits >> (pos + 1)
-        pred = last - (pos + 1 + (older & -older).bit_length() - 1) if older else self.prior_occasion
-        succ = last - ((bits & ((1 << pos) - 1)).bit_length() - 1)
-        self._new_occasion(p, pred, succ, period_days)
-
-    def _new_occasion(self, p: int, pred: int, succ: int, period_days: int) -> None:
-        """Count occasion ``p`` between its neighbours (``-1``: none): gaps and active months stay exact."""
-        self.n_occasions += 1
-        if pred >= 0 and succ >= 0:
-            self.gap_sq_sum -= (succ - pred) ** 2
-        month = month_of(p, period_days)
-        same_month = False
-        for q in (pred, succ):
-            if q >= 0:
-                self.gap_sq_sum += (q - p) ** 2
-                same_month = same_month or month_of(q, period_days) == month
-        if not same_month:
-            self.active_months += 1
-
     def _contact(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
         channel = r["channel"]
         cost = r.get("cost")
@@ -457,35 +388,6 @@ class CustomerState:
             self.n_unresolved += 1
             self._add_decayed(_UNRESOLVED, 1.0, t)
         self._add_contact_day(t // DAY_MS)
-
-    def _add_contact_day(self, d: int) -> None:
-        """Set contact day ``d``; keep ``n_fresh_contact_days`` = days with no contact in the 7 days before."""
-        if self.last_contact_day < 0:
-            self.last_contact_day, self.contact_bits, self.n_fresh_contact_days = d, 1, 1
-            return
-        if d > self.last_contact_day:
-            shift = d - self.last_contact_day
-            self.contact_bits = (self.contact_bits << shift) & _MASK if shift < _BITS else 0
-            self.last_contact_day = d
-        pos = self.last_contact_day - d
-        if pos >= _BITS:  # older than the bitmap (through the re-key topic only): a fresh day, not remembered
-            self.n_fresh_contact_days += 1
-            return
-        bits = self.contact_bits
-        if bits >> pos & 1:
-            return  # another contact that day: a repeat, freshness unchanged
-
-        def fresh(day_pos: int, b: int) -> bool:  # no contact in the 7 days before the day at day_pos
-            window = (b >> (day_pos + 1)) & ((1 << _REPEAT_WINDOW_DAYS) - 1)
-            return window == 0
-
-        newly_stale = 0
-        for later in range(max(0, pos - _REPEAT_WINDOW_DAYS), pos):  # days after d, within 7 days
-            if bits >> later & 1 and fresh(later, bits):
-                newly_stale += 1
-        bits |= 1 << pos
-        self.contact_bits = bits
-        self.n_fresh_contact_days += (1 if fresh(pos, bits) else 0) - newly_stale
 
     def _payment(self, r: Mapping[str, Any], t: int) -> None:
         self.n_payments += 1
