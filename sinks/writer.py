@@ -153,13 +153,12 @@ class Writer:
         label = metrics.topic_label(self.cfg, topic)
         metrics.records_consumed.labels(topic=label).inc()
         pos = (topic, partition)
-        if offset > self._positions.get(pos, -1):
-            self._positions[pos] = offset
         route = self._routes.get(topic)
         if route is None or value is None:
             self._skipped += 1
             metrics.records.labels(topic=label, fate="skipped").inc()
             log.debug("skipped %s[%d]@%d: %s", topic, partition, offset, "no value" if route else "unknown topic")
+            self._handled(pos, offset)
             return False
         try:
             rows = route(topic, partition, offset, value, key)
@@ -169,7 +168,11 @@ class Writer:
             self._skipped += 1
             metrics.records.labels(topic=label, fate="skipped").inc()
             log.debug("skipped %s[%d]@%d: %s", topic, partition, offset, exc)
+            self._handled(pos, offset)
             return False
+        # Any other exception (the Schema Registry unavailable) leaves the position as it was: a commit on the way
+        # out (a revoke as the consumer closes) must not cover a record that was neither written nor skipped.
+        self._handled(pos, offset)
         self._held[pos] += 1
         limit = self.cfg.sink_batch_rows
         for table, row in rows:
@@ -185,6 +188,11 @@ class Writer:
             if len(batch.records) >= limit:
                 self._full = True
         return True
+
+    def _handled(self, pos: tuple[str, int], offset: int) -> None:
+        """The record at ``offset`` is written once its batch is, or skipped: a commit may cover it."""
+        if offset > self._positions.get(pos, -1):
+            self._positions[pos] = offset
 
     # --- records out -----------------------------------------------------------------------------------------------
 

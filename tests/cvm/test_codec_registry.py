@@ -8,6 +8,7 @@ REST API that cvm makes (register a subject's version, fetch a schema by id), as
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import httpx
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from cvm.codec import Codec, load_schema, make_registry
 from cvm.config import Config
 from cvm.exceptions import DecodeError, RegistryUnavailable
 from cvm.kafka import create_topics, make_consumer, make_producer
+from cvm.metrics import sample_sums
 from streams.decode import Decoder
 from streams.records import RawRecord
 from tests.conftest import free_port, spawn, stop
@@ -202,3 +206,57 @@ def test_a_worker_stops_while_the_registry_is_down_and_a_restart_applies_every_r
         assert stop(worker) == 0, (tmp_path / "worker-b.log").read_text()[-2000:]
         scores.close()
     assert dead == 0 and sum(d["n_transactions"] for d in latest.values()) == 20 and len(latest) == 5
+
+
+@pytest.mark.integration
+def test_a_sink_stops_while_the_registry_is_down_and_a_restart_writes_every_raw_row(
+    cfg: Config, tmp_path: Path, registry: Registry
+) -> None:
+    """The sink reads the same upstream records: while the registry is down it must not skip them (no raw row would
+    ever be written for them); it stops, and once the registry answers a restart writes them."""
+    cfg = cfg.replace(schema_registry_url=registry.url, schema_registry_wait_s=2.0)
+    create_topics(cfg)
+    schema_id, schema = upstream_transaction(registry)
+
+    def sink(name: str) -> subprocess.Popen[bytes]:
+        proc = spawn(cfg, "sink", log=tmp_path / f"{name}.log")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{cfg.http_port}/health", timeout=1).status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise AssertionError((tmp_path / f"{name}.log").read_text()[-2000:])
+
+    first = sink("sink-a")  # cvm's own schemas registered while the registry is up
+    registry.down = True
+    producer = make_producer(cfg)
+    t0 = int(time.time() * 1000) - 10 * 86_400_000
+    for i in range(20):
+        rec = {**RECORD, "event_id": f"u{i}", "customer_id": f"c{i % 5}", "event_time": t0 + i * 1000, "store_id": "s"}
+        producer.produce(cfg.topic("transactions"), key=f"c{i % 5}".encode(), value=wire(schema_id, schema, rec))
+    producer.flush(10)
+    try:
+        code = first.wait(60)
+    finally:
+        stop(first)
+    text = (tmp_path / "sink-a.log").read_text()
+    assert code != 0 and "schema registry" in text and "CVM_SCHEMA_REGISTRY_URL" in text, text[-2000:]
+    registry.down = False
+    second = sink("sink-b")
+    query = f"SELECT count() AS n FROM {cfg.clickhouse_database}.transactions FINAL"
+    url = f"http://127.0.0.1:{cfg.http_port}/api/sql"
+    written = 0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and written < 20:
+            time.sleep(0.5)
+            written = int(httpx.get(url, params={"query": query, "format": "json"}, timeout=30).json()[0]["n"])
+        families = httpx.get(f"http://127.0.0.1:{cfg.http_port}/metrics", timeout=10).text
+    finally:
+        assert stop(second) == 0, (tmp_path / "sink-b.log").read_text()[-2000:]
+    assert written == 20
+    parsed = list(text_string_to_metric_families(families))
+    assert sample_sums(parsed, "cvm_records_total", fate="skipped") == 0  # the restarted sink skipped none
+    assert sample_sums(parsed, "cvm_records_total", topic="transactions", fate="written") == 20
