@@ -293,19 +293,12 @@ class CustomerState(OccasionSets):
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
         # An entry older than its kind's lateness horizon can never match again: an event that old is late from
         # every partition that has brought the kind.
-        if any(self.rekey_times):
-            horizons = [
-                (min(a, b) if a and b else a or b) - lateness_ms if a or b else 0
-                for a, b in zip(self.kind_times, self.rekey_times, strict=True)
-            ]
-        else:  # the usual customer: never re-keyed
-            horizons = [a - lateness_ms if a else 0 for a in self.kind_times]
+        horizons = [
+            (min(a, b) if a and b else a or b) - lateness_ms if a or b else 0
+            for a, b in zip(self.kind_times, self.rekey_times, strict=True)
+        ]
         recent = [e for e in self.recent if e[0] >= horizons[e[1] & 3]]  # the same tuples, kept (in order)
-        entry = (t, h)
-        if not recent or entry > recent[-1]:
-            recent.append(entry)  # the usual event: the customer's newest
-        else:
-            insort(recent, entry)
+        insort(recent, (t, h))
         k = h & 3
         mine = [e for e in recent if e[1] & 3 == k]
         # Forgotten: beyond the count, and (when one partition of the kind lags far behind the other) entries too old
