@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from cvm.codec import Codec, load_schema, make_registry
+from cvm.codec import KINDS, Codec, load_schema, make_registry
 from cvm.config import Config
 from cvm.exceptions import DecodeError, RegistryUnavailable
 from cvm.kafka import create_topics, make_consumer, make_producer
@@ -159,6 +159,23 @@ def test_an_id_the_registry_does_not_know_or_a_record_of_another_name_is_undecod
         codec.decode(wire(schema_id, schema, {**RECORD, "store_id": "s"}))
 
 
+def publish_while_down(cfg: Config, registry: Registry) -> None:
+    """Once a process has registered cvm's three schemas, the registry goes down and upstream publishes 20
+    transactions of 5 customers under a schema of its own, which the process has not seen."""
+    deadline = time.monotonic() + 60
+    while registry.requests < len(KINDS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert registry.requests >= len(KINDS), "the process never registered cvm's schemas"
+    schema_id, schema = upstream_transaction(registry)
+    registry.down = True
+    producer = make_producer(cfg)
+    t0 = int(time.time() * 1000) - 10 * 86_400_000
+    for i in range(20):
+        rec = {**RECORD, "event_id": f"u{i}", "customer_id": f"c{i % 5}", "event_time": t0 + i * 1000, "store_id": "s"}
+        producer.produce(cfg.topic("transactions"), key=f"c{i % 5}".encode(), value=wire(schema_id, schema, rec))
+    assert producer.flush(10) == 0
+
+
 @pytest.mark.integration
 def test_a_worker_stops_while_the_registry_is_down_and_a_restart_applies_every_record(
     cfg: Config, tmp_path: Path, registry: Registry
@@ -170,15 +187,7 @@ def test_a_worker_stops_while_the_registry_is_down_and_a_restart_applies_every_r
     create_topics(cfg)
     log = tmp_path / "worker.log"
     worker = spawn(cfg, "worker", "--id", "a", log=log)
-    schema_id, schema = upstream_transaction(registry)
-    t0 = int(time.time() * 1000) - 10 * 86_400_000
-    time.sleep(3)  # the worker has registered cvm's schemas
-    registry.down = True
-    producer = make_producer(cfg)
-    for i in range(20):
-        rec = {**RECORD, "event_id": f"u{i}", "customer_id": f"c{i % 5}", "event_time": t0 + i * 1000, "store_id": "s"}
-        producer.produce(cfg.topic("transactions"), key=f"c{i % 5}".encode(), value=wire(schema_id, schema, rec))
-    producer.flush(10)
+    publish_while_down(cfg, registry)
     try:
         code = worker.wait(60)
     finally:
@@ -216,7 +225,6 @@ def test_a_sink_stops_while_the_registry_is_down_and_a_restart_writes_every_raw_
     ever be written for them); it stops, and once the registry answers a restart writes them."""
     cfg = cfg.replace(schema_registry_url=registry.url, schema_registry_wait_s=2.0)
     create_topics(cfg)
-    schema_id, schema = upstream_transaction(registry)
 
     def sink(name: str) -> subprocess.Popen[bytes]:
         proc = spawn(cfg, "sink", log=tmp_path / f"{name}.log")
@@ -229,14 +237,8 @@ def test_a_sink_stops_while_the_registry_is_down_and_a_restart_writes_every_raw_
                 time.sleep(0.3)
         raise AssertionError((tmp_path / f"{name}.log").read_text()[-2000:])
 
-    first = sink("sink-a")  # cvm's own schemas registered while the registry is up
-    registry.down = True
-    producer = make_producer(cfg)
-    t0 = int(time.time() * 1000) - 10 * 86_400_000
-    for i in range(20):
-        rec = {**RECORD, "event_id": f"u{i}", "customer_id": f"c{i % 5}", "event_time": t0 + i * 1000, "store_id": "s"}
-        producer.produce(cfg.topic("transactions"), key=f"c{i % 5}".encode(), value=wire(schema_id, schema, rec))
-    producer.flush(10)
+    first = sink("sink-a")
+    publish_while_down(cfg, registry)
     try:
         code = first.wait(60)
     finally:
