@@ -160,9 +160,9 @@ silent_rescorings = Counter(
 )
 worker_stage_seconds = Counter(
     "cvm_worker_stage_seconds",
-    "CPU seconds of a worker's Kafka thread by stage of its batches: consume, decode, fold, score (features, "
-    "population, reasons, alerts, labels), models (CLV and churn), emit (outputs sent and acknowledged), changelog "
-    "(table writes), commit (offsets, pausing), other.",
+    "CPU seconds of a worker's Kafka thread by stage of its batches: consume, decode, fold, features (and the "
+    "labels a tick matures), score (population, reasons, alerts, snapshots, timers), models (CLV and churn), emit "
+    "(outputs sent and acknowledged), changelog (table writes), commit (offsets, pausing), other.",
     ["stage"],
 )
 scoring_failures = Counter(

@@ -141,6 +141,7 @@ class Assessor:
         self.max_pending = cfg.churn_max_pending
         self.tick_ms = int(cfg.tick_s * 1000)
         self.models_cpu = 0.0  # CPU seconds of this thread in the CLV and churn models (cvm bench's stages)
+        self.features_cpu = 0.0  # ... and in the features (with the labels a tick matures)
 
     # --- the scoring -----------------------------------------------------------------------------------------------
 
@@ -170,7 +171,9 @@ class Assessor:
                 self._mature(c, as_of, out)
             c.scores = self._features(c.customer_id, s, as_of, scored_by)
 
+        cpu = time.thread_time()
         cands = self._each(cands, "features", features_of)
+        self.features_cpu += time.thread_time() - cpu
         cpu = time.thread_time()
         if models.clv is not None:
             try:

@@ -433,9 +433,11 @@ class Scorer:
 
     def _assess(self, cands: list[Candidate], scored_by: str, models: InForce, **at: Any) -> None:
         cpu = time.process_time()
-        before = self.assessor.models_cpu
-        self.assessor.assess(cands, scored_by, models, self.out, **at)
-        self.laps.move(self.assessor.models_cpu - before, "score", "models")
+        assessor = self.assessor
+        models_before, features_before = assessor.models_cpu, assessor.features_cpu
+        assessor.assess(cands, scored_by, models, self.out, **at)
+        self.laps.move(assessor.models_cpu - models_before, "score", "models")
+        self.laps.move(assessor.features_cpu - features_before, "score", "features")
         self.counters[scored_by] += len(cands)
         metrics.scorings.labels(scored_by=scored_by).inc(len(cands))
         metrics.scoring_seconds.labels(scored_by=scored_by).inc(time.process_time() - cpu)

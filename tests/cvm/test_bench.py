@@ -50,7 +50,7 @@ def test_small_run_reports_every_figure() -> None:
     assert 20 < result["rss_mb"] < 10_000
     # the learner ran beside the worker: models were in force, and a new version re-scored the customers
     assert result["model_rescorings_per_event"] > 0 and result["stage_models_us"] > 0, result
-    for stage in ("consume", "decode", "fold", "score", "models", "emit", "changelog", "commit"):
+    for stage in ("consume", "decode", "fold", "features", "score", "models", "emit", "changelog", "commit"):
         assert result[f"stage_{stage}_us"] > 0, (stage, result)
     assert 0 < result["seconds"] < 540
 

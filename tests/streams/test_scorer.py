@@ -336,7 +336,7 @@ def test_the_worker_s_cpu_is_charged_to_its_stages() -> None:
     drain(s)
     cpu = time.thread_time() - cpu
     charged = {k: v - before.get(k, 0.0) for k, v in stages().items()}
-    for stage in ("consume", "decode", "fold", "score", "models", "emit", "changelog", "commit"):
+    for stage in ("consume", "decode", "fold", "features", "score", "models", "emit", "changelog", "commit"):
         assert charged.get(stage, 0.0) > 0, (stage, charged)
     assert 0.7 * cpu <= sum(charged.values()) <= cpu * 1.01 + 0.01, (cpu, charged)
 
