@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from cvm.collector import roomy_gc
 from cvm.config import Config
 from cvm.exceptions import CvmError
 from cvm.logs import setup_logging
@@ -197,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = Config.load(args.config)
         setup_logging(cfg)
         module = importlib.import_module(COMMANDS[args.command])
-        return int(module.main(cfg, args) or 0)
+        with roomy_gc():  # every command holds many long-lived objects: see cvm.collector
+            return int(module.main(cfg, args) or 0)
     except CvmError as exc:
         print(f"cvm {args.command}: {exc}", file=sys.stderr)
         return 1

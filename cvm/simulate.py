@@ -24,7 +24,6 @@ publishing a new history would give the same customers a second, overlapping one
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from cvm.collector import settled
 from cvm.config import EVENT_TOPICS, Config
 from cvm.events import TIME_FIELDS, iso, parse_time
 from cvm.exceptions import CvmError
@@ -106,20 +106,6 @@ def write_jsonl(
     return counts
 
 
-class _RoomyGc:
-    """Collect garbage less often while generating: the simulation holds many long-lived objects and allocates
-    short-lived ones fast, and the default thresholds spend a fifth of the time re-scanning the former."""
-
-    def __enter__(self) -> None:
-        self.saved = gc.get_threshold()
-        gc.freeze()  # what exists now (customers, generators) lives until the end
-        gc.set_threshold(50_000, 20, 100)
-
-    def __exit__(self, *exc: object) -> None:
-        gc.set_threshold(*self.saved)
-        gc.unfreeze()
-
-
 def _write_truth(path: str, lines: list[dict[str, Any]]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -184,9 +170,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         raise CvmError("--live-only publishes live events: give --duration (or no --days), not --out")
     sim = Simulation(args.customers, days, args.seed, _end_ms(args))
     _check_span(cfg, sim)
+    settled()  # its customers live until the end
     progress = Progress("cvm simulate")
     time_of: Callable[[int], int] | None = None
-    with StopSignals() as stop, _RoomyGc():
+    with StopSignals() as stop:
         if args.out:
             counts = write_jsonl(_in_currency(sim.history(), cfg.base_currency), args.out, progress)
         else:
