@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from cvm.broker import Broker
 from cvm.config import Config
@@ -20,6 +21,11 @@ from cvm.config import Config
 #: uses it) and in every test configuration, so processes the tests start sign and verify with it too.
 MODEL_KEY = "tests-model-key-0123456789abcdef"
 os.environ["CVM_MODEL_KEY"] = MODEL_KEY
+
+# No time limit per example: hypothesis's default (200 ms) is a timed assertion, and it failed a property test of
+# tests/scoring/test_churn.py once on a machine busy with other work. Slowness is measured by `cvm bench`.
+settings.register_profile("cvm", deadline=None)
+settings.load_profile("cvm")
 
 
 def free_port() -> int:
