@@ -109,53 +109,136 @@ _NAN = math.nan
 class _Lane(NamedTuple):
     """One field of format 11 (a lane of :class:`_Lanes`)."""
 
+    field: str  # the field, as format 7 names it (see _FORMAT_7)
     wide: str  # its struct type in format 7
     narrow: str  # its struct type when every value fits (the usual customer)
     default: float  # the value left out: a field equal to it, bit for bit, is not stored
 
 
-#: Format 11's lanes: the fields of a state in the order of the formats 7 to 10 (a time is a 64-bit lane, stored as
-#: said below).
-_LANE_SPEC: tuple[_Lane, ...] = (
-    _Lane("I", "I", 0),  # version
-    *[_Lane("q", "i", -1)] * 4,  # offsets (per source); -1: none yet
-    *[_Lane("q", "q", 0)] * 3,  # kind_times
-    *[_Lane("q", "q", 0)] * 3,  # rekey_times: one presence bit for the three (zero but for re-keyed customers)
-    *[_Lane("q", "q", 0)] * 3,  # floors: one presence bit per kind's floor and its hash
-    *[_Lane("Q", "Q", 0)] * 3,  # floor_hashes
-    _Lane("q", "q", 0),  # first_time
-    _Lane("q", "q", 0),  # last_time: the base of the other times
-    *[_Lane("q", "i", 0)] * 5,  # revenue, margin, cost, purchase (gross), first occasion's spend: cents
-    *[_Lane("I", "H", 0)] * len(COUNTS),  # counts (see COUNTS)
-    *[_Lane("i", "h", -1)] * 3,  # first/last/prior occasion; -1: none
-    _Lane("Q", "Q", 0),  # occasion bits
-    _Lane("Q", "I", 0),  # squared gaps
-    _Lane("I", "H", 0),  # active months
-    _Lane("q", "q", 0),  # last purchase time
-    _Lane("q", "q", 0),  # last cancellation time
-    _Lane("i", "h", -1),  # last contact day; -1: none
-    _Lane("Q", "Q", 0),  # contact bits
-    *[_Lane("d", "d", 0.0)] * len(DECAYED),  # decayed counters
-    _Lane("q", "q", 0),  # as of (ms)
-    _Lane("I", "I", 0),  # tick version
-    _Lane("d", "d", _NAN),  # ranked CLV; NaN: none
-    _Lane("B", "B", 0),  # recent ids
+#: The fields in the order of the formats 7 to 10 (decayed counters by name).
+_FORMAT_7 = (
+    "version",
+    *(f"offsets{i}" for i in range(4)),
+    *(f"kind_times{i}" for i in range(3)),
+    *(f"rekey_times{i}" for i in range(3)),
+    *(f"floors{i}" for i in range(3)),
+    *(f"floor_hashes{i}" for i in range(3)),
+    "first_time",
+    "last_time",
+    "revenue_cents",
+    "margin_cents",
+    "cost_cents",
+    "purchase_cents",
+    "first_occasion_cents",
+    *COUNTS,
+    "first_occasion",
+    "last_occasion",
+    "prior_occasion",
+    "occasion_bits",
+    "gap_sq_sum",
+    "active_months",
+    "last_purchase_time",
+    "last_cancellation_time",
+    "last_contact_day",
+    "contact_bits",
+    *DECAYED,
+    "as_of",
+    "tick_version",
+    "ranked_clv",
+    "n_recent",
 )
-_LAST_TIME, _AS_OF = 18, 73  # the lanes of last_time and as_of
+
+
+# The positions in DECAYED of the counters, for the encoder's values (checked against _LANE_SPEC below).
+_SPEND_7D, _SPEND_365D, _PURCHASES_7D, _PURCHASES_365D, _REFUNDS_90D = (
+    DECAYED.index(name) for name in ("spend_7d", "spend_365d", "purchases_7d", "purchases_365d", "refunds_90d")
+)
+_CONTACTS_7D, _CONTACTS_365D, _COMPLAINTS_30D, _COMPLAINTS_365D, _UNRESOLVED_30D = (
+    DECAYED.index(name)
+    for name in ("contacts_7d", "contacts_365d", "complaints_30d", "complaints_365d", "unresolved_30d")
+)
+_FAILED_90D, _LATE_90D = DECAYED.index("failed_payments_90d"), DECAYED.index("late_payments_90d")
+
+
+def _lane_group(names: str, wide: str, narrow: str, default: float = 0) -> list[_Lane]:
+    return [_Lane(name, wide, narrow, default) for name in names.split()]
+
+
+#: Format 11's lanes. Grouped by the kind of event that sets them and, within a group, the usual customer's first,
+#: so that the fields a customer has mostly lie side by side (fewer runs of bytes to copy, see _Encoder); the times
+#: of a group last. Every field of :data:`_FORMAT_7` once: the encoder's values are in this order.
+_LANE_SPEC: tuple[_Lane, ...] = (
+    # every customer's: version, tick version, recent ids, the times' base; first time, as of; ranked CLV (NaN: none)
+    *_lane_group("version tick_version", "I", "I"),
+    *_lane_group("n_recent", "B", "B"),
+    *_lane_group("last_time first_time as_of", "q", "q"),
+    *_lane_group("ranked_clv", "d", "d", _NAN),
+    # transactions
+    *_lane_group("offsets0", "q", "i", -1),  # -1: none yet
+    *_lane_group("revenue_cents margin_cents purchase_cents first_occasion_cents", "q", "i"),
+    *_lane_group("n_transactions n_purchases n_occasions", "I", "H"),
+    *_lane_group("first_occasion last_occasion", "i", "h", -1),  # -1: none
+    *_lane_group("occasion_bits", "Q", "Q"),
+    *_lane_group("active_months", "I", "H"),
+    *_lane_group(
+        "spend_7d spend_30d spend_90d spend_365d purchases_7d purchases_30d purchases_90d purchases_365d", "d", "d", 0.0
+    ),
+    *_lane_group("gap_sq_sum", "Q", "I"),
+    *_lane_group("n_refunds", "I", "H"),
+    *_lane_group("refunds_90d", "d", "d", 0.0),
+    *_lane_group("prior_occasion", "i", "h", -1),
+    *_lane_group("kind_times0 last_purchase_time", "q", "q"),
+    # contacts
+    *_lane_group("offsets1", "q", "i", -1),
+    *_lane_group("cost_cents", "q", "i"),
+    *_lane_group("n_contacts n_fresh_contact_days", "I", "H"),
+    *_lane_group("last_contact_day", "i", "h", -1),
+    *_lane_group("contact_bits", "Q", "Q"),
+    *_lane_group("contacts_7d contacts_30d contacts_90d contacts_365d", "d", "d", 0.0),
+    *_lane_group("n_phone n_store n_email n_chat n_web n_complaints", "I", "H"),
+    *_lane_group("complaints_30d complaints_365d", "d", "d", 0.0),
+    *_lane_group("n_unresolved", "I", "H"),
+    *_lane_group("unresolved_30d unresolved_365d", "d", "d", 0.0),
+    *_lane_group("n_cancellations", "I", "H"),
+    *_lane_group("kind_times1 last_cancellation_time", "q", "q"),
+    # payments
+    *_lane_group("offsets2", "q", "i", -1),
+    *_lane_group("n_payments n_on_time n_late n_failed n_chargebacks past_due_hours", "I", "H"),
+    *_lane_group("failed_payments_90d late_payments_90d", "d", "d", 0.0),
+    *_lane_group("kind_times2", "q", "q"),
+    # rare: the re-key topic's offset and stream times, the floors of the id memory and their hashes
+    *_lane_group("offsets3", "q", "i", -1),
+    *_lane_group("rekey_times0 rekey_times1 rekey_times2 floors0 floors1 floors2", "q", "q"),
+    *_lane_group("floor_hashes0 floor_hashes1 floor_hashes2", "Q", "Q"),
+)
+assert sorted(lane.field for lane in _LANE_SPEC) == sorted(_FORMAT_7)
+_LANE = {lane.field: i for i, lane in enumerate(_LANE_SPEC)}
+assert [lane.field for lane in _LANE_SPEC if lane.field in DECAYED] == [
+    DECAYED[i]
+    for i in (_SPEND_7D, _SPEND_7D + 1, _SPEND_7D + 2, _SPEND_365D, _PURCHASES_7D, _PURCHASES_7D + 1)
+    + (_PURCHASES_7D + 2, _PURCHASES_365D, _REFUNDS_90D, _CONTACTS_7D, _CONTACTS_7D + 1, _CONTACTS_7D + 2)
+    + (_CONTACTS_365D, _COMPLAINTS_30D, _COMPLAINTS_365D, _UNRESOLVED_30D, _UNRESOLVED_30D + 1, _FAILED_90D, _LATE_90D)
+]  # the encoder's values take the decayed counters in this order
+_LAST_TIME, _AS_OF = _LANE["last_time"], _LANE["as_of"]
 #: The times of events folded, at or before last_time (kind stream times, floors, first, last purchase and last
 #: cancellation times): stored as their low 32 bits when they lie less than 2**32 ms before it, else whole. ``as_of``
 #: (the last scoring), at or after it, likewise when it lies less than 2**32 ms after it.
-_BACK = (5, 6, 7, 11, 12, 13, 17, 50, 51)
+_BACK = tuple(
+    sorted(
+        _LANE[name]
+        for name in ("first_time", "last_purchase_time", "last_cancellation_time", "kind_times0", "kind_times1")
+        + ("kind_times2", "floors0", "floors1", "floors2")
+    )
+)
 _TIMES = (*_BACK, _AS_OF)
-#: Lanes stored whatever their value (every customer has them): version, first and last time, as of, tick version,
-#: recent ids.
-_ALWAYS = (0, 17, 18, 73, 74, 76)
+#: Lanes stored whatever their value (every customer has them).
+_ALWAYS = tuple(_LANE[name] for name in ("version", "tick_version", "n_recent", "last_time", "first_time", "as_of"))
 #: The presence bits (66): one per other lane, but one for the three re-key stream times and one per kind's floor
 #: and its hash.
-_SLOTS = tuple(
-    (8, 9, 10) if i == 8 else (i, i + 3) if i in (11, 12, 13) else (i,)
-    for i in range(len(_LANE_SPEC))
-    if i not in _ALWAYS and i not in (9, 10, 14, 15, 16)
+_SLOTS = (
+    *((i,) for i, lane in enumerate(_LANE_SPEC) if i not in _ALWAYS and not lane.field.startswith(("rekey", "floor"))),
+    tuple(_LANE[f"rekey_times{i}"] for i in range(3)),
+    *((_LANE[f"floors{i}"], _LANE[f"floor_hashes{i}"]) for i in range(3)),
 )
 _SLOT_OF = {lane: n for n, slot in enumerate(_SLOTS) for lane in slot}
 #: Then one bit per time (10): set, the time is stored whole (64 bits), not as its low 32 bits.
@@ -212,15 +295,13 @@ def _lanes(slots: list[int]) -> list[int]:
 def _body(lanes: list[int], flags: int) -> list[str]:
     """The types of format 11's body (``flags``: the header's bits): the lanes stored, in order, at their narrow or
     wide type; a time as its low 32 bits (``I``) or whole (``q``)."""
-    wide = flags & _WIDE_VALUES
-    return [
-        ("q" if flags & _TIME_BITS[i] else "I")
-        if i in _TIME_BITS
-        else _LANE_SPEC[i].wide
-        if wide
-        else _LANE_SPEC[i].narrow
-        for i in lanes
-    ]
+    types = []
+    for i in lanes:
+        if i in _TIME_BITS:
+            types.append("q" if flags & _TIME_BITS[i] else "I")
+        else:
+            types.append(_LANE_SPEC[i].wide if flags & _WIDE_VALUES else _LANE_SPEC[i].narrow)
+    return types
 
 
 class _Encoder:
@@ -291,9 +372,11 @@ class _Decoder:
         self.last = lanes.index(_LAST_TIME)
         self.back = tuple(lanes.index(i) for i in _BACK if i in lanes and not flags & _TIME_BITS[i])
         self.ahead = () if flags & _TIME_BITS[_AS_OF] else (lanes.index(_AS_OF),)
-        # Every lane in order, from the body's values followed by _TAIL (an absent lane: its default).
+        # Every field in format 7's order, from the body's values followed by _TAIL (an absent one: its default).
         at = {lane: n for n, lane in enumerate(lanes)}
-        self.expand = itemgetter(*(at.get(i, len(lanes) + _default_at(s.default)) for i, s in enumerate(_LANE_SPEC)))
+        self.expand = itemgetter(
+            *(at.get(_LANE[name], len(lanes) + _default_at(_LANE_SPEC[_LANE[name]].default)) for name in _FORMAT_7)
+        )
 
 
 _DECODERS: dict[bytes, _Decoder] = {}
@@ -329,7 +412,6 @@ _HEAD_LOCAL = struct.Struct(_HEAD_LAYOUT.replace("4q3q3q3q3Q", "4q3q3q3Q"))
 _HEAD_LOCAL_NARROW = struct.Struct(_HEAD_NARROW.format.replace("4i3q3q3q3Q", "4i3q3q3Q"))
 _HEADS = {7: _HEAD, 8: _HEAD_NARROW, 9: _HEAD_LOCAL, 10: _HEAD_LOCAL_NARROW}
 _NO_REKEY = (0, 0, 0)
-_NO_REKEY_LIST = [0, 0, 0]
 #: cvm 0.1's formats: their customers are rebuilt from history (cvm rebuild), not read.
 _OLD_FORMATS = (5, 6)
 
@@ -361,55 +443,84 @@ def encode(s: CustomerState) -> bytes:
     last = s.last_time
     kind_times, rekey_times = s.kind_times, s.rekey_times
     recent = s.recent
-    values = (
+    offsets, decayed = s.offsets, s.decayed
+    alert, churn = s.alert_bytes, s.churn_bytes
+    values = (  # in the order of _LANE_SPEC
         s.version,
-        *s.offsets,
-        *kind_times,
-        *rekey_times,
-        *s.floors,
-        *s.floor_hashes,
-        s.first_time,
+        s.tick_version,
+        len(recent),
         last,
+        s.first_time,
+        s.as_of,
+        s.ranked_clv,
+        # transactions
+        offsets[0],
         s.revenue_cents,
         s.margin_cents,
-        s.cost_cents,
         s.purchase_cents,
         s.first_occasion_cents,
         s.n_transactions,
         s.n_purchases,
-        s.n_refunds,
         s.n_occasions,
+        s.first_occasion,
+        s.last_occasion,
+        s.occasion_bits,
+        s.active_months,
+        decayed[_SPEND_7D],
+        decayed[_SPEND_7D + 1],
+        decayed[_SPEND_7D + 2],
+        decayed[_SPEND_365D],
+        decayed[_PURCHASES_7D],
+        decayed[_PURCHASES_7D + 1],
+        decayed[_PURCHASES_7D + 2],
+        decayed[_PURCHASES_365D],
+        s.gap_sq_sum,
+        s.n_refunds,
+        decayed[_REFUNDS_90D],
+        s.prior_occasion,
+        kind_times[0],
+        s.last_purchase_time,
+        # contacts
+        offsets[1],
+        s.cost_cents,
         s.n_contacts,
-        s.n_complaints,
-        s.n_cancellations,
-        s.n_unresolved,
         s.n_fresh_contact_days,
+        s.last_contact_day,
+        s.contact_bits,
+        decayed[_CONTACTS_7D],
+        decayed[_CONTACTS_7D + 1],
+        decayed[_CONTACTS_7D + 2],
+        decayed[_CONTACTS_365D],
         s.n_phone,
+        s.n_store,
         s.n_email,
         s.n_chat,
         s.n_web,
-        s.n_store,
+        s.n_complaints,
+        decayed[_COMPLAINTS_30D],
+        decayed[_COMPLAINTS_365D],
+        s.n_unresolved,
+        decayed[_UNRESOLVED_30D],
+        decayed[_UNRESOLVED_30D + 1],
+        s.n_cancellations,
+        kind_times[1],
+        s.last_cancellation_time,
+        # payments
+        offsets[2],
         s.n_payments,
         s.n_on_time,
         s.n_late,
         s.n_failed,
         s.n_chargebacks,
         s.past_due_hours,
-        s.first_occasion,
-        s.last_occasion,
-        s.prior_occasion,
-        s.occasion_bits,
-        s.gap_sq_sum,
-        s.active_months,
-        s.last_purchase_time,
-        s.last_cancellation_time,
-        s.last_contact_day,
-        s.contact_bits,
-        *s.decayed,
-        s.as_of,
-        s.tick_version,
-        s.ranked_clv,
-        len(recent),
+        decayed[_FAILED_90D],
+        decayed[_LATE_90D],
+        kind_times[2],
+        # rare
+        offsets[3],
+        *rekey_times,
+        *s.floors,
+        *s.floor_hashes,
     )
     try:
         packed, lanes = _NARROW_LANES, _NARROW_LANES.layout.pack(*values)
@@ -428,19 +539,16 @@ def encode(s: CustomerState) -> bytes:
             if not last - _SPAN < t <= last:
                 wide |= _TIME_BITS[i]
         head, runs = layout.variants.get(wide) or layout.variant(wide)
-    if recent:
-        if rekey_times == _NO_REKEY_LIST and min(kind_times) >= 0:
-            stream = kind_times  # each kind's stream time: the later of its kind and re-key times
-        else:
-            stream = list(map(max, kind_times, rekey_times))
-        if len(recent) == 1:  # the usual customer
-            ((t, h),) = recent
-            tail = _RECENT.pack(stream[h & 3] - t, h)
-        else:
-            tail = _RECENT_N[len(recent)].pack(*[v for t, h in recent for v in (stream[h & 3] - t, h)])
+    # Each entry of the id memory as its distance from its kind's stream time (the later of its kind and re-key times).
+    if len(recent) == 1:  # the usual customer
+        ((t, h),) = recent
+        a, b = kind_times[h & 3], rekey_times[h & 3]
+        tail = _RECENT.pack((a if a >= b else b) - t, h)
+    elif recent:
+        stream = list(map(max, kind_times, rekey_times))
+        tail = _RECENT_N[len(recent)].pack(*[v for t, h in recent for v in (stream[h & 3] - t, h)])
     else:
         tail = b""
-    alert, churn = s.alert_bytes, s.churn_bytes
     return b"".join(
         (
             head,
@@ -578,18 +686,15 @@ def decode(cls: type[CustomerState], data: bytes) -> CustomerState:
     s.offsets, s.kind_times, s.rekey_times = [o0, o1, o2, o3], [k0, k1, k2], [r0, r1, r2]
     s.floors, s.floor_hashes = [l0, l1, l2], [h0, h1, h2]
     s.decayed = decayed
-    if n:
-        kind_times, rekey_times = s.kind_times, s.rekey_times
-        if rekey_times == _NO_REKEY_LIST and min(kind_times) >= 0:
-            times = kind_times  # each kind's stream time: the later of its kind and re-key times
-        else:
-            times = list(map(max, kind_times, rekey_times))
-        if n == 1:  # the usual customer
-            back, h = _RECENT.unpack_from(data, pos)
-            s.recent = [(times[h & 3] - back, h)]
-        else:
-            flat = _RECENT_N[n].unpack_from(data, pos)
-            s.recent = [(times[h & 3] - back, h) for back, h in zip(flat[::2], flat[1::2], strict=True)]
+    if n == 1:  # the usual customer; each kind's stream time: the later of its kind and re-key times
+        back, h = _RECENT.unpack_from(data, pos)
+        a, b = s.kind_times[h & 3], s.rekey_times[h & 3]
+        s.recent = [((a if a >= b else b) - back, h)]
+        pos += _RECENT.size
+    elif n:
+        times = list(map(max, s.kind_times, s.rekey_times))
+        flat = _RECENT_N[n].unpack_from(data, pos)
+        s.recent = [(times[h & 3] - back, h) for back, h in zip(flat[::2], flat[1::2], strict=True)]
         pos += n * _RECENT.size
     else:
         s.recent = []
