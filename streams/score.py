@@ -208,6 +208,7 @@ class Assessor:
             if keep:
                 s.as_of = scores["as_of"]
             out.scores.append((c.customer_id, scores))
+            c.scores = None  # the message is out's now: the batch's candidates do not keep one each until its end
 
     def _each(self, cands: list[Candidate], step: str, fn: Callable[[Candidate], object]) -> list[Candidate]:
         """``fn`` on each customer; those it raises for are logged, counted and left out of the rest of the scoring

@@ -13,7 +13,9 @@ without Kafka; :func:`streams.app.create_app` builds the real ones. Per batch (:
    if it is behind; then fold what has come of the next phase and score those customers as of their events; while
    the stream is idle, score the customers last scored before the last tick as of it (:mod:`streams.catch_up`);
 4. **outputs** (scores, alerts, late events, dead letters, re-keyed copies, labels, CLV facts) are sent and
-   acknowledged (:mod:`streams.delivery`), then the learner is told how far the worker's partitions have ticked;
+   acknowledged (:mod:`streams.delivery`), then the learner is told how far the worker's partitions have ticked.
+   Scores and alerts are handed to the producer as each scoring of step 3 ends, the rest at the batch's end: a
+   batch that re-scores its whole table holds its messages as bytes in the producer, not as dicts;
 5. **table**: one write per changed customer and per partition whose clock moved, acknowledged;
 6. **commit** each source partition up to its first record not processed yet (the held ones come again after a
    crash); pause the sources that hold records for a later tick, resume the others (:mod:`streams.partitions`).
@@ -441,6 +443,9 @@ class Scorer:
         self.counters[scored_by] += len(cands)
         metrics.scorings.labels(scored_by=scored_by).inc(len(cands))
         metrics.scoring_seconds.labels(scored_by=scored_by).inc(time.process_time() - cpu)
+        self.laps.lap("score")
+        self.delivery.send_scores(self.out)  # now, not at the batch's end: the messages wait as bytes, not dicts
+        self.laps.lap("emit")
 
     # --- state -----------------------------------------------------------------------------------------------------
 

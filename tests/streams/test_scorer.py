@@ -188,6 +188,32 @@ def test_outputs_then_table_then_commit() -> None:
         start = c + 1
 
 
+def test_each_scoring_hands_its_messages_to_the_producer_before_the_next() -> None:
+    """A batch whose ticks re-score the whole table (a new model version, in a backlog) held every score message as a
+    dict until its end, and every candidate its own: about 4 KB a scoring, hundreds of MB at 140,000 customers. Each
+    scoring now sends its scores and alerts on (the producer holds them as bytes until the batch's flush)."""
+    log = Log(CFG.partitions)
+    history(log)
+    s = fakes.scorer(CFG, log, feed=feed_with_models())
+    assess, seen = s._assess, []
+
+    def checked(cands: list, scored_by: str, models: Any, **at: Any) -> None:
+        sent = len(log.values(CFG.topic("customer-scores")))
+        assess(cands, scored_by, models, **at)
+        seen.append(
+            (
+                len(log.values(CFG.topic("customer-scores"))) - sent - len(cands),  # every scoring sent, now
+                len(s.out.scores) + len(s.out.alerts),  # nothing left behind as dicts
+                sum(c.scores is not None for c in s.entries.values()),  # nor on the batch's candidates
+            )
+        )
+
+    s._assess = checked  # type: ignore[method-assign]
+    drain(s)
+    assert len(seen) > 10 and set(seen) == {(0, 0, 0)}
+    assert log.values(CFG.topic("alerts"))  # alerts were raised (and sent) along the way
+
+
 def test_records_held_for_a_later_tick_are_not_committed() -> None:
     log = Log(1)
     cfg = CFG.replace(partitions=1)
