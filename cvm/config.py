@@ -111,6 +111,11 @@ class Config:
         10000, "CVM_WORKER_BATCH", "Most events a worker scores in one batch (fewer when they come slower)."
     )
     worker_batch_s: float = _f(0.2, "CVM_WORKER_BATCH_S", "Longest wait for a worker batch to fill.")
+    worker_trim_s: float = _f(
+        10.0,
+        "CVM_WORKER_TRIM_S",
+        "Seconds between a worker's returns of freed memory to the system (glibc malloc_trim); 0 never.",
+    )
     kafka_security_protocol: str = _f(
         "", "CVM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; empty means PLAINTEXT."
     )
@@ -322,6 +327,8 @@ class Config:
             raise ConfigError(f"base_currency={code!r}: expected a 3-letter ISO 4217 code in capitals, e.g. EUR")
         if self.fx_max_age_days < 0:
             raise ConfigError(f"fx_max_age_days={self.fx_max_age_days}: must be at least 0")
+        if self.worker_trim_s < 0:
+            raise ConfigError(f"worker_trim_s={self.worker_trim_s:g}: must be at least 0 (0: never)")
         if not 0 < self.schema_registry_wait_s <= 240:  # a worker that does not poll for 300 s leaves its group
             raise ConfigError(
                 f"schema_registry_wait_s={self.schema_registry_wait_s:g}: must be more than 0 and at most 240 "

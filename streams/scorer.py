@@ -58,6 +58,7 @@ from streams.records import Event, Outputs, RawRecord, dead_letter
 from streams.score import Assessor, Candidate, InForce, ranked
 from streams.status import Laps, status_line
 from streams.table import Table
+from streams.trim import Trimmer
 from streams.versions import Versions, versions_of
 
 __all__ = ["Scorer"]
@@ -112,6 +113,7 @@ class Scorer:
         self.partitions = Partitions(cfg, table, self.clock, self.sources, self.rekey_topic)
         self._next_status = 0.0
         self.laps = Laps()  # CPU seconds of this (the Kafka) thread by stage of a batch
+        self.trimmer = Trimmer(cfg.worker_trim_s, monotonic)  # freed memory back to the system (streams.trim)
 
     # --- group membership ----------------------------------------------------------------------------------------
 
@@ -157,6 +159,7 @@ class Scorer:
             metrics.batch_records.observe(n)
             metrics.batch_seconds.observe(time.perf_counter() - started)
         self._gauges()
+        self.trimmer.maybe()
         self.laps.lap("other")
         self.laps.publish()
         now = self.monotonic()

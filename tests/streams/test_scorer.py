@@ -495,3 +495,26 @@ def test_a_customer_whose_scoring_raises_costs_that_customer_only(
     assert REGISTRY.get_sample_value("cvm_scoring_failures_total", {"step": step}) - failures >= 1
     consumed = sum(len(part) for (t, _), part in log.records.items() if t in s.sources)
     assert sum(n for (_, _, fate), n in s.fates.items() if fate == "applied") == consumed - 1  # the straggler: late
+
+
+@pytest.mark.parametrize(("every", "expected"), [(10.0, 3), (0.0, 0)])
+def test_the_worker_gives_freed_memory_back_every_trim_interval(every: float, expected: int) -> None:
+    """glibc kept the pages of every batch's freed blocks for good (a third of a bench worker's resident memory after
+    the run): the worker hands them back every CVM_WORKER_TRIM_S of its monotonic clock, and never with 0."""
+    log = Log(CFG.partitions)
+    history(log)
+    s = fakes.scorer(CFG.replace(worker_trim_s=every), log, feed=feed_with_models())
+    clock = s.monotonic
+    assert isinstance(clock, fakes.Clock)
+    trims: list[float] = []
+
+    def trim() -> bool:
+        trims.append(clock.now)
+        return True
+
+    s.trimmer.trim = trim
+    for _ in range(35):  # 35 s of batches
+        s.step()
+        clock.now += 1.0
+    assert len(trims) == expected == s.trimmer.trims
+    assert all(b - a >= every for a, b in zip(trims, trims[1:], strict=False))
