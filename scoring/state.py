@@ -113,6 +113,8 @@ DECAYED_KIND = tuple(
     else 2
     for name in DECAYED
 )
+#: Per event kind, the (position, time constant) of the decayed counters it feeds.
+_DECAYED_OF_KIND = tuple(tuple((i, TAU_MS[i]) for i, kind in enumerate(DECAYED_KIND) if kind == k) for k in range(3))
 
 
 @dataclass(frozen=True)
@@ -262,22 +264,25 @@ class CustomerState(OccasionSets):
         rekeyed = source == REKEYED
         if offset >= 0:
             slot = REKEYED if rekeyed else k
-            if offset <= self.offsets[slot]:
+            offsets = self.offsets
+            if offset <= offsets[slot]:
                 return "redelivered"
-            self.offsets[slot] = offset
+            offsets[slot] = offset
         t = int(record["event_time"])
         # Kafka orders records within a partition only: a customer's topics (and the re-key topic) are consumed at
         # different paces, so an event is late only against the stream time of its own kind and partition.
         times = self.rekey_times if rekeyed else self.kind_times
-        if times[k] and t < times[k] - rules.lateness_ms:
+        latest = times[k]
+        if latest and t < latest - rules.lateness_ms:
             return "late"
         h = (event_hash(record["event_id"]) & ~3) | k  # the low bits say the kind, for pruning and floors
-        if (t, h) <= (self.floors[k], self.floor_hashes[k]):
+        floor = self.floors[k]
+        if t < floor or t == floor and h <= self.floor_hashes[k]:  # (t, h) <= the floor, in (time, hash) order
             return "late"
         for _, seen in self.recent:
             if seen == h:
                 return "duplicate"
-        if t > times[k]:
+        if t > latest:
             before = self.stream_time(k)
             times[k] = t
             if before and t > before:
@@ -288,25 +293,37 @@ class CustomerState(OccasionSets):
 
     def stream_time(self, k: int) -> int:
         """The stream time of kind ``k``: its latest event time, from either of its partitions."""
-        return max(self.kind_times[k], self.rekey_times[k])
+        a, b = self.kind_times[k], self.rekey_times[k]
+        return a if a >= b else b  # max(a, b), without the call
 
     def _remember(self, t: int, h: int, lateness_ms: int) -> None:
         # An entry older than its kind's lateness horizon can never match again: an event that old is late from
-        # every partition that has brought the kind.
-        horizons = [
-            (min(a, b) if a and b else a or b) - lateness_ms if a or b else 0
-            for a, b in zip(self.kind_times, self.rekey_times, strict=True)
-        ]
-        recent = [e for e in self.recent if e[0] >= horizons[e[1] & 3]]  # the same tuples, kept (in order)
-        insort(recent, (t, h))
+        # every partition that has brought the kind. The horizon of a kind: the earlier of its two stream times when
+        # both are set, else the one set, minus the lateness (0: neither set).
+        kind_times, rekey_times = self.kind_times, self.rekey_times
         k = h & 3
-        mine = [e for e in recent if e[1] & 3 == k]
+        recent: list[tuple[int, int]] = []  # the same tuples, kept (in order)
+        mine, oldest = 1, t  # the kind's entries, the new one included, and the earliest of their times
+        for e in self.recent:
+            j = e[1] & 3
+            a, b = kind_times[j], rekey_times[j]
+            if b and (not a or b < a):
+                a = b
+            if e[0] >= (a - lateness_ms if a else 0):
+                recent.append(e)
+                if j == k:
+                    mine += 1
+                    if e[0] < oldest:
+                        oldest = e[0]
+        insort(recent, (t, h))
         # Forgotten: beyond the count, and (when one partition of the kind lags far behind the other) entries too old
         # to store against the kind's stream time. A kind's entries leave in (time, hash) order: its floor only grows.
-        n = max(len(mine) - RECENT_IDS[k], bisect_left(mine, (self.stream_time(k) - MAX_BACK_MS,)))
-        for ot, oh in mine[:n]:
-            recent.remove((ot, oh))
-            self.floors[k], self.floor_hashes[k] = ot, oh
+        back = self.stream_time(k) - MAX_BACK_MS
+        if mine > RECENT_IDS[k] or oldest < back:
+            kept = [e for e in recent if e[1] & 3 == k]
+            for ot, oh in kept[: max(len(kept) - RECENT_IDS[k], bisect_left(kept, (back,)))]:
+                recent.remove((ot, oh))
+                self.floors[k], self.floor_hashes[k] = ot, oh
         self.recent = recent
 
     def _fold(self, kind: str, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
@@ -325,17 +342,22 @@ class CustomerState(OccasionSets):
     def _decay_kind(self, k: int, dt: int) -> None:
         # The counters of kind k move forward by dt ms with their kind's stream time (in place: one list per state).
         decayed, exp = self.decayed, math.exp
-        for i, kind in enumerate(DECAYED_KIND):
-            if kind == k and decayed[i]:
-                decayed[i] *= exp(-dt / TAU_MS[i])
+        for i, tau in _DECAYED_OF_KIND[k]:
+            if decayed[i]:
+                decayed[i] *= exp(-dt / tau)
 
     def _add_decayed(self, counters: tuple[int, ...], value: float, t: int) -> None:
         # These counters (all fed by one kind) receive `value` at time t, seen from their kind's stream time (apply()
-        # has moved it to t already when t is the latest).
+        # has moved it to t already when t is the latest: the usual case, dt = 0).
         dt = self.stream_time(DECAYED_KIND[counters[0]]) - t
-        decayed, exp = self.decayed, math.exp
-        for i in counters:
-            decayed[i] += value * exp(-dt / TAU_MS[i]) if dt else value
+        decayed = self.decayed
+        if dt:
+            exp = math.exp
+            for i in counters:
+                decayed[i] += value * exp(-dt / TAU_MS[i])
+        else:
+            for i in counters:
+                decayed[i] += value
 
     def _transaction(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
         amount = float(r["amount"])
