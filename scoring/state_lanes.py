@@ -267,6 +267,7 @@ class _Lanes:
 
     def __init__(self, wide: bool) -> None:
         self.types = [spec.wide if wide else spec.narrow for spec in _LANE_SPEC]
+        self.sizes = [struct.calcsize(t) for t in self.types]  # bytes of each lane
         self.layout = struct.Struct("<" + "".join(self.types))
         self.flag = _WIDE_VALUES if wide else 0
         self.low = self.top = bit = 0
@@ -321,10 +322,9 @@ class _Encoder:
         self.packed = packed
         self.flags = sum(1 << n for n in slots) | packed.flag
         # The times of events folded that are stored, to check they lie within 32 bits of last_time.
-        self.times = struct.Struct(
-            "<"
-            + "".join(t if i in lanes and i in BACK else f"{struct.calcsize(t)}x" for i, t in enumerate(packed.types))
-        )
+        times = set(lanes).intersection(BACK)
+        types = zip(packed.types, packed.sizes, strict=True)
+        self.times = struct.Struct("<" + "".join(t if i in times else f"{n}x" for i, (t, n) in enumerate(types)))
         self.variants: dict[int, tuple[bytes, struct.Struct]] = {}
         self.head, self.runs = self.variant(0)  # every time in 32 bits: the usual case
 
@@ -333,9 +333,9 @@ class _Encoder:
         bits are its first 4 bytes), with pad bytes skipping the lanes left out and the high bits of the times."""
         flags = self.flags | wide_times
         runs: list[list] = []  # [kept, bytes]
-        for i, t in enumerate(self.packed.types):
-            size = struct.calcsize(t)
-            if i not in self.lanes:
+        lanes = set(self.lanes)
+        for i, size in enumerate(self.packed.sizes):
+            if i not in lanes:
                 parts = [(False, size)]
             elif i in TIME_BITS and not wide_times & TIME_BITS[i]:
                 parts = [(True, 4), (False, 4)]
@@ -365,6 +365,10 @@ def _default_at(default: float) -> int:
     return 0 if default == 0 else 1
 
 
+#: Each field in format 7's order: its lane, and where its default lies in :data:`TAIL`.
+_EXPAND = tuple((_LANE[name], _default_at(_LANE_SPEC[_LANE[name]].default)) for name in _FORMAT_7)
+
+
 class _Decoder:
     """How ``decode`` reads a format 11 body with this header: its layout, its times, where each field is."""
 
@@ -380,9 +384,8 @@ class _Decoder:
         self.ahead = () if flags & TIME_BITS[AS_OF] else (lanes.index(AS_OF),)
         # Every field in format 7's order, from the body's values followed by TAIL (an absent one: its default).
         at = {lane: n for n, lane in enumerate(lanes)}
-        self.expand = itemgetter(
-            *(at.get(_LANE[name], len(lanes) + _default_at(_LANE_SPEC[_LANE[name]].default)) for name in _FORMAT_7)
-        )
+        n = len(lanes)
+        self.expand = itemgetter(*[at.get(lane, n + default) for lane, default in _EXPAND])
 
 
 #: The decoders built, by header (:func:`decoder_for` adds to it; past :data:`_CACHED`, it starts over).
