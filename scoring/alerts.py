@@ -55,6 +55,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from scoring.alert_state import CANCELLATION_REQUEST, HIGH_VALUE_AT_RISK, P_ALIVE_DROP, RULES, AlertState, _seconds
@@ -95,6 +96,8 @@ _DAY_S = 86_400
 
 def _num(scores: Mapping[str, Any], key: str) -> float | None:
     value = scores.get(key)
+    if type(value) is float:  # the usual case, first
+        return value if value - value == 0.0 else None  # finite
     if value is None or isinstance(value, bool | str):
         return None
     try:
@@ -211,6 +214,38 @@ class AlertRules:
             params["rules"] = parse_rule_names(params["rules"])
         return cls(**params)
 
+    # --- the settings in the units the rules compare in (computed once) ---------------------------------------------
+
+    @cached_property
+    def _cooldown_s(self) -> int:
+        return round(self.cooldown_days * _DAY_S)
+
+    @cached_property
+    def _high_value_s(self) -> int:
+        return round(self.high_value_days * _DAY_S)
+
+    @cached_property
+    def _episode_s(self) -> int:
+        return round(self.episode_days * _DAY_S)
+
+    @cached_property
+    def _p_alive_window_s(self) -> int:
+        return round(self.p_alive_window_days * _DAY_S)
+
+    @cached_property
+    def _cancellation_window_s(self) -> int:
+        return round(self.cancellation_window_days * _DAY_S)
+
+    @cached_property
+    def _churn_recovered(self) -> float:
+        """A churn probability below this closes a ``high_value_at_risk`` episode."""
+        return _decimal(self.churn_threshold - self.churn_hysteresis)
+
+    @cached_property
+    def _p_alive_recovered(self) -> float:
+        """A P(alive) at or above this closes a ``p_alive_drop`` episode."""
+        return _decimal(self.p_alive_low + self.hysteresis)
+
     # --- the rules -------------------------------------------------------------------------------------------------
 
     def high_value(self, scores: Mapping[str, Any]) -> bool:
@@ -223,8 +258,7 @@ class AlertRules:
     def _remember_value(self, scores: Mapping[str, Any], state: AlertState, now_s: int) -> bool:
         """Note a high-value scoring in ``state``; whether the customer counts as of high value (now or within
         ``high_value_days``)."""
-        window_s = round(self.high_value_days * _DAY_S)
-        recent = state.value_time > 0 and now_s - state.value_time <= window_s
+        recent = state.value_time > 0 and now_s - state.value_time <= self._high_value_s
         if self.high_value(scores):
             pct = _num(scores, "clv_percentile")
             state.value_pct = max(state.value_pct if recent else 0.0, pct if pct is not None else 0.0)
@@ -255,43 +289,45 @@ class AlertRules:
         """
         now_ms = int(now_ms)
         now_s = _seconds(now_ms)
-        cooldown_s = round(self.cooldown_days * _DAY_S)
+        cooldown_s = self._cooldown_s
         tier = scores.get("value_tier")
         churn = _num(scores, self.churn_score)
         p_alive = _num(scores, "p_alive")
         prev = prev_p_alive if prev_p_alive is not None else state.last_p_alive
         valuable = self._remember_value(scores, state, now_s)
-        stake = value_severity(state.value_pct, self.critical_value_percentile, state.value_a)
         alerts: list[dict[str, Any]] = []
 
         # high_value_at_risk: opens on value and risk; the risk recovering closes it; one still at risk after
         # episode_days is raised again.
         i = 0
         if HIGH_VALUE_AT_RISK in self.rules and churn is not None:
-            lead = [f"{round(100 * churn)}% chance of leaving within {self.churn_days:g} days"]
             if state.open >> i & 1:
-                if churn < _decimal(self.churn_threshold - self.churn_hysteresis):
+                if churn < self._churn_recovered:
                     state.close_episode(i, _seconds(now_ms, up=True))
-                elif self.episode_days and now_s - state.times[i] >= round(self.episode_days * _DAY_S) and valuable:
+                elif self.episode_days and now_s - state.times[i] >= self._episode_s and valuable:
                     days = round((now_s - state.times[i]) / _DAY_S)
                     state.open_episode(i, now_s)
-                    lead.append(f"still at risk after {days} days")
+                    lead = [self._risk(churn), f"still at risk after {days} days"]
                     alerts.append(
-                        self._alert(customer_id, HIGH_VALUE_AT_RISK, stake, now_ms, now_ms, scores, lead, prev)
+                        self._alert(
+                            customer_id, HIGH_VALUE_AT_RISK, self._stake(state), now_ms, now_ms, scores, lead, prev
+                        )
                     )
             elif churn >= self.churn_threshold and valuable and state.cooled(i, now_s, cooldown_s):
                 state.open_episode(i, now_s)
-                alerts.append(self._alert(customer_id, HIGH_VALUE_AT_RISK, stake, now_ms, now_ms, scores, lead, prev))
+                lead = [self._risk(churn)]
+                alerts.append(
+                    self._alert(customer_id, HIGH_VALUE_AT_RISK, self._stake(state), now_ms, now_ms, scores, lead, prev)
+                )
 
         # p_alive_drop: armed while P(alive) was high at the previous scoring or recently; a drop alert disarms.
         i = 1
         if p_alive is not None:
-            window_s = round(self.p_alive_window_days * _DAY_S)
-            recent = state.high_time > 0 and now_s - state.high_time <= window_s
+            recent = state.high_time > 0 and now_s - state.high_time <= self._p_alive_window_s
             armed = (prev is not None and prev >= self.p_alive_high) or recent
             if P_ALIVE_DROP in self.rules:
                 if state.open >> i & 1:
-                    if p_alive >= _decimal(self.p_alive_low + self.hysteresis):
+                    if p_alive >= self._p_alive_recovered:
                         state.close_episode(i, _seconds(now_ms, up=True))
                 elif (
                     armed and p_alive <= self.p_alive_low and tier in ("A", "B") and state.cooled(i, now_s, cooldown_s)
@@ -314,9 +350,9 @@ class AlertRules:
         i = 2
         requested = _num(scores, "last_cancellation_time")
         if CANCELLATION_REQUEST in self.rules:
-            window_s = round(self.cancellation_window_days * _DAY_S)
+            window_s = self._cancellation_window_s
             req_ms = int(requested) if requested else 0
-            req_s = _seconds(req_ms)
+            req_s = _seconds(req_ms) if req_ms else 0
             if state.open >> i & 1:
                 if req_ms and req_s > state.times[i] and req_s - state.times[i] <= window_s:
                     state.times[i] = req_s  # a repeat request extends the episode, it does not alert again
@@ -330,8 +366,16 @@ class AlertRules:
                 and state.cooled(i, now_s, cooldown_s)
             ):
                 state.open_episode(i, req_s)
+                stake = self._stake(state)
                 alerts.append(self._alert(customer_id, CANCELLATION_REQUEST, stake, now_ms, req_ms, scores, [], prev))
         return alerts
+
+    def _risk(self, churn: float) -> str:
+        return f"{round(100 * churn)}% chance of leaving within {self.churn_days:g} days"
+
+    def _stake(self, state: AlertState) -> str:
+        """The severity of a high-value rule's alert: :func:`value_severity` of the high-value spell in ``state``."""
+        return value_severity(state.value_pct, self.critical_value_percentile, state.value_a)
 
     # --- the message -----------------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import river
 from river import forest, linear_model, optim, preprocessing, tree
 from river.utils.math import sigmoid
 
-from scoring.churn_inputs import _prepared, prepare
+from scoring.churn_inputs import prepare, prepare_many
 from scoring.labels import (
     DAY_MS,
     FEATURES,
@@ -299,20 +299,25 @@ class ChurnModel:
         p, contributions = self._explain(prepare(x, self.features))
         return p, _top(contributions, k)
 
-    def predict_many(self, rows: Sequence[Sequence[float | None]]) -> list[float]:
+    def predict_many(self, rows: Sequence[Sequence[float | None]], prepared: np.ndarray | None = None) -> list[float]:
         """:meth:`churn_probability` of many customers in one pass (rows of :data:`FEATURES`, as
-        :meth:`predict_many_with_reasons`): what a worker calls for a head whose reasons it does not show.
+        :meth:`predict_many_with_reasons`, and ``prepared`` as there): what a worker calls for a head whose reasons
+        it does not show.
 
         >>> ChurnModel().predict_many([[1.0] * len(FEATURES)])
         [0.5]
         """
-        return [p for p, _ in self.predict_many_with_reasons(rows, 0)]
+        scored = self._logreg_many(rows, 0, prepared)
+        if scored is None:
+            return [p for p, _ in self.predict_many_with_reasons(rows, 0)]
+        return scored[0]
 
     def predict_many_with_reasons(
-        self, rows: Sequence[Sequence[float | None]], k: int = 3
+        self, rows: Sequence[Sequence[float | None]], k: int = 3, prepared: np.ndarray | None = None
     ) -> list[tuple[float, list[str]]]:
         """:meth:`predict_with_reasons` of many customers in one pass; ``rows`` hold the :data:`FEATURES` in order
-        (None or NaN: missing).
+        (None or NaN: missing). ``prepared`` is :func:`~scoring.churn_inputs.prepare_many` of ``rows`` when the
+        caller has it (the heads of a worker score the same rows); None prepares them here.
 
         The logistic regression is scored with numpy over the whole batch in the very floating-point operations,
         in the same order, as one :meth:`predict_with_reasons` call per row, so the results are the same floats and
@@ -327,9 +332,17 @@ class ChurnModel:
         >>> m.predict_many_with_reasons(rows) == [m.predict_with_reasons(dict(zip(FEATURES, r))) for r in rows]
         True
         """
-        if not rows:
-            return []
-        one = self.predict_with_reasons
+        scored = self._logreg_many(rows, k, prepared)
+        if scored is None:
+            one = self.predict_with_reasons
+            return [one(dict(zip(FEATURES, row, strict=True)), k) for row in rows]
+        return list(zip(*scored, strict=True))
+
+    def _logreg_many(
+        self, rows: Sequence[Sequence[float | None]], k: int, prepared: np.ndarray | None
+    ) -> tuple[list[float], list[list[str]]] | None:
+        """The probabilities and the ``k`` reasons of each row, vectorised (:meth:`predict_many_with_reasons`); None
+        for a model that is not vectorised here (trees, another loss or scaler)."""
         scaler = self._scaler
         if (
             self.kind != "logreg"
@@ -338,13 +351,15 @@ class ChurnModel:
             or getattr(scaler, "window_size", None) is not None
             or not scaler.with_std
         ):
-            return [one(dict(zip(FEATURES, row, strict=True)), k) for row in rows]
+            return None
+        if not rows:
+            return [], []
         means, variances, weights = scaler.means, scaler.vars, self._clf.weights
         mean = [means.get(name, 0.0) for name in FEATURES]
         var = [variances.get(name, 0.0) for name in FEATURES]
         if not all(isinstance(v, float | int) and v >= 0 for v in var):  # v ** 0.5 would not be a real number
-            return [one(dict(zip(FEATURES, row, strict=True)), k) for row in rows]
-        z = _prepared(rows)
+            return None
+        z = prepare_many(rows) if prepared is None else prepared
         present = ~np.isnan(z)
         c = self.clip
         with np.errstate(all="ignore"):
@@ -362,23 +377,21 @@ class ChurnModel:
             raw = acc + self._clf.intercept
             contrib = scaled * np.array([weights.get(name, 0.0) for name in FEATURES])
             bad |= present & np.isnan(contrib)
-            # the k largest contributions of each row (none asked: no sort, as predict_many)
+            # the k largest contributions of each row (none asked: no sort)
             order = np.argsort(np.where(present, -np.abs(contrib), np.inf), axis=1, kind="stable")[:, :k] if k else None
-        redo = bad.any(axis=1).tolist()
-        out: list[tuple[float, list[str]]] = []
-        for i, logit in enumerate(raw.tolist()):
-            if redo[i]:
-                out.append(one(dict(zip(FEATURES, rows[i], strict=True)), k))
-                continue
-            reasons = []
-            for j in order[i].tolist() if order is not None else ():
-                if not present[i, j]:
-                    break
-                value = float(contrib[i, j])
-                if round(value, 1) != 0:
-                    reasons.append(f"{FEATURES[j]} {value:+.1f}")
-            out.append((float(sigmoid(logit)), reasons))
-        return out
+        probabilities = [float(sigmoid(logit)) for logit in raw.tolist()]
+        reasons: list[list[str]] = [[] for _ in probabilities]
+        if order is not None:
+            for i, top in enumerate(order.tolist()):
+                for j in top:
+                    if not present[i, j]:
+                        break
+                    value = float(contrib[i, j])
+                    if round(value, 1) != 0:
+                        reasons[i].append(f"{FEATURES[j]} {value:+.1f}")
+        for i in np.flatnonzero(bad.any(axis=1)).tolist():
+            probabilities[i], reasons[i] = self.predict_with_reasons(dict(zip(FEATURES, rows[i], strict=True)), k)
+        return probabilities, reasons
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 

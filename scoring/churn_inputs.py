@@ -2,13 +2,13 @@
 
 :class:`scoring.churn.ChurnModel` learns and predicts on what this module prepares: :func:`prepare` for one
 customer's feature dict (what :meth:`~scoring.churn.ChurnModel.learn_one` and the one-at-a-time predictions use) and
-:func:`_prepared` for the worker's batch (rows of :data:`scoring.labels.FEATURES` as a matrix, the very same floats;
+:func:`prepare_many` for the worker's batch (rows of :data:`scoring.labels.FEATURES` as a matrix, the very same floats;
 what :meth:`~scoring.churn.ChurnModel.predict_many_with_reasons` uses). Heavy-tailed features (counts, money, days)
 are seen as ``sign(v) * log1p(|v|)``. The model itself, its loss and its bytes are in :mod:`scoring.churn`; this
 module imports nothing of it.
 
 >>> row = [float(i) for i in range(len(FEATURES))]
->>> prepare(dict(zip(FEATURES, row)), FEATURES) == dict(zip(FEATURES, _prepared([row])[0].tolist()))
+>>> prepare(dict(zip(FEATURES, row)), FEATURES) == dict(zip(FEATURES, prepare_many([row])[0].tolist()))
 True
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from scoring.labels import FEATURES, MODEL_FEATURES
 
-__all__ = ["prepare"]
+__all__ = ["prepare", "prepare_many"]
 
 #: Heavy-tailed features (counts, money, days; any model input): the model sees ``sign(v) * log1p(|v|)`` of them.
 _LOG_FEATURES = frozenset(
@@ -55,7 +55,7 @@ _LOG_FEATURES = frozenset(
 )
 
 #: Positions in :data:`FEATURES` of the heavy-tailed ones.
-_LOG_INDEX = tuple(i for i, name in enumerate(FEATURES) if name in _LOG_FEATURES)
+_LOG_INDEX = [i for i, name in enumerate(FEATURES) if name in _LOG_FEATURES]
 
 
 def prepare(x: Mapping[str, float | None], features: Sequence[str] = MODEL_FEATURES) -> dict[str, float]:
@@ -80,19 +80,21 @@ def prepare(x: Mapping[str, float | None], features: Sequence[str] = MODEL_FEATU
     return out
 
 
-def _prepared(rows: Sequence[Sequence[float | None]]) -> Any:
+def prepare_many(rows: Sequence[Sequence[float | None]]) -> Any:
     """:func:`prepare` of rows of :data:`FEATURES` values, as a matrix (NaN: missing).
 
-    The heavy tails are compressed with Python's ``math`` a column at a time, so each value is the float
+    The heavy tails are compressed with Python's ``math``, value by value, so each value is the float
     :func:`prepare` gives.
     """
     try:
         z = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):  # None among the values, or a number numpy will not convert
+    except (TypeError, ValueError, OverflowError):  # a number numpy will not convert (None converts to NaN)
         z = np.array([[math.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64)
     if z.ndim != 2 or z.shape[1] != len(FEATURES):
         raise ValueError(f"churn rows must hold the {len(FEATURES)} FEATURES, got shape {z.shape}")
-    log1p, copysign = math.log1p, math.copysign
-    for j in _LOG_INDEX:
-        z[:, j] = [copysign(log1p(abs(v)), v) for v in z[:, j].tolist()]
+    heavy = z[:, _LOG_INDEX]
+    values = heavy.ravel().tolist()
+    # copysign(log1p(abs(v)), v) of every value, without a Python frame per value
+    compressed = map(math.copysign, map(math.log1p, map(abs, values)), values)
+    z[:, _LOG_INDEX] = np.fromiter(compressed, np.float64, len(values)).reshape(heavy.shape)
     return z

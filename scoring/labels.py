@@ -251,7 +251,11 @@ def pack_snapshot(time_ms: int, features: Mapping[str, float]) -> bytes:
     >>> unpack_snapshot(pack_snapshot(0, {"tenure_days": 1234.5678, "frequency": 1e9})).features
     {'tenure_days': 1235.0, 'frequency': 65504.0}
     """
-    return _SNAP_HEAD.pack(len(FEATURES), time_ms) + _HALVES.pack(*[_half(features.get(name)) for name in FEATURES])
+    halves = [
+        v if type(v) is float and -_HALF_MAX <= v <= _HALF_MAX else _half(v)  # in range: _half(v) is v
+        for v in map(features.get, FEATURES)
+    ]
+    return _SNAP_HEAD.pack(len(FEATURES), time_ms) + _HALVES.pack(*halves)
 
 
 def unpack_snapshot(data: bytes, offset: int = 0, names: Sequence[str] = FEATURES, width: int = 2) -> Snapshot:
@@ -261,10 +265,6 @@ def unpack_snapshot(data: bytes, offset: int = 0, names: Sequence[str] = FEATURE
     n, time_ms = _SNAP_HEAD.unpack_from(data, offset)
     values = struct.unpack_from(f"<{n}{'e' if width == 2 else 'f'}", data, offset + _SNAP_HEAD.size)
     return Snapshot(time_ms, {name: v for name, v in zip(names, values, strict=False) if v == v})
-
-
-def _snapshot_size(data: bytes, offset: int, width: int = 2) -> int:
-    return _SNAP_HEAD.size + width * data[offset]
 
 
 # --- a customer's pending labels ------------------------------------------------------------------------------------
@@ -286,9 +286,11 @@ _PENDING_HEAD = struct.Struct("<BqB")  # format, time of the last snapshot taken
 #: low 56 bits; the status of each label rule (head) in two bits each from bit 56: pending, settled 0 (held until its
 #: deadline), released.
 _CANCEL = struct.Struct("<Q")
+_ENTRY_HEAD = struct.Struct("<QBq")  # a pending snapshot's word, then its snapshot's head (_SNAP_HEAD)
 _DELTA_MASK = (1 << 56) - 1
 _PENDING, _HELD, _RELEASED = 0, 1, 2
 MAX_HEADS = 4
+_STATUS_SHIFTS = tuple(56 + 2 * i for i in range(MAX_HEADS))
 _PENDING_FORMAT = 2  # 1: cvm <= 0.1, snapshots of LEGACY_FEATURES, no head status (repacked on reading)
 _NEVER = -(1 << 62)  # the time of the last snapshot before the first one
 
@@ -425,11 +427,14 @@ class PendingLabels:
         known = self._next
         if known is not None and known[0] is rules:
             return known[1]
-        heads = tuple(enumerate(_rules(rules)))
-        due = min(
-            (rule.deadline(e[0], e[2]) for e in self.entries for i, rule in heads if e[3][i] != _RELEASED),
-            default=None,
-        )
+        heads = _rules(rules)
+        due: int | None = None
+        for snapshot_ms, _, cancel_ms, status in self.entries:
+            for i, rule in enumerate(heads):
+                if status[i] != _RELEASED:
+                    deadline = rule.deadline(snapshot_ms, cancel_ms)
+                    if due is None or deadline < due:
+                        due = deadline
         self._next = (rules, due)
         return due
 
@@ -437,8 +442,8 @@ class PendingLabels:
         out = [_PENDING_HEAD.pack(_PENDING_FORMAT, self.last_snapshot_ms, len(self.entries))]
         for s, packed, cancel, status in self.entries:
             word = 0 if cancel is None else cancel - s
-            for i, st in enumerate(status):
-                word |= st << (56 + 2 * i)
+            for st, shift in zip(status, _STATUS_SHIFTS, strict=True):
+                word |= st << shift
             out.append(_CANCEL.pack(word))
             out.append(packed)
         return b"".join(out)
@@ -451,18 +456,18 @@ class PendingLabels:
         p = cls()
         p.last_snapshot_ms = last
         pos = _PENDING_HEAD.size
+        width = 4 if fmt == 1 else 2
+        entries = p.entries
         for _ in range(n):
-            (word,) = _CANCEL.unpack_from(data, pos)
+            word, n_features, s = _ENTRY_HEAD.unpack_from(data, pos)
             pos += _CANCEL.size
-            size = _snapshot_size(data, pos, width=4 if fmt == 1 else 2)
-            packed = bytes(data[pos : pos + size])
-            s = _SNAP_HEAD.unpack_from(packed, 0)[1]
+            end = pos + _SNAP_HEAD.size + width * n_features
+            packed = bytes(data[pos:end])
             if fmt == 1:  # the features of those days that still are features; the others are gone
                 packed = pack_snapshot(s, unpack_snapshot(packed, names=LEGACY_FEATURES, width=4).features)
             delta = word & _DELTA_MASK
-            status = [(word >> (56 + 2 * i)) & 3 for i in range(MAX_HEADS)]
-            p.entries.append([s, packed, s + delta if delta else None, status])
-            pos += size
+            entries.append([s, packed, s + delta if delta else None, [word >> shift & 3 for shift in _STATUS_SHIFTS]])
+            pos = end
         return p
 
     def __eq__(self, other: object) -> bool:

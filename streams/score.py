@@ -45,6 +45,7 @@ from scoring import features
 from scoring.alert_state import AlertState
 from scoring.alerts import AlertRules
 from scoring.churn import FEATURES, ChurnModel
+from scoring.churn_inputs import prepare_many
 from scoring.clv import ClvModel, summary
 from scoring.labels import LabelRule, PendingLabels, label_rules
 from scoring.population import Population
@@ -366,11 +367,18 @@ class Assessor:
         )
 
     def _score_churn(self, models: InForce, cands: list[Candidate], rows: list[list[float | None]]) -> None:
-        """Each head's churn probability, in one vectorised pass per head (one customer at a time if that fails)."""
+        """Each head's churn probability, in one vectorised pass per head (one customer at a time if that fails);
+        the heads share the rows' preparation (:func:`~scoring.churn_inputs.prepare_many`)."""
+        prepared = None
+        if len(models.churn) > 1:
+            try:
+                prepared = prepare_many(rows)
+            except Exception:  # the heads' own passes fail too, and fall back to one customer at a time
+                prepared = None
         for key, model in zip(HEADS, models.churn, strict=False):
             results: list[float | None]
             try:
-                results = list(model.predict_many(rows))
+                results = list(model.predict_many(rows, prepared))
             except Exception:  # one customer's failure must cost that customer only
                 log.warning("vectorised churn scoring failed; scoring one customer at a time", exc_info=True)
                 results = []
@@ -380,10 +388,11 @@ class Assessor:
                     except Exception:
                         self._failed(c, "churn")
                         results.append(None)
+            version = models.churn_version
             for c, p in zip(cands, results, strict=True):
                 if p is not None and c.scores is not None:
                     c.scores[key] = p
-                    c.scores["churn_model_version"] = models.churn_version
+                    c.scores["churn_model_version"] = version
 
     def _alerts(self, c: Candidate, scores: dict[str, Any], at: int, out: Outputs) -> None:
         if not self.alert_rules.rules:
@@ -418,5 +427,4 @@ def heads_of(cfg: Config) -> tuple[LabelRule, ...]:
 
 def _churn_row(scores: dict[str, Any]) -> list[float | None]:
     """A churn snapshot's features from a customer's scores, in :data:`FEATURES` order (None: not known)."""
-    get = scores.get
-    return [None if (v := get(name)) is None else float(v) for name in FEATURES]
+    return [v if type(v) is float or v is None else float(v) for v in map(scores.get, FEATURES)]
