@@ -343,6 +343,7 @@ class Bench(LatencyPhase):
     def pipeline(self, workers: int) -> dict[str, Any]:
         """Spawn ``workers`` workers on the published load; the rate from their score records' timestamps."""
         cfg = self.cfg.replace(app_id=f"{self.cfg.app_id}-p{workers}")
+        self._scores_end(cfg)  # the workers of a phase before are stopped: its records all lie before these ends
         spawned = time.time()
         port = free_port() if workers == 1 else 0
         procs = [self._spawn_worker(cfg, f"{cfg.app_id}-w{i + 1}", port) for i in range(workers)]

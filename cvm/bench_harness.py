@@ -312,6 +312,24 @@ class Harness:
         finally:
             consumer.close()
 
+    def _scores_end(self, cfg: Config) -> None:
+        """Read the next phase's score records from the ends of ``customer-scores``, as they are now: the phase
+        before may have written past the record that completed it (the idle re-scoring of every customer once its
+        last event was in). Counted in the next phase, those records, which cover every event already, made its
+        window start before its workers did: 4,259 events/s for two workers that took 36 s over 400,000 events."""
+        from confluent_kafka import TopicPartition
+
+        from cvm.kafka import make_consumer
+
+        topic = cfg.topic("customer-scores")
+        consumer = make_consumer(cfg, group=f"{cfg.app_id}-bench-scores")
+        try:
+            for p in range(cfg.partitions):
+                _, end = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0, cached=False)
+                self.scores_from[p] = max(end, 0)
+        finally:
+            consumer.close()
+
     def _read_scores(
         self, cfg: Config, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]
     ) -> tuple[int, int, int]:

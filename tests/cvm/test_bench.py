@@ -240,3 +240,74 @@ def test_reading_the_scores_back_fails_only_when_they_stop_coming(monkeypatch: p
     with pytest.raises(CvmError, match="cover 100 of 120 events"):
         read(100, 120)
     assert now[0] == pytest.approx(100 + 61, abs=1)  # 60 s after the last record
+
+
+def test_a_phase_s_scores_are_read_from_where_the_phase_before_stopped_writing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The two-worker phase scores the load again on the same ``customer-scores`` topic. The single worker before it
+    wrote past the record that completed its phase (its idle re-scoring of every customer, each record covering the
+    customer's events). Read from where the first phase's reading stopped, those records made the second phase's
+    window start before its workers did; read from the topic's end as the phase starts, they are left out."""
+    import cvm.bench_harness as harness
+    import cvm.kafka
+    from cvm.config import Config
+
+    class Msg:
+        def __init__(self, offset: int, customer: int, at_s: float) -> None:
+            self.at_offset, self.customer, self.at_s = offset, customer, at_s
+
+        def error(self) -> None:
+            return None
+
+        def value(self) -> bytes:
+            return json.dumps({"n_events": 1}).encode()
+
+        def key(self) -> bytes:
+            return f"c{self.customer}".encode()
+
+        def timestamp(self) -> tuple[int, int]:
+            return 1, int(self.at_s * 1000)
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self.at_offset
+
+    topic: list[Msg] = []
+
+    def write(customers: int, from_s: float) -> None:  # one record per customer, one a second
+        topic.extend(Msg(len(topic), c, from_s + c) for c in range(customers))
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.position = 0
+
+        def assign(self, tps: list) -> None:
+            self.position = tps[0].offset
+
+        def get_watermark_offsets(self, tp: object, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+            return 0, len(topic)
+
+        def consume(self, num_messages: int, timeout: float) -> list[Msg]:  # what has come: 10 at a time
+            batch = topic[self.position : self.position + min(num_messages, 10)]
+            self.position += len(batch)
+            return batch
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(cvm.kafka, "make_consumer", lambda cfg, group: Consumer())
+    cfg = Config.load(env={"CVM_PARTITIONS": "1"})
+    h = harness.Harness.__new__(harness.Harness)
+    h.events, h.scores_from, h.workdir = 100, {}, Path("/nonexistent")
+
+    h._scores_end(cfg)  # the first phase
+    write(100, from_s=1000)  # its scores, the 100 events covered at 1099 s
+    write(100, from_s=1200)  # its idle re-scoring, after its window
+    assert h._read_scores(cfg, [], []) == (1_000_000, 1, 1_099_000)
+
+    h._scores_end(cfg)  # the second phase, once the first one's workers are stopped
+    write(100, from_s=2000)
+    assert h._read_scores(cfg, [], []) == (2_000_000, 1, 2_099_000)
