@@ -343,7 +343,7 @@ class Bench(LatencyPhase):
     def pipeline(self, workers: int) -> dict[str, Any]:
         """Spawn ``workers`` workers on the published load; the rate from their score records' timestamps."""
         cfg = self.cfg.replace(app_id=f"{self.cfg.app_id}-p{workers}")
-        self._scores_end(cfg)  # the workers of a phase before are stopped: its records all lie before these ends
+        since_ms = self._scores_end(cfg)  # a phase before has stopped its workers: none of its records is counted
         spawned = time.time()
         port = free_port() if workers == 1 else 0
         procs = [self._spawn_worker(cfg, f"{cfg.app_id}-w{i + 1}", port) for i in range(workers)]
@@ -357,7 +357,7 @@ class Bench(LatencyPhase):
             cpu = self._wait_committed(cfg, procs, names, on_progress=profiler.start if profiler else None)
             if profiler is not None:
                 profiler.stop()
-            first_ms, first_n, last_ms = self._read_scores(cfg, procs, names)
+            first_ms, first_n, last_ms = self._read_scores(cfg, procs, names, since_ms)
             if workers == 1:
                 rss = peak_rss_mb(procs[0].pid)
                 extra["rss_mb"] = round(rss, 1) if rss is not None else None

@@ -312,11 +312,17 @@ class Harness:
         finally:
             consumer.close()
 
-    def _scores_end(self, cfg: Config) -> None:
-        """Read the next phase's score records from the ends of ``customer-scores``, as they are now: the phase
-        before may have written past the record that completed it (the idle re-scoring of every customer once its
-        last event was in). Counted in the next phase, those records, which cover every event already, made its
-        window start before its workers did: 4,259 events/s for two workers that took 36 s over 400,000 events."""
+    def _scores_end(self, cfg: Config) -> int:
+        """Where the next phase's score records begin: the ends of ``customer-scores`` as they are now (saved for
+        :meth:`_read_scores`), and the wall clock in ms.
+
+        The phase before may have written past the record that completed it (its idle re-scoring of every customer,
+        once its last event was in). Counted in the next phase, those records, which cover every event already, made
+        that phase's window start before its workers did: 4,259 events/s for two workers that took 36 s over
+        400,000 events. The ends alone do not keep them out: Tansu's latest offset can lag the log's end by its last
+        batch (32 records of the first phase's lay past it). :meth:`_read_scores` skips any record stamped before
+        the clock returned here.
+        """
         from confluent_kafka import TopicPartition
 
         from cvm.kafka import make_consumer
@@ -329,12 +335,14 @@ class Harness:
                 self.scores_from[p] = max(end, 0)
         finally:
             consumer.close()
+        return int(time.time() * 1000)
 
     def _read_scores(
-        self, cfg: Config, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str]
+        self, cfg: Config, procs: Sequence[subprocess.Popen[bytes]], names: Sequence[str], since_ms: int = 0
     ) -> tuple[int, int, int]:
-        """Read this run's score records; return (first record's timestamp, events it covered, timestamp of the
-        record that completed the run), all events published being applied exactly once."""
+        """Read this run's score records, those stamped at ``since_ms`` or later (:meth:`_scores_end`); return
+        (first record's timestamp, events it covered, timestamp of the record that completed the run), all events
+        published being applied exactly once."""
         from confluent_kafka import TopicPartition
 
         from cvm.kafka import make_consumer
@@ -362,6 +370,9 @@ class Harness:
                 for msg in messages:
                     if msg.error() is not None:
                         continue
+                    self.scores_from[msg.partition()] = msg.offset() + 1
+                    if msg.timestamp()[1] < since_ms:
+                        continue  # a phase before wrote it
                     try:
                         version, key = int(json.loads(msg.value())["n_events"]), msg.key() or b""
                     except (ValueError, TypeError, KeyError):
@@ -370,7 +381,6 @@ class Harness:
                     if version > latest.get(key, 0):
                         total += version - latest.get(key, 0)
                         latest[key] = version
-                    self.scores_from[msg.partition()] = msg.offset() + 1
         finally:
             consumer.close()
         if total != self.events:

@@ -248,7 +248,9 @@ def test_a_phase_s_scores_are_read_from_where_the_phase_before_stopped_writing(
     """The two-worker phase scores the load again on the same ``customer-scores`` topic. The single worker before it
     wrote past the record that completed its phase (its idle re-scoring of every customer, each record covering the
     customer's events). Read from where the first phase's reading stopped, those records made the second phase's
-    window start before its workers did; read from the topic's end as the phase starts, they are left out."""
+    window start before its workers did. The topic's end as the phase starts does not keep them all out either: the
+    broker's latest offset may lag its last batch (Tansu's did, by 32 records). Records stamped before the phase
+    started are left out."""
     import cvm.bench_harness as harness
     import cvm.kafka
     from cvm.config import Config
@@ -288,7 +290,7 @@ def test_a_phase_s_scores_are_read_from_where_the_phase_before_stopped_writing(
             self.position = tps[0].offset
 
         def get_watermark_offsets(self, tp: object, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
-            return 0, len(topic)
+            return 0, max(0, len(topic) - 32)  # behind by a batch, as Tansu's can be
 
         def consume(self, num_messages: int, timeout: float) -> list[Msg]:  # what has come: 10 at a time
             batch = topic[self.position : self.position + min(num_messages, 10)]
@@ -303,11 +305,15 @@ def test_a_phase_s_scores_are_read_from_where_the_phase_before_stopped_writing(
     h = harness.Harness.__new__(harness.Harness)
     h.events, h.scores_from, h.workdir = 100, {}, Path("/nonexistent")
 
-    h._scores_end(cfg)  # the first phase
+    clock = [999.0]
+    monkeypatch.setattr(harness.time, "time", lambda: clock[0])
+
+    since_ms = h._scores_end(cfg)  # the first phase
     write(100, from_s=1000)  # its scores, the 100 events covered at 1099 s
     write(100, from_s=1200)  # its idle re-scoring, after its window
-    assert h._read_scores(cfg, [], []) == (1_000_000, 1, 1_099_000)
+    assert h._read_scores(cfg, [], [], since_ms) == (1_000_000, 1, 1_099_000)
 
-    h._scores_end(cfg)  # the second phase, once the first one's workers are stopped
+    clock[0] = 1900.0
+    since_ms = h._scores_end(cfg)  # the second phase, once the first one's workers are stopped
     write(100, from_s=2000)
-    assert h._read_scores(cfg, [], []) == (2_000_000, 1, 2_099_000)
+    assert h._read_scores(cfg, [], [], since_ms) == (2_000_000, 1, 2_099_000)
