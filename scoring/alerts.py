@@ -217,24 +217,11 @@ class AlertRules:
     # --- the settings in the units the rules compare in (computed once) ---------------------------------------------
 
     @cached_property
-    def _cooldown_s(self) -> int:
-        return round(self.cooldown_days * _DAY_S)
-
-    @cached_property
-    def _high_value_s(self) -> int:
-        return round(self.high_value_days * _DAY_S)
-
-    @cached_property
-    def _episode_s(self) -> int:
-        return round(self.episode_days * _DAY_S)
-
-    @cached_property
-    def _p_alive_window_s(self) -> int:
-        return round(self.p_alive_window_days * _DAY_S)
-
-    @cached_property
-    def _cancellation_window_s(self) -> int:
-        return round(self.cancellation_window_days * _DAY_S)
+    def _s(self) -> dict[str, int]:
+        """The settings in days, in whole seconds: ``cooldown``, ``high_value``, ``episode``, ``p_alive_window``,
+        ``cancellation_window``."""
+        names = ("cooldown", "high_value", "episode", "p_alive_window", "cancellation_window")
+        return {name: round(getattr(self, f"{name}_days") * _DAY_S) for name in names}
 
     @cached_property
     def _churn_recovered(self) -> float:
@@ -258,7 +245,7 @@ class AlertRules:
     def _remember_value(self, scores: Mapping[str, Any], state: AlertState, now_s: int) -> bool:
         """Note a high-value scoring in ``state``; whether the customer counts as of high value (now or within
         ``high_value_days``)."""
-        recent = state.value_time > 0 and now_s - state.value_time <= self._high_value_s
+        recent = state.value_time > 0 and now_s - state.value_time <= self._s["high_value"]
         if self.high_value(scores):
             pct = _num(scores, "clv_percentile")
             state.value_pct = max(state.value_pct if recent else 0.0, pct if pct is not None else 0.0)
@@ -289,7 +276,7 @@ class AlertRules:
         """
         now_ms = int(now_ms)
         now_s = _seconds(now_ms)
-        cooldown_s = self._cooldown_s
+        cooldown_s = self._s["cooldown"]
         tier = scores.get("value_tier")
         churn = _num(scores, self.churn_score)
         p_alive = _num(scores, "p_alive")
@@ -304,7 +291,7 @@ class AlertRules:
             if state.open >> i & 1:
                 if churn < self._churn_recovered:
                     state.close_episode(i, _seconds(now_ms, up=True))
-                elif self.episode_days and now_s - state.times[i] >= self._episode_s and valuable:
+                elif self.episode_days and now_s - state.times[i] >= self._s["episode"] and valuable:
                     days = round((now_s - state.times[i]) / _DAY_S)
                     state.open_episode(i, now_s)
                     lead = [self._risk(churn), f"still at risk after {days} days"]
@@ -323,7 +310,7 @@ class AlertRules:
         # p_alive_drop: armed while P(alive) was high at the previous scoring or recently; a drop alert disarms.
         i = 1
         if p_alive is not None:
-            recent = state.high_time > 0 and now_s - state.high_time <= self._p_alive_window_s
+            recent = state.high_time > 0 and now_s - state.high_time <= self._s["p_alive_window"]
             armed = (prev is not None and prev >= self.p_alive_high) or recent
             if P_ALIVE_DROP in self.rules:
                 if state.open >> i & 1:
@@ -350,7 +337,7 @@ class AlertRules:
         i = 2
         requested = _num(scores, "last_cancellation_time")
         if CANCELLATION_REQUEST in self.rules:
-            window_s = self._cancellation_window_s
+            window_s = self._s["cancellation_window"]
             req_ms = int(requested) if requested else 0
             req_s = _seconds(req_ms) if req_ms else 0
             if state.open >> i & 1:
