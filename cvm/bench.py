@@ -116,7 +116,8 @@ KEYS = {
     "pipeline_cpu_us_per_event": "CPU time of the single worker per event (steadier than eps on a busy machine)",
     "scorings_per_event": "customer scorings of the single worker per event (event, tick and idle scorings)",
     "rescorings_per_s": "customers re-scored at ticks without an event (silence, new versions), per second of the run",
-    "model_rescorings_per_event": "customers given a slot to be re-scored under a new CLV or churn version, per event",
+    "model_rescorings_per_event": "customers given a slot to be re-scored under a new CLV or churn version, per "
+    "event (summed over the two kinds: versions of both at one tick give each customer one slot, counted twice)",
     "scoring_cpu_us": "CPU time per customer scoring (features, CLV, tiers, churn, alerts), the single worker",
     **{f"stage_{stage}_us": f"worker Kafka thread CPU per event: {what}" for stage, what in _STAGES.items()},
     **RESTART_KEYS,
