@@ -180,6 +180,31 @@ def test_the_restore_phase_fails_at_once_when_its_worker_or_learner_dies(tmp_pat
     assert time.monotonic() - started < 5
 
 
+class ScoreRecord:
+    """A fake ``customer-scores`` record of the reading tests: customer ``c{customer}``, one event applied."""
+
+    def __init__(self, offset: int, customer: int, at_s: float) -> None:
+        self.at_offset, self.customer, self.at_s = offset, customer, at_s
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return json.dumps({"n_events": 1}).encode()
+
+    def key(self) -> bytes:
+        return f"c{self.customer}".encode()
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, int(self.at_s * 1000)
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self.at_offset
+
+
 def test_reading_the_scores_back_fails_only_when_they_stop_coming(monkeypatch: pytest.MonkeyPatch) -> None:
     """The scores of a run are read back until they cover every event. At 10,000 customers a run sends over a
     million score records: a fixed 60 s to read them failed a run at 270,452 of 400,000 events, and the same load,
@@ -190,28 +215,6 @@ def test_reading_the_scores_back_fails_only_when_they_stop_coming(monkeypatch: p
     from cvm.config import Config
     from cvm.exceptions import CvmError
 
-    class Msg:
-        def __init__(self, n: int, at: float) -> None:
-            self.n, self.at = n, at
-
-        def error(self) -> None:
-            return None
-
-        def value(self) -> bytes:
-            return json.dumps({"n_events": 1}).encode()
-
-        def key(self) -> bytes:
-            return f"c{self.n}".encode()
-
-        def timestamp(self) -> tuple[int, int]:
-            return 1, int(self.at * 1000)
-
-        def partition(self) -> int:
-            return 0
-
-        def offset(self) -> int:
-            return self.n
-
     now = [0.0]
 
     class Consumer:
@@ -221,9 +224,12 @@ def test_reading_the_scores_back_fails_only_when_they_stop_coming(monkeypatch: p
         def assign(self, tps: object) -> None:
             pass
 
-        def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+        def consume(self, num_messages: int, timeout: float) -> list[ScoreRecord]:
             now[0] += 1.0
-            return [Msg(self.left.pop(0), now[0])] if self.left else []
+            if not self.left:
+                return []
+            n = self.left.pop(0)
+            return [ScoreRecord(n, n, now[0])]
 
         def close(self) -> None:
             pass
@@ -255,32 +261,10 @@ def test_a_phase_s_scores_are_read_from_where_the_phase_before_stopped_writing(
     import cvm.kafka
     from cvm.config import Config
 
-    class Msg:
-        def __init__(self, offset: int, customer: int, at_s: float) -> None:
-            self.at_offset, self.customer, self.at_s = offset, customer, at_s
-
-        def error(self) -> None:
-            return None
-
-        def value(self) -> bytes:
-            return json.dumps({"n_events": 1}).encode()
-
-        def key(self) -> bytes:
-            return f"c{self.customer}".encode()
-
-        def timestamp(self) -> tuple[int, int]:
-            return 1, int(self.at_s * 1000)
-
-        def partition(self) -> int:
-            return 0
-
-        def offset(self) -> int:
-            return self.at_offset
-
-    topic: list[Msg] = []
+    topic: list[ScoreRecord] = []
 
     def write(customers: int, from_s: float) -> None:  # one record per customer, one a second
-        topic.extend(Msg(len(topic), c, from_s + c) for c in range(customers))
+        topic.extend(ScoreRecord(len(topic), c, from_s + c) for c in range(customers))
 
     class Consumer:
         def __init__(self) -> None:
@@ -292,7 +276,7 @@ def test_a_phase_s_scores_are_read_from_where_the_phase_before_stopped_writing(
         def get_watermark_offsets(self, tp: object, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
             return 0, max(0, len(topic) - 32)  # behind by a batch, as Tansu's can be
 
-        def consume(self, num_messages: int, timeout: float) -> list[Msg]:  # what has come: 10 at a time
+        def consume(self, num_messages: int, timeout: float) -> list[ScoreRecord]:  # what has come: 10 at a time
             batch = topic[self.position : self.position + min(num_messages, 10)]
             self.position += len(batch)
             return batch
