@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = ["METRICS", "Population"]
 
@@ -61,10 +61,8 @@ class Population:
         self.tier_a_share = tier_a_share
         self.tier_b_share = tier_b_share
         self.counts: dict[str, Counter[int]] = {m: Counter() for m in METRICS}
-        self._frozen: dict[str, tuple[list[int], list[int], list[int], int]] = {}
+        self._frozen: dict[str, tuple[list[int], list[int], int, dict[int, float]]] = {}
         self._dirty: set[str] = set(METRICS)  # metrics whose counts changed since the last freeze
-        # per metric, the last value update() counted and its bucket: the caller usually ranks that value next
-        self._last: dict[str, tuple[float, int]] = {}
 
     def update(self, metric: str, old: float | None, new: float | None) -> None:
         """Move one customer's value from ``old`` to ``new`` (``None``: not counted)."""
@@ -72,9 +70,7 @@ class Population:
         b_old = None if old is None else _bucket(metric, old)
         b_new = None
         if new is not None:
-            b = b_old if b_old is not None and new == old else _bucket(metric, new)
-            self._last[metric] = (new, b)
-            b_new = b
+            b_new = b_old if b_old is not None and new == old else _bucket(metric, new)
         if b_old is not None:
             if b_old == b_new and counts.get(b_old, 0) > 0:
                 return  # same bucket: leaving and entering it cancel out
@@ -86,10 +82,20 @@ class Population:
             self._dirty.add(metric)
             counts[b_new] += 1
 
+    def move(self, old: Mapping[str, float | None], new: Mapping[str, float | None]) -> None:
+        """Move one customer from its values ``old`` to ``new``: :meth:`update` for each metric of ``new``."""
+        counts = self.counts
+        for metric, value in new.items():
+            was = old.get(metric)
+            # most values stay put between a customer's events: nothing moves if the value is counted (it is,
+            # unless the population never saw it)
+            if value is not None and value == was and counts[metric].get(_bucket(metric, value), 0) > 0:
+                continue
+            self.update(metric, was, value)
+
     def reset(self, metric: str) -> None:
         """Forget every customer's value of ``metric`` (they are all about to be counted again)."""
         self.counts[metric] = Counter()
-        self._last.pop(metric, None)
         self._dirty.add(metric)
 
     def rebuild(self, values: Iterable[dict[str, float | None]]) -> None:
@@ -112,26 +118,32 @@ class Population:
             for k in keys:
                 below.append(total)
                 total += counts[k]
-            frozen[metric] = (keys, below, [counts[k] for k in keys], total)
+            # each bucket's mid-rank, once per freeze rather than once per percentile
+            frozen[metric] = (
+                keys,
+                below,
+                total,
+                {k: (b + counts[k] / 2) / total for k, b in zip(keys, below, strict=True)},
+            )
         self._frozen = frozen
         self._dirty = set()
 
     def size(self, metric: str) -> int:
         """Customers counted in ``metric`` in the frozen view."""
         view = self._frozen.get(metric)
-        return view[3] if view else 0
+        return view[2] if view else 0
 
     def percentile(self, metric: str, value: float) -> float:
         """Share of the population below ``value`` (mid-rank within its bucket), in [0, 1]; 0.5 when empty."""
         view = self._frozen.get(metric)
-        if not view or not view[3]:
+        if not view or not view[2]:
             return 0.5
-        keys, below, counts, total = view
-        last = self._last.get(metric)
-        b = last[1] if last is not None and last[0] == value else _bucket(metric, value)
-        i = bisect_left(keys, b)
-        if i < len(keys) and keys[i] == b:
-            return (below[i] + counts[i] / 2) / total
+        keys, below, total, mid = view
+        b = _bucket(metric, value)
+        p = mid.get(b)
+        if p is not None:
+            return p
+        i = bisect_left(keys, b)  # a bucket no one is in: the share of those below it
         return (below[i] if i < len(keys) else total) / total
 
     def tier(self, percentile: float) -> str:

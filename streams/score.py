@@ -337,8 +337,7 @@ class Assessor:
             if c.scores is not None and "clv" not in c.scores:
                 new["clv"] = None  # no CLV under the current model (none yet, or it failed): not ranked
                 c.state.ranked_clv = math.nan
-            for metric, value in new.items():
-                pop.update(metric, c.previous.get(metric), value)
+            pop.move(c.previous, new)
             c.previous = new
         if freeze:
             pop.freeze()
@@ -347,24 +346,26 @@ class Assessor:
         """Where the customer stands in the population: percentile, tier, RFM."""
         scores, state, pop = c.scores, c.state, self.population
         assert scores is not None
-        percentile = pop.percentile("profitability", scores["profitability"])
-        scores["profit_percentile"] = round(percentile, 6)
+        percentile = pop.percentile
+        profit = percentile("profitability", scores["profitability"])
+        scores["profit_percentile"] = round(profit, 6)
         if "clv" in scores:
-            scores["clv_percentile"] = round(pop.percentile("clv", scores["clv"]), 6)
-        if self.cfg.tier_by == "clv" and "clv" in scores:
-            scores["value_tier"] = pop.tier(scores["clv_percentile"])
+            clv = scores["clv_percentile"] = round(percentile("clv", scores["clv"]), 6)
+            scores["value_tier"] = pop.tier(clv if self.cfg.tier_by == "clv" else profit)
         else:
-            scores["value_tier"] = pop.tier(percentile)
+            scores["value_tier"] = pop.tier(profit)
         if state.n_occasions:
-            last_day = state.last_purchase_time // DAY_MS
-            r = pop.quintile(pop.percentile("last_purchase_day", last_day))
-            fq = pop.quintile(pop.percentile("frequency", scores["frequency"]))
-            m = pop.quintile(pop.percentile("monetary", scores["monetary"]))
+            quintile = pop.quintile
+            r = quintile(percentile("last_purchase_day", state.last_purchase_time // DAY_MS))
+            fq = quintile(percentile("frequency", scores["frequency"]))
+            m = quintile(percentile("monetary", scores["monetary"]))
         else:
             r = fq = m = 0
-        scores.update(
-            rfm_r=r, rfm_f=fq, rfm_m=m, rfm_score=100 * r + 10 * fq + m, rfm_segment=features.rfm_segment(r, fq, m)
-        )
+        scores["rfm_r"] = r
+        scores["rfm_f"] = fq
+        scores["rfm_m"] = m
+        scores["rfm_score"] = 100 * r + 10 * fq + m
+        scores["rfm_segment"] = features.rfm_segment(r, fq, m)
 
     def _score_churn(self, models: InForce, cands: list[Candidate], rows: list[list[float | None]]) -> None:
         """Each head's churn probability, in one vectorised pass per head (one customer at a time if that fails);

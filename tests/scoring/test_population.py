@@ -49,3 +49,20 @@ def test_percentile_of_the_value_just_counted_is_that_of_any_equal_value(moves: 
         pop.update(metric, None, probe)  # remembered as the last value, counted after the freeze
         assert pop.percentile(metric, probe) == fresh.percentile(metric, probe)
         assert pop.percentile(metric, probe + 1.0) == fresh.percentile(metric, probe + 1.0)
+
+
+rows = st.dictionaries(st.sampled_from(METRICS), values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(moves=st.lists(st.tuples(rows, rows), max_size=30))
+def test_move_is_an_update_per_metric_even_from_an_absent_bucket(moves: list) -> None:
+    pop, want = Population(), Population()
+    for old, new in moves:  # old values need not have been counted
+        pop.move(old, new)
+        for metric, value in new.items():
+            want.update(metric, old.get(metric), value)
+        assert pop.counts == want.counts
+    pop.freeze()
+    want.freeze()
+    assert pop._frozen == want._frozen
