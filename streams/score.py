@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -426,6 +427,13 @@ def heads_of(cfg: Config) -> tuple[LabelRule, ...]:
     return label_rules(cfg.churn_silence_days, cfg.churn_cancel_grace_days, offsets)
 
 
+_FEATURES_OF = operator.itemgetter(*FEATURES)
+
+
 def _churn_row(scores: dict[str, Any]) -> list[float | None]:
     """A churn snapshot's features from a customer's scores, in :data:`FEATURES` order (None: not known)."""
-    return [v if type(v) is float or v is None else float(v) for v in map(scores.get, FEATURES)]
+    try:
+        values = _FEATURES_OF(scores)  # one call for all of them: the features always hold every one
+    except KeyError:
+        values = map(scores.get, FEATURES)
+    return [v if type(v) is float or v is None else float(v) for v in values]
