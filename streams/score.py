@@ -49,7 +49,7 @@ from scoring.churn import FEATURES, ChurnModel
 from scoring.churn_inputs import prepare_many
 from scoring.clv import ClvModel, summary
 from scoring.labels import LabelRule, PendingLabels, label_rules
-from scoring.population import Population
+from scoring.population import METRICS, Population
 from scoring.reasons import reasons
 from scoring.state import DAY_MS, CustomerState, FoldRules
 from streams.fold import emit_labels
@@ -112,8 +112,15 @@ def score_version(events: int, as_of_ms: int, scored_by: str) -> int:
     return (events << 34) | ((as_of_ms // 1000) << 2) | SCORED_BY.index(scored_by)
 
 
+#: What a customer with no event applied contributes: nothing (the population has never counted it).
+_UNRANKED: dict[str, float | None] = dict.fromkeys(METRICS)
+
+
 def ranked(s: CustomerState) -> dict[str, float | None]:
-    """What a customer contributes to the population percentiles (``None``: not ranked on that metric)."""
+    """What a customer contributes to the population percentiles (``None``: not ranked on that metric); a customer
+    with no event applied is in no bucket, so that its first scoring only adds it."""
+    if not s.version:
+        return dict(_UNRANKED)
     bought = s.n_occasions > 0
     clv = s.ranked_clv
     return {

@@ -16,9 +16,11 @@ from cvm.codec import Codec
 from cvm.config import Config
 from cvm.kafka import encode_model
 from scoring.churn import ChurnModel
+from scoring.population import Population
 from scoring.state import CustomerState
 from streams.models import pack_churn
 from streams.partitions import CLOCK_KEY
+from streams.score import ranked
 from streams.scorer import Scorer
 from tests.conftest import MODEL_KEY
 from tests.streams import fakes
@@ -553,3 +555,21 @@ def test_timers_drop_their_stale_entries_and_pop_as_before() -> None:
         assert len(timers) == len(reference)
         assert len(timers._heap) <= 2 * len(reference) + 1025
     assert timers.next_due() == min(reference.values())
+
+
+def test_the_population_counts_each_customer_once_as_a_rebuild_from_the_table_does() -> None:
+    """A customer the worker has never seen is in no bucket: its first scoring adds it and takes no one else out
+    (it did: its empty state's profitability, 0.0, was taken out of the bucket of those at exactly 0)."""
+    log = Log(CFG.partitions)
+    for i in range(3):  # payments only: a profitability of exactly 0
+        publish(log, "payments", f"z{i}", 1.0 + i / 10, f"zp{i}")
+    for i in range(6):  # new customers after them
+        publish(log, "transactions", f"b{i}", 2.0 + i, f"bt{i}")
+    s = fakes.scorer(CFG, log, feed=feed_with_models())
+    drain(s)
+    states = [CustomerState.from_bytes(v) for p in s.table.partitions.values() for k, v in p.items() if k != CLOCK_KEY]
+    rebuilt = Population()
+    rebuilt.rebuild(ranked(state) for state in states)
+    assert len(states) == 9
+    assert {m: dict(c) for m, c in s.population.counts.items()} == {m: dict(c) for m, c in rebuilt.counts.items()}
+    assert s.population.counts["profitability"][0] == 3
