@@ -92,7 +92,9 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
         tenure = _number(tenure)
     tenure = tenure or 0.0
 
-    asked = _num(scores, "last_cancellation_time")
+    asked = get("last_cancellation_time")
+    if asked is not None:  # usually none asked
+        asked = _number(asked)
     if asked and asked > 0 and 0 <= now_ms - asked <= CANCELLATION_DAYS * DAY_MS:
         days = int((now_ms - asked) // DAY_MS)
         when = "today" if days == 0 else "yesterday" if days == 1 else f"{days} days ago"
