@@ -95,7 +95,11 @@ _DAY_S = 86_400
 
 
 def _num(scores: Mapping[str, Any], key: str) -> float | None:
-    value = scores.get(key)
+    return _number(scores.get(key))
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float; None when missing, not finite, a flag or text (bool, str) or not a number."""
     if type(value) is float:  # the usual case, first
         return value if value - value == 0.0 else None  # finite
     if value is None or isinstance(value, bool | str):
@@ -239,8 +243,10 @@ class AlertRules:
         """Of high value now: tier A, or at or above the configured ``profit_percentile`` (0 = tier A only)."""
         if scores.get("value_tier") == "A":
             return True
+        if not self.profit_percentile > 0:  # tier A only: the percentile is not read
+            return False
         pct = _num(scores, "profit_percentile")
-        return self.profit_percentile > 0 and pct is not None and pct >= self.profit_percentile
+        return pct is not None and pct >= self.profit_percentile
 
     def _remember_value(self, scores: Mapping[str, Any], state: AlertState, now_s: int) -> bool:
         """Note a high-value scoring in ``state``; whether the customer counts as of high value (now or within
@@ -278,8 +284,13 @@ class AlertRules:
         now_s = _seconds(now_ms)
         cooldown_s = self._s["cooldown"]
         tier = scores.get("value_tier")
-        churn = _num(scores, self.churn_score)
-        p_alive = _num(scores, "p_alive")
+        # Run at every tick of every customer: the usual finite float is checked here, _number() does the rest.
+        churn = scores.get(self.churn_score)
+        if type(churn) is not float or churn - churn != 0.0:
+            churn = _number(churn)
+        p_alive = scores.get("p_alive")
+        if type(p_alive) is not float or p_alive - p_alive != 0.0:
+            p_alive = _number(p_alive)
         prev = prev_p_alive if prev_p_alive is not None else state.last_p_alive
         valuable = self._remember_value(scores, state, now_s)
         alerts: list[dict[str, Any]] = []
@@ -330,12 +341,15 @@ class AlertRules:
                     alerts.append(self._alert(customer_id, P_ALIVE_DROP, sev, now_ms, now_ms, scores, [fact], prev))
             if p_alive >= self.p_alive_high:
                 state.high_time = now_s
-            state.last_p_alive = round(min(max(p_alive, 0.0), 1.0) * 10_000) / 10_000  # as stored: a restart agrees
+            clamped = 0.0 if p_alive < 0.0 else 1.0 if p_alive > 1.0 else p_alive  # min/max calls cost more
+            state.last_p_alive = round(clamped * 10_000) / 10_000  # as stored: a restart agrees
 
         # cancellation_request: an episode covers requests less than the window apart; it ends a window after the
         # last one. Anchored at the request's own time, so its id does not depend on when it was evaluated.
         i = 2
-        requested = _num(scores, "last_cancellation_time")
+        requested = scores.get("last_cancellation_time")
+        if requested is not None:  # usually none asked
+            requested = _number(requested)
         if CANCELLATION_REQUEST in self.rules:
             window_s = self._s["cancellation_window"]
             req_ms = int(requested) if requested else 0
