@@ -95,11 +95,7 @@ _DAY_S = 86_400
 
 
 def _num(scores: Mapping[str, Any], key: str) -> float | None:
-    return _number(scores.get(key))
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float; None when missing, not finite, a flag or text (bool, str) or not a number."""
+    value = scores.get(key)
     if type(value) is float:  # the usual case, first
         return value if value - value == 0.0 else None  # finite
     if value is None or isinstance(value, bool | str):
@@ -284,13 +280,8 @@ class AlertRules:
         now_s = _seconds(now_ms)
         cooldown_s = self._s["cooldown"]
         tier = scores.get("value_tier")
-        # Run at every tick of every customer: the usual finite float is checked here, _number() does the rest.
-        churn = scores.get(self.churn_score)
-        if type(churn) is not float or churn - churn != 0.0:
-            churn = _number(churn)
-        p_alive = scores.get("p_alive")
-        if type(p_alive) is not float or p_alive - p_alive != 0.0:
-            p_alive = _number(p_alive)
+        churn = _num(scores, self.churn_score)
+        p_alive = _num(scores, "p_alive")
         prev = prev_p_alive if prev_p_alive is not None else state.last_p_alive
         valuable = self._remember_value(scores, state, now_s)
         alerts: list[dict[str, Any]] = []
@@ -347,9 +338,7 @@ class AlertRules:
         # cancellation_request: an episode covers requests less than the window apart; it ends a window after the
         # last one. Anchored at the request's own time, so its id does not depend on when it was evaluated.
         i = 2
-        requested = scores.get("last_cancellation_time")
-        if requested is not None:  # usually none asked
-            requested = _number(requested)
+        requested = _num(scores, "last_cancellation_time")
         if CANCELLATION_REQUEST in self.rules:
             window_s = self._s["cancellation_window"]
             req_ms = int(requested) if requested else 0

@@ -53,11 +53,9 @@ _LOG_2, _LOG_2_5 = math.log(2.0), math.log(2.5)  # excess thresholds: twice and 
 
 
 def _num(scores: Mapping[str, Any], key: str) -> float | None:
-    return _number(scores.get(key))
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float; None when missing, not finite, a flag or text (bool, str) or not a number."""
+    """The score ``key`` as a finite float; None when missing, not finite, a flag or text (bool, str) or not a
+    number."""
+    value = scores.get(key)
     if type(value) is float:  # the usual case, first
         return value if value - value == 0.0 else None  # finite
     if value is None or isinstance(value, bool | str):
@@ -83,26 +81,17 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
     >>> signals({"late_payments_90d": 2.2, "failed_payments_90d": 0.9}, 0)
     {'payments': (3.2, '2 late or failed payments in 90 days, 1 failed')}
     """
-    # Called on every scoring and usually finds nothing: each value is read only once a signal may need it, and the
-    # check of _number is inlined for the usual finite float (a call per value cost more than the rest).
+    # Called on every scoring and usually finds nothing: each value is read only once a signal may need it.
     out: dict[str, tuple[float, str]] = {}
-    get = scores.get
-    tenure = get("tenure_days")
-    if type(tenure) is not float or tenure - tenure != 0.0:
-        tenure = _number(tenure)
-    tenure = tenure or 0.0
+    tenure = _num(scores, "tenure_days") or 0.0
 
-    asked = get("last_cancellation_time")
-    if asked is not None:  # usually none asked
-        asked = _number(asked)
+    asked = _num(scores, "last_cancellation_time")
     if asked and asked > 0 and 0 <= now_ms - asked <= CANCELLATION_DAYS * DAY_MS:
         days = int((now_ms - asked) // DAY_MS)
         when = "today" if days == 0 else "yesterday" if days == 1 else f"{days} days ago"
         out["cancellation"] = (100.0 - days, f"asked to cancel {when}")
 
-    gaps = get("silence_gaps")
-    if type(gaps) is not float or gaps - gaps != 0.0:
-        gaps = _number(gaps)
+    gaps = _num(scores, "silence_gaps")
     if gaps is not None and gaps >= 2.0:
         recency, gap = _num(scores, "recency_days"), _num(scores, "typical_gap_days")
         if recency is not None and recency >= 14.0:
@@ -110,11 +99,7 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
             out["silence"] = (gaps, f"no purchase for {int(recency)} days{rhythm}")
 
     if tenure >= 60.0:
-        p30, p365 = get("purchases_30d"), get("purchases_365d")
-        if type(p30) is not float or p30 - p30 != 0.0:
-            p30 = _number(p30)
-        if type(p365) is not float or p365 - p365 != 0.0:
-            p365 = _number(p365)
+        p30, p365 = _num(scores, "purchases_30d"), _num(scores, "purchases_365d")
         if p30 is not None and p365:
             usual = p365 / exposure_days(tenure, 365.0) * exposure_days(tenure, 30.0)
             if usual >= 1.5 and (p30 + 0.5) / (usual + 0.5) <= 0.5:
@@ -124,11 +109,7 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
                 )
 
     if tenure >= 45.0:
-        s30, s90 = get("spend_30d"), get("spend_90d")
-        if type(s30) is not float or s30 - s30 != 0.0:
-            s30 = _number(s30)
-        if type(s90) is not float or s90 - s90 != 0.0:
-            s90 = _number(s90)
+        s30, s90 = _num(scores, "spend_30d"), _num(scores, "spend_90d")
         usual_spend = s90 / exposure_days(tenure, 90.0) if s90 and s90 > 0 else 0.0  # 0 when s90 is too small
         if s30 is not None and usual_spend > 0:
             ratio = max(0.0, s30) / exposure_days(tenure, 30.0) / usual_spend
@@ -138,11 +119,7 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
                     f"spend down {round(100 * (1 - ratio))}% on its own 90-day average",
                 )
 
-    complaints, unresolved = get("complaints_30d"), get("unresolved_30d")
-    if type(complaints) is not float or complaints - complaints != 0.0:
-        complaints = _number(complaints)
-    if type(unresolved) is not float or unresolved - unresolved != 0.0:
-        unresolved = _number(unresolved)
+    complaints, unresolved = _num(scores, "complaints_30d"), _num(scores, "unresolved_30d")
     if complaints is not None and complaints >= 0.5:
         excess = _num(scores, "complaints_vs_usual")
         if excess is None or excess >= _LOG_2:
@@ -151,9 +128,7 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
                 text += f", {_n(unresolved)} unresolved"
             out["complaints"] = (math.exp(excess) if excess is not None else 1.0 + complaints, text)
 
-    contacts = get("contacts_30d")
-    if type(contacts) is not float or contacts - contacts != 0.0:
-        contacts = _number(contacts)
+    contacts = _num(scores, "contacts_30d")
     if contacts is not None and contacts >= 2.0:
         c_excess, c365 = _num(scores, "contacts_vs_usual"), _num(scores, "contacts_365d")
         if c_excess is not None and c_excess >= _LOG_2_5:
@@ -174,11 +149,7 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
                 f"{_plural(_n(unresolved), 'unresolved contact', 'unresolved contacts')} in 30 days",
             )
 
-    late, failed = get("late_payments_90d"), get("failed_payments_90d")
-    if type(late) is not float or late - late != 0.0:
-        late = _number(late)
-    if type(failed) is not float or failed - failed != 0.0:
-        failed = _number(failed)
+    late, failed = _num(scores, "late_payments_90d"), _num(scores, "failed_payments_90d")
     if late is not None and late >= 0.5:
         text = f"{_plural(_n(late), 'late or failed payment', 'late or failed payments')} in 90 days"
         if failed is not None and failed >= 0.5:
@@ -190,9 +161,7 @@ def signals(scores: Mapping[str, Any], now_ms: int) -> dict[str, tuple[float, st
             f"{_plural(_n(failed), 'failed payment', 'failed payments')} in 90 days",
         )
 
-    refunds = get("refunds_90d")
-    if type(refunds) is not float or refunds - refunds != 0.0:
-        refunds = _number(refunds)
+    refunds = _num(scores, "refunds_90d")
     if refunds is not None and refunds >= 1.5:
         out["refunds"] = (refunds, f"{_plural(_n(refunds), 'refund', 'refunds')} in 90 days")
     return out
