@@ -333,10 +333,15 @@ def next_rescore_ms(s: CustomerState, now: int, period_days: int = 1) -> int:
     last = s.last_purchase_time or s.first_time or now
     silence = now - last
     n = s.n_occasions
-    gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / max(n, 1) * DAY_MS
-    due = now + RESCORE_MAX_MS
+    gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / (n if n > 1 else 1) * DAY_MS
+    latest = now + RESCORE_MAX_MS
+    due = latest
     for g in RESCORE_GAPS:
-        if g * gap > silence:
-            due = last + int(g * gap)
+        step = g * gap
+        if step > silence:
+            due = last + int(step)
             break
-    return min(now + RESCORE_MAX_MS, max(now + RESCORE_MIN_MS, due))
+    # min(latest, max(earliest, due)), without the calls
+    earliest = now + RESCORE_MIN_MS
+    due = due if due > earliest else earliest
+    return due if due < latest else latest
