@@ -156,7 +156,6 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
                 v = values[i]
                 if v:
                     values[i] = v * exp(-elapsed / tau)
-    window = dict(zip(DECAYED, values, strict=True))
     n_occasions, n_purchases, n_contacts, n_late = s.n_occasions, s.n_purchases, s.n_contacts, s.n_late
     n_gaps = n_occasions - 1
     if n_gaps >= 2:
@@ -176,7 +175,6 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
     outcomes = n_on_time + n_late + s.n_failed + s.n_chargebacks
     on_time = n_on_time / outcomes if outcomes else None
     complaint_share = s.n_complaints / n_contacts if n_contacts else 0.0
-    trend = spend_trend(window["spend_30d"], window["spend_90d"])
     revenue = s.revenue_cents / 100
     purchase_cents, active_months = s.purchase_cents, s.active_months
     repeats = n_contacts - s.n_fresh_contact_days
@@ -202,36 +200,39 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
         "recency_days": recency,
         "active_months": active_months,
         "spend_per_active_month": round(revenue / active_months, 6) if active_months else 0.0,
-        **window,
-        # loyalty
-        "tenure_days": tenure,
-        "regularity_cv": cv,
-        "regularity": regularity,
-        "spend_trend": trend,
-        "on_time_rate": 1.0 if on_time is None else on_time,
-        "avg_days_past_due": s.past_due_hours / 24 / n_late if n_late else 0.0,
-        "n_late_payments": n_late,
-        "n_failed_payments": s.n_failed,
-        "n_chargebacks": s.n_chargebacks,
-        "n_payments": s.n_payments,
-        "complaint_share": complaint_share,
-        "loyalty_score": loyalty_score(regularity, on_time, tenure, window["purchases_90d"], trend, complaint_share),
-        # contacts
-        "n_contacts": n_contacts,
-        "n_complaints": s.n_complaints,
-        "n_cancellation_requests": s.n_cancellations,
-        "last_cancellation_time": s.last_cancellation_time or None,
-        "n_repeat_contacts": repeats,
-        "repeat_contact_share": repeats / n_contacts if n_contacts else 0.0,
-        "n_unresolved": s.n_unresolved,
-        # per channel (scoring.state.CHANNELS), written out: a zip over the names costs more than the dict's keys
-        "contacts_phone": s.n_phone,
-        "contacts_email": s.n_email,
-        "contacts_chat": s.n_chat,
-        "contacts_web": s.n_web,
-        "contacts_store": s.n_store,
     }
-    out.update(leaving(s, now, window, tenure, recency, period_days))
+    # the windows go straight into out (no dict of their own), and leaving reads them there; the rest is set key by
+    # key, in the columns' order: a dict display after ``**window`` would be built apart, then copied in
+    out.update(zip(DECAYED, values, strict=True))
+    trend = spend_trend(out["spend_30d"], out["spend_90d"])
+    # loyalty
+    out["tenure_days"] = tenure
+    out["regularity_cv"] = cv
+    out["regularity"] = regularity
+    out["spend_trend"] = trend
+    out["on_time_rate"] = 1.0 if on_time is None else on_time
+    out["avg_days_past_due"] = s.past_due_hours / 24 / n_late if n_late else 0.0
+    out["n_late_payments"] = n_late
+    out["n_failed_payments"] = s.n_failed
+    out["n_chargebacks"] = s.n_chargebacks
+    out["n_payments"] = s.n_payments
+    out["complaint_share"] = complaint_share
+    out["loyalty_score"] = loyalty_score(regularity, on_time, tenure, out["purchases_90d"], trend, complaint_share)
+    # contacts
+    out["n_contacts"] = n_contacts
+    out["n_complaints"] = s.n_complaints
+    out["n_cancellation_requests"] = s.n_cancellations
+    out["last_cancellation_time"] = s.last_cancellation_time or None
+    out["n_repeat_contacts"] = repeats
+    out["repeat_contact_share"] = repeats / n_contacts if n_contacts else 0.0
+    out["n_unresolved"] = s.n_unresolved
+    # per channel (scoring.state.CHANNELS), written out: a zip over the names costs more than the dict's keys
+    out["contacts_phone"] = s.n_phone
+    out["contacts_email"] = s.n_email
+    out["contacts_chat"] = s.n_chat
+    out["contacts_web"] = s.n_web
+    out["contacts_store"] = s.n_store
+    out.update(leaving(s, now, out, tenure, recency, period_days))
     return out
 
 
