@@ -256,6 +256,8 @@ def exposure_days(tenure_days: float, tau_days: float) -> float:
 
 def _vs_usual(recent: float, recent_exposure: float, usual: float, usual_exposure: float) -> float:
     """log((recent + ½) / (expected + ½)): recent count against what the customer's own long-run rate predicts."""
+    if not (recent or usual):
+        return 0.0  # nothing recent, nothing usual (exposures are a day or more): log(½ / ½), without the arithmetic
     expected = usual / usual_exposure * recent_exposure
     return math.log((recent + 0.5) / (expected + 0.5))
 
