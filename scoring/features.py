@@ -26,10 +26,9 @@ customer's features have moved enough to score it again.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
-from scoring.state import CHANNELS, DAY_MS, DECAYED, DECAYED_KIND, TAU_MS, CustomerState
+from scoring.state import DAY_MS, DECAYED, DECAYED_KIND, TAU_MS, CustomerState
 
 __all__ = [
     "LOYALTY_WEIGHTS",
@@ -43,8 +42,8 @@ __all__ = [
     "spend_trend",
 ]
 
-_CHANNEL_KEYS = tuple(f"contacts_{c}" for c in CHANNELS)
-_channel_counts = operator.attrgetter(*(f"n_{c}" for c in CHANNELS))
+#: Per event kind, the (position, time constant) of the decayed counters it feeds (:data:`DECAYED_KIND`).
+_DECAYED_OF_KIND = tuple(tuple((i, TAU_MS[i]) for i, kind in enumerate(DECAYED_KIND) if kind == k) for k in range(3))
 
 #: Weights of the loyalty score's components (each in [0, 1]); they sum to 1. See docs/features.md.
 LOYALTY_WEIGHTS = {
@@ -55,6 +54,10 @@ LOYALTY_WEIGHTS = {
     "trend": 0.15,
     "satisfaction": 0.10,
 }
+# the weights by name, read as module constants rather than looked up in the mapping on every scoring
+_W_REGULARITY, _W_PAYMENT, _W_TENURE, _W_ENGAGEMENT, _W_TREND, _W_SATISFACTION = (
+    LOYALTY_WEIGHTS[k] for k in ("regularity", "payment_reliability", "tenure", "engagement", "trend", "satisfaction")
+)
 
 
 def spend_trend(spend_30d: float, spend_90d: float) -> float:
@@ -70,7 +73,11 @@ def spend_trend(spend_30d: float, spend_90d: float) -> float:
     fast, slow = spend_30d / 30.0, spend_90d / 90.0
     if fast + slow <= 0:
         return 0.0
-    return max(-1.0, min(1.0, (fast - slow) / (fast + slow)))
+    trend = (fast - slow) / (fast + slow)
+    # max(-1.0, min(1.0, trend)) without the two calls: the same comparisons, in the same order
+    if not trend < 1.0:
+        return 1.0
+    return trend if trend > -1.0 else -1.0
 
 
 def loyalty_score(
@@ -90,16 +97,17 @@ def loyalty_score(
     >>> loyalty_score(0.0, 0.0, 0.0, 0.0, -1.0, 1.0)
     0.0
     """
-    w = LOYALTY_WEIGHTS
-    # the weighted parts summed in the order of LOYALTY_WEIGHTS, as a tuple (no per-call dict)
+    years = tenure_days / 365.0
+    # the weighted parts summed in the order of LOYALTY_WEIGHTS, as a tuple (no per-call dict); sum() rather than
+    # `+`, whose rounding differs from sum's from Python 3.12 on (compensated summation)
     total = sum(
         (
-            w["regularity"] * regularity,
-            w["payment_reliability"] * (0.5 if on_time_rate is None else on_time_rate),
-            w["tenure"] * min(tenure_days / 365.0, 1.0),
-            w["engagement"] * (1.0 - math.exp(-purchases_90d / 3.0)),
-            w["trend"] * ((trend + 1.0) / 2.0),
-            w["satisfaction"] * (1.0 - complaint_share),
+            _W_REGULARITY * regularity,
+            _W_PAYMENT * (0.5 if on_time_rate is None else on_time_rate),
+            _W_TENURE * (1.0 if years > 1.0 else years),  # min(years, 1.0)
+            _W_ENGAGEMENT * (1.0 - math.exp(-purchases_90d / 3.0)),
+            _W_TREND * ((trend + 1.0) / 2.0),
+            _W_SATISFACTION * (1.0 - complaint_share),
         )
     )
     return round(100.0 * total, 4)
@@ -136,32 +144,44 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
     Population-relative features (RFM scores, percentile, value tier) and model outputs are added by the caller.
     """
     days = DAY_MS
-    # each decayed counter is kept as of its kind's stream time: decay it from there to now
-    elapsed = [now - s.stream_time(k) for k in range(3)]
-    exp = math.exp
-    window = dict(zip(DECAYED, s.decayed, strict=True))
-    for name, v, tau, k in zip(DECAYED, s.decayed, TAU_MS, DECAYED_KIND, strict=True):
-        if v and elapsed[k] > 0:
-            window[name] = v * exp(-elapsed[k] / tau)
-    n_gaps = s.n_occasions - 1
+    # each decayed counter is kept as of its kind's stream time: decay it from there to now (no comprehension here:
+    # one would make ``s`` a closure cell, read more slowly on every line below)
+    values = s.decayed[:]
+    kind_times, rekey_times, exp = s.kind_times, s.rekey_times, math.exp
+    for k, counters in enumerate(_DECAYED_OF_KIND):
+        a, b = kind_times[k], rekey_times[k]
+        elapsed = now - (a if a >= b else b)  # now - s.stream_time(k), without the call
+        if elapsed > 0:
+            for i, tau in counters:
+                v = values[i]
+                if v:
+                    values[i] = v * exp(-elapsed / tau)
+    n_occasions, n_purchases, n_contacts, n_late = s.n_occasions, s.n_purchases, s.n_contacts, s.n_late
+    n_gaps = n_occasions - 1
     if n_gaps >= 2:
         mean_gap = (s.last_occasion - s.first_occasion) / n_gaps
-        variance = max(0.0, s.gap_sq_sum / n_gaps - mean_gap * mean_gap)
+        variance = s.gap_sq_sum / n_gaps - mean_gap * mean_gap
+        if not variance > 0.0:  # max(0.0, variance), without the call (and 0.0 for -0.0, as max gives)
+            variance = 0.0
         cv = math.sqrt(variance) / mean_gap if mean_gap else 0.0
         regularity = 1.0 / (1.0 + cv)
     else:
         cv, regularity = 0.0, 0.0  # fewer than three occasions: no rhythm established yet
-    tenure = (now - s.first_time) / days if s.first_time else 0.0
-    recency = (now - s.last_purchase_time) / days if s.last_purchase_time else tenure
-    outcomes = s.n_on_time + s.n_late + s.n_failed + s.n_chargebacks
-    on_time = s.n_on_time / outcomes if outcomes else None
-    complaint_share = s.n_complaints / s.n_contacts if s.n_contacts else 0.0
-    trend = spend_trend(window["spend_30d"], window["spend_90d"])
+    first_time = s.first_time
+    tenure = (now - first_time) / days if first_time else 0.0
+    last_purchase_time = s.last_purchase_time
+    recency = (now - last_purchase_time) / days if last_purchase_time else tenure
+    n_on_time = s.n_on_time
+    outcomes = n_on_time + n_late + s.n_failed + s.n_chargebacks
+    on_time = n_on_time / outcomes if outcomes else None
+    complaint_share = s.n_complaints / n_contacts if n_contacts else 0.0
     revenue = s.revenue_cents / 100
+    purchase_cents, active_months = s.purchase_cents, s.active_months
+    repeats = n_contacts - s.n_fresh_contact_days
     out: dict[str, Any] = {
         "version": s.version,
         "as_of": now,
-        "first_event_time": s.first_time,
+        "first_event_time": first_time,
         "last_event_time": s.last_time,
         # value
         "revenue": revenue,
@@ -169,42 +189,50 @@ def compute(s: CustomerState, now: int, period_days: int = 1) -> dict[str, Any]:
         "cost_to_serve": s.cost_cents / 100,
         "profitability": (s.margin_cents - s.cost_cents) / 100,
         "n_transactions": s.n_transactions,
-        "n_purchases": s.n_purchases,
+        "n_purchases": n_purchases,
         "n_refunds": s.n_refunds,
-        "frequency": s.n_occasions,
-        "avg_basket": round(s.purchase_cents / s.n_purchases / 100, 6) if s.n_purchases else 0.0,
-        "monetary": round(s.purchase_cents / s.n_occasions / 100, 6) if s.n_occasions else 0.0,
+        "frequency": n_occasions,
+        "avg_basket": round(purchase_cents / n_purchases / 100, 6) if n_purchases else 0.0,
+        "monetary": round(purchase_cents / n_occasions / 100, 6) if n_occasions else 0.0,
         # times of what has not happened yet are None (NULL in ClickHouse), not 0: 1970-01-01 would read as a date
-        "first_purchase_time": s.first_occasion * period_days * days if s.n_occasions else None,
-        "last_purchase_time": s.last_purchase_time or None,
+        "first_purchase_time": s.first_occasion * period_days * days if n_occasions else None,
+        "last_purchase_time": last_purchase_time or None,
         "recency_days": recency,
-        "active_months": s.active_months,
-        "spend_per_active_month": round(revenue / s.active_months, 6) if s.active_months else 0.0,
-        **window,
-        # loyalty
-        "tenure_days": tenure,
-        "regularity_cv": cv,
-        "regularity": regularity,
-        "spend_trend": trend,
-        "on_time_rate": 1.0 if on_time is None else on_time,
-        "avg_days_past_due": s.past_due_hours / 24 / s.n_late if s.n_late else 0.0,
-        "n_late_payments": s.n_late,
-        "n_failed_payments": s.n_failed,
-        "n_chargebacks": s.n_chargebacks,
-        "n_payments": s.n_payments,
-        "complaint_share": complaint_share,
-        "loyalty_score": loyalty_score(regularity, on_time, tenure, window["purchases_90d"], trend, complaint_share),
-        # contacts
-        "n_contacts": s.n_contacts,
-        "n_complaints": s.n_complaints,
-        "n_cancellation_requests": s.n_cancellations,
-        "last_cancellation_time": s.last_cancellation_time or None,
-        "n_repeat_contacts": s.n_contacts - s.n_fresh_contact_days,
-        "repeat_contact_share": (s.n_contacts - s.n_fresh_contact_days) / s.n_contacts if s.n_contacts else 0.0,
-        "n_unresolved": s.n_unresolved,
+        "active_months": active_months,
+        "spend_per_active_month": round(revenue / active_months, 6) if active_months else 0.0,
     }
-    out.update(zip(_CHANNEL_KEYS, _channel_counts(s), strict=True))
-    out.update(leaving(s, now, window, tenure, recency, period_days))
+    # the windows go straight into out (no dict of their own), and leaving reads them there; the rest is set key by
+    # key, in the columns' order: a dict display after ``**window`` would be built apart, then copied in
+    out.update(zip(DECAYED, values, strict=True))
+    trend = spend_trend(out["spend_30d"], out["spend_90d"])
+    # loyalty
+    out["tenure_days"] = tenure
+    out["regularity_cv"] = cv
+    out["regularity"] = regularity
+    out["spend_trend"] = trend
+    out["on_time_rate"] = 1.0 if on_time is None else on_time
+    out["avg_days_past_due"] = s.past_due_hours / 24 / n_late if n_late else 0.0
+    out["n_late_payments"] = n_late
+    out["n_failed_payments"] = s.n_failed
+    out["n_chargebacks"] = s.n_chargebacks
+    out["n_payments"] = s.n_payments
+    out["complaint_share"] = complaint_share
+    out["loyalty_score"] = loyalty_score(regularity, on_time, tenure, out["purchases_90d"], trend, complaint_share)
+    # contacts
+    out["n_contacts"] = n_contacts
+    out["n_complaints"] = s.n_complaints
+    out["n_cancellation_requests"] = s.n_cancellations
+    out["last_cancellation_time"] = s.last_cancellation_time or None
+    out["n_repeat_contacts"] = repeats
+    out["repeat_contact_share"] = repeats / n_contacts if n_contacts else 0.0
+    out["n_unresolved"] = s.n_unresolved
+    # per channel (scoring.state.CHANNELS), written out: a zip over the names costs more than the dict's keys
+    out["contacts_phone"] = s.n_phone
+    out["contacts_email"] = s.n_email
+    out["contacts_chat"] = s.n_chat
+    out["contacts_web"] = s.n_web
+    out["contacts_store"] = s.n_store
+    out.update(leaving(s, now, out, tenure, recency, period_days))
     return out
 
 
@@ -222,11 +250,14 @@ def exposure_days(tenure_days: float, tau_days: float) -> float:
     >>> round(exposure_days(10.0, 30.0), 3), round(exposure_days(3650.0, 30.0), 3), exposure_days(0.0, 30.0)
     (8.504, 30.0, 1.0)
     """
-    return max(1.0, tau_days * -math.expm1(-tenure_days / tau_days))
+    days = tau_days * -math.expm1(-tenure_days / tau_days)
+    return days if days > 1.0 else 1.0  # max(1.0, days), without the call
 
 
 def _vs_usual(recent: float, recent_exposure: float, usual: float, usual_exposure: float) -> float:
     """log((recent + ½) / (expected + ½)): recent count against what the customer's own long-run rate predicts."""
+    if not (recent or usual):
+        return 0.0  # nothing recent, nothing usual (exposures are a day or more): log(½ / ½), without the arithmetic
     expected = usual / usual_exposure * recent_exposure
     return math.log((recent + 0.5) / (expected + 0.5))
 
@@ -246,27 +277,35 @@ def leaving(
     >>> round(f["typical_gap_days"], 1), round(f["silence_gaps"], 1), round(f["purchases_vs_usual"], 2)
     (10.7, 4.7, -0.93)
     """
+    # min and max below are written as the comparisons they make (min(a, b): b if b < a else a), without the calls
     n = s.n_occasions
     span = (s.last_occasion - s.first_occasion) * period_days if n else 0.0
-    gap = (span + PRIOR_GAP_DAYS) / max(n, 1)
+    gap = (span + PRIOR_GAP_DAYS) / (n if n > 1 else 1)
     e30, e365 = exposure_days(tenure, 30.0), exposure_days(tenure, 365.0)
-    rate365 = window["purchases_365d"] / e365
+    purchases365 = window["purchases_365d"]
     spend365 = window["spend_365d"] / e365
     spend_ratio = (window["spend_30d"] / e30) / spend365 if spend365 > 0 else 1.0
-    since_cancel = (now - s.last_cancellation_time) / DAY_MS if s.last_cancellation_time else math.inf
-    since_contact = (now - s.last_contact_day * DAY_MS) / DAY_MS if s.last_contact_day >= 0 else tenure
+    spend_ratio = spend_ratio if spend_ratio > 0.0 else 0.0
+    cancelled = s.last_cancellation_time
+    if cancelled:
+        since_cancel = (now - cancelled) / DAY_MS
+        recent_cancel = math.exp(-since_cancel / 30.0) if since_cancel >= 0 else 1.0
+    else:  # never: exp(-inf / 30) and min(365, inf)
+        since_cancel, recent_cancel = 365.0, 0.0
+    contact_day = s.last_contact_day
+    since_contact = (now - contact_day * DAY_MS) / DAY_MS if contact_day >= 0 else tenure
     return {
         "typical_gap_days": gap,
         "silence_gaps": recency / gap,
-        "silence_rate": recency * rate365,
-        "purchases_vs_usual": _vs_usual(window["purchases_30d"], e30, window["purchases_365d"], e365),
-        "spend_vs_usual": min(3.0, max(0.0, spend_ratio)),
+        "silence_rate": recency * (purchases365 / e365),
+        "purchases_vs_usual": _vs_usual(window["purchases_30d"], e30, purchases365, e365),
+        "spend_vs_usual": spend_ratio if spend_ratio < 3.0 else 3.0,
         "contacts_vs_usual": _vs_usual(window["contacts_30d"], e30, window["contacts_365d"], e365),
         "complaints_vs_usual": _vs_usual(window["complaints_30d"], e30, window["complaints_365d"], e365),
         "unresolved_vs_usual": _vs_usual(window["unresolved_30d"], e30, window["unresolved_365d"], e365),
-        "recent_cancellation": math.exp(-since_cancel / 30.0) if since_cancel >= 0 else 1.0,
-        "days_since_cancellation": min(365.0, since_cancel),
-        "days_since_contact": min(365.0, since_contact),
+        "recent_cancellation": recent_cancel,
+        "days_since_cancellation": since_cancel if since_cancel < 365.0 else 365.0,
+        "days_since_contact": since_contact if since_contact < 365.0 else 365.0,
     }
 
 
@@ -297,10 +336,15 @@ def next_rescore_ms(s: CustomerState, now: int, period_days: int = 1) -> int:
     last = s.last_purchase_time or s.first_time or now
     silence = now - last
     n = s.n_occasions
-    gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / max(n, 1) * DAY_MS
-    due = now + RESCORE_MAX_MS
+    gap = ((s.last_occasion - s.first_occasion) * period_days + PRIOR_GAP_DAYS) / (n if n > 1 else 1) * DAY_MS
+    latest = now + RESCORE_MAX_MS
+    due = latest
     for g in RESCORE_GAPS:
-        if g * gap > silence:
-            due = last + int(g * gap)
+        step = g * gap
+        if step > silence:
+            due = last + int(step)
             break
-    return min(now + RESCORE_MAX_MS, max(now + RESCORE_MIN_MS, due))
+    # min(latest, max(earliest, due)), without the calls
+    earliest = now + RESCORE_MIN_MS
+    due = due if due > earliest else earliest
+    return due if due < latest else latest
