@@ -345,17 +345,20 @@ class ClvModel:
         """
         if not (np.isfinite(x).all() and np.isfinite(age).all()):
             return self._alive_series(x, age)
-        pairs = list(zip(x.ravel().tolist(), age.ravel().tolist(), strict=True))
+        # the distinct pairs, found by numpy as complex numbers x + T i: hashing every customer's pair in Python
+        # (twice) and building the result from a list of tuples cost more than the few distinct pairs' look-ups
+        keys, inv = np.unique((x + 1j * age).ravel(), return_inverse=True)
+        distinct = list(zip(keys.real.tolist(), keys.imag.tolist(), strict=True))
         cache = self._cache_many
-        missing = list(dict.fromkeys(pair for pair in pairs if pair not in cache))
+        missing = [pair for pair in distinct if pair not in cache]
         if missing:
             if len(cache) + len(missing) > self.CACHE_SIZE:
                 cache.clear()
-                missing = list(dict.fromkeys(pairs))
+                missing = distinct
             mx, m_age = np.array(missing, dtype=np.float64).T
             previous, discounted = self._alive_series(mx, m_age)
             cache.update(zip(missing, zip(previous.tolist(), discounted.tolist(), strict=True), strict=True))
-        found = np.array([cache[pair] for pair in pairs], dtype=np.float64).reshape(*x.shape, 2)
+        found = np.array([cache[pair] for pair in distinct], dtype=np.float64).reshape(-1, 2)[inv.reshape(x.shape)]
         return found[..., 0], found[..., 1]
 
     def _alive_series(self, x: Array, age: Array) -> tuple[Array, Array]:

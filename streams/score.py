@@ -323,13 +323,14 @@ class Assessor:
             stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], np.clip(stats[:, 4], 0.0, 1.0)
         )
         version = models.clv_version
-        for i, c in enumerate(rows):
+        # the columns as lists of floats: what float(result.clv[i]) gives, without a numpy scalar per value
+        columns = (column.tolist() for column in result)  # p_alive, expected purchases, expected spend, CLV
+        for c, p_alive, purchases, spend, value in zip(rows, *columns, strict=True):
             assert c.scores is not None
-            value = float(result.clv[i])
             c.scores.update(
-                p_alive=float(result.p_alive[i]),
-                expected_purchases=float(result.expected_purchases[i]),
-                expected_spend=float(result.expected_spend[i]),
+                p_alive=p_alive,
+                expected_purchases=purchases,
+                expected_spend=spend,
                 clv=value,
                 clv_params_version=version,
             )
