@@ -93,8 +93,11 @@ def prepare_many(rows: Sequence[Sequence[float | None]]) -> Any:
     if z.ndim != 2 or z.shape[1] != len(FEATURES):
         raise ValueError(f"churn rows must hold the {len(FEATURES)} FEATURES, got shape {z.shape}")
     heavy = z[:, _LOG_INDEX]
-    values = heavy.ravel().tolist()
+    # a zero (of either sign) is its own compressed value, and many counts are 0: only the others go through math
+    nonzero = heavy != 0
+    values = heavy[nonzero].tolist()
     # copysign(log1p(abs(v)), v) of every value, without a Python frame per value
     compressed = map(math.copysign, map(math.log1p, map(abs, values)), values)
-    z[:, _LOG_INDEX] = np.fromiter(compressed, np.float64, len(values)).reshape(heavy.shape)
+    heavy[nonzero] = np.fromiter(compressed, np.float64, len(values))
+    z[:, _LOG_INDEX] = heavy
     return z
