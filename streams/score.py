@@ -324,8 +324,8 @@ class Assessor:
         )
         version = models.clv_version
         # the columns as lists of floats: what float(result.clv[i]) gives, without a numpy scalar per value
-        columns = (column.tolist() for column in result)  # p_alive, expected purchases, expected spend, CLV
-        for c, p_alive, purchases, spend, value in zip(rows, *columns, strict=True):
+        columns = (result.p_alive, result.expected_purchases, result.expected_spend, result.clv)
+        for c, p_alive, purchases, spend, value in zip(rows, *(column.tolist() for column in columns), strict=True):
             assert c.scores is not None
             c.scores.update(
                 p_alive=p_alive,
