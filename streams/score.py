@@ -72,7 +72,7 @@ class Candidate:
     state: CustomerState
     previous: dict[str, float | None]
     scores: dict[str, Any] | None = None
-    _pending: PendingLabels | None = None  # the state's churn snapshots, parsed once per scoring
+    _pending: PendingLabels | None = None  # the state's churn snapshots, parsed once per batch (again after a fold)
 
     @property
     def pending(self) -> PendingLabels:
