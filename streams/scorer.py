@@ -49,7 +49,7 @@ from scoring.population import Population
 from scoring.state import CustomerState
 from streams.catch_up import CatchUp
 from streams.clock import Item, StreamClock, Timers, closing_tick
-from streams.decode import Decoder, kafka_partition
+from streams.decode import Decoder
 from streams.delivery import Delivery, DeliveryFailed
 from streams.fold import Folder
 from streams.models import ModelFeed, grid_point
@@ -353,10 +353,7 @@ class Scorer:
                 if old != new:
                     metrics.rescorings.labels(kind=kind).inc()
                     metrics.rescored_customers.labels(kind=kind).inc(queued)
-        # A customer's state lives on the partition Kafka's partitioner gives its id (records keyed otherwise are
-        # re-keyed there first).
-        n = self.cfg.partitions
-        ids = {customer_id: kafka_partition(customer_id.encode(), n) for customer_id in self.timers.pop_due(t)}
+        ids = self.timers.pop_due(t)  # customer -> the partition of its state
         metrics.silent_rescorings.inc(sum(1 for c in ids if c not in self.changed))
         ids.update(self.changed)
         cands, later = [], []
@@ -364,14 +361,14 @@ class Scorer:
             if partition in evaluate:
                 cands.append(self._entry(customer_id, partition))
             else:
-                later.append(customer_id)  # its partition ticked past t under a previous owner
+                later.append((customer_id, partition))  # its partition ticked past t under a previous owner
         self._assess(cands, "tick", models, at=t)
         for c in cands:
             self.changed.pop(c.customer_id, None)
             self.unscored.discard(c.customer_id)
-            self.timers.set(c.customer_id, self.assessor.due(c))
-        for customer_id in later:
-            self.timers.set(customer_id, t + self.tick_ms)
+            self.timers.set(c.customer_id, self.assessor.due(c), c.partition)
+        for customer_id, partition in later:
+            self.timers.set(customer_id, t + self.tick_ms, partition)
         self.in_force = models
 
     def _spread(self, t: int) -> int:
@@ -379,10 +376,10 @@ class Scorer:
         same in a replay), unless its timer comes first; return how many."""
         ticks, tick_ms, timers = self.spread_ticks, self.tick_ms, self.timers
         queued = 0
-        for entries in self.table.partitions.values():
+        for p, entries in self.table.partitions.items():
             for key in entries:
                 if key != CLOCK_KEY:
-                    timers.earlier(key.decode(), t + zlib.crc32(key) % ticks * tick_ms)
+                    timers.earlier(key.decode(), t + zlib.crc32(key) % ticks * tick_ms, p)
                     queued += 1
         return queued
 
@@ -475,7 +472,7 @@ class Scorer:
                 state = CustomerState.from_bytes(data)
                 customer_id = key.decode()
                 values.append(ranked(state))
-                self.timers.set(customer_id, self.assessor.due(Candidate(customer_id, p, state, {})))
+                self.timers.set(customer_id, self.assessor.due(Candidate(customer_id, p, state, {})), p)
                 if state.version != state.tick_version:
                     self.changed[customer_id] = p
         self.population.rebuild(values)

@@ -533,23 +533,27 @@ def test_timers_drop_their_stale_entries_and_pop_as_before() -> None:
     rng = random.Random(7)
     timers, reference = Timers(), {}
     t = 0
+
+    def home(cid: str) -> int:  # a timer's partition
+        return int(cid[1:]) % 4
+
     for _ in range(200):
         for _ in range(500):
             cid = f"c{rng.randrange(3000)}"
             due = t + rng.randrange(1, 50_000)
             if rng.random() < 0.3:
-                timers.earlier(cid, due)
+                timers.earlier(cid, due, home(cid))
                 if cid not in reference or due < reference[cid]:
                     reference[cid] = due
             elif rng.random() < 0.05:
-                timers.set(cid, None)
+                timers.set(cid, None, home(cid))
                 reference.pop(cid, None)
             else:
-                timers.set(cid, due)
+                timers.set(cid, due, home(cid))
                 reference[cid] = due
         t += 1_000
         expected = sorted((d, c) for c, d in reference.items() if d <= t)
-        assert timers.pop_due(t) == [c for _, c in expected]
+        assert list(timers.pop_due(t).items()) == [(c, home(c)) for _, c in expected]
         for _, c in expected:
             del reference[c]
         assert len(timers) == len(reference)
