@@ -282,12 +282,14 @@ class CustomerState(OccasionSets):
         for _, seen in self.recent:
             if seen == h:
                 return "duplicate"
+        now = self.stream_time(k)
         if t > latest:
-            before = self.stream_time(k)
             times[k] = t
-            if before and t > before:
-                self._decay_kind(k, t - before)
-        self._fold(kind, record, t, rules)
+            if t > now:
+                if now:
+                    self._decay_kind(k, t - now)
+                now = t
+        self._fold(kind, record, t, now - t, rules)
         self._remember(t, h, rules.lateness_ms)
         return "applied"
 
@@ -326,18 +328,19 @@ class CustomerState(OccasionSets):
                 self.floors[k], self.floor_hashes[k] = ot, oh
         self.recent = recent
 
-    def _fold(self, kind: str, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
+    def _fold(self, kind: str, r: Mapping[str, Any], t: int, dt: int, rules: FoldRules) -> None:
+        # dt: how far the event (time t) is behind its kind's stream time, the time of the counters it feeds.
         self.version += 1
         if not self.first_time or t < self.first_time:
             self.first_time = t
         if t > self.last_time:
             self.last_time = t
         if kind == "transactions":
-            self._transaction(r, t, rules)
+            self._transaction(r, t, dt, rules)
         elif kind == "contacts":
-            self._contact(r, t, rules)
+            self._contact(r, t, dt, rules)
         else:
-            self._payment(r, t)
+            self._payment(r, dt)
 
     def _decay_kind(self, k: int, dt: int) -> None:
         # The counters of kind k move forward by dt ms with their kind's stream time (in place: one list per state).
@@ -346,10 +349,9 @@ class CustomerState(OccasionSets):
             if decayed[i]:
                 decayed[i] *= exp(-dt / tau)
 
-    def _add_decayed(self, counters: tuple[int, ...], value: float, t: int) -> None:
-        # These counters (all fed by one kind) receive `value` at time t, seen from their kind's stream time (apply()
-        # has moved it to t already when t is the latest: the usual case, dt = 0).
-        dt = self.stream_time(DECAYED_KIND[counters[0]]) - t
+    def _add_decayed(self, counters: tuple[int, ...], value: float, dt: int) -> None:
+        # These counters (all fed by one kind) receive `value` at dt ms before their kind's stream time (apply() has
+        # moved it to the event's time already when that is the latest: the usual case, dt = 0).
         decayed = self.decayed
         if dt:
             exp = math.exp
@@ -359,7 +361,7 @@ class CustomerState(OccasionSets):
             for i in counters:
                 decayed[i] += value
 
-    def _transaction(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
+    def _transaction(self, r: Mapping[str, Any], t: int, dt: int, rules: FoldRules) -> None:
         amount = float(r["amount"])
         margin = r.get("gross_margin")
         cents = _cents(amount)
@@ -370,18 +372,18 @@ class CustomerState(OccasionSets):
             self.n_refunds += 1
         if cents <= 0:  # refunds and zero amounts are no purchase: no occasion, no basket, no recency
             if cents:
-                self._add_decayed(_SPEND, amount, t)
-                self._add_decayed(_REFUNDS, 1.0, t)
+                self._add_decayed(_SPEND, amount, dt)
+                self._add_decayed(_REFUNDS, 1.0, dt)
             return
         self.n_purchases += 1
         self.purchase_cents += cents
         if t > self.last_purchase_time:
             self.last_purchase_time = t
-        self._add_decayed(_SPEND, amount, t)
-        self._add_decayed(_PURCHASES, 1.0, t)
+        self._add_decayed(_SPEND, amount, dt)
+        self._add_decayed(_PURCHASES, 1.0, dt)
         self._add_occasion(t // rules.period_ms, cents, rules.period_days)
 
-    def _contact(self, r: Mapping[str, Any], t: int, rules: FoldRules) -> None:
+    def _contact(self, r: Mapping[str, Any], t: int, dt: int, rules: FoldRules) -> None:
         channel = r["channel"]
         cost = r.get("cost")
         self.cost_cents += _cents(rules.contact_costs.get(channel, 0.0) if cost is None else float(cost))
@@ -391,36 +393,36 @@ class CustomerState(OccasionSets):
             setattr(self, name, getattr(self, name) + 1)
         reason = r.get("reason")
         complaint = reason == "complaint"
-        self._add_decayed(_CONTACTS, 1.0, t)
+        self._add_decayed(_CONTACTS, 1.0, dt)
         if complaint:
             self.n_complaints += 1
-            self._add_decayed(_COMPLAINTS, 1.0, t)
+            self._add_decayed(_COMPLAINTS, 1.0, dt)
         elif reason == "cancellation_request":
             self.n_cancellations += 1
             if t > self.last_cancellation_time:
                 self.last_cancellation_time = t
         if not r.get("resolved", True):
             self.n_unresolved += 1
-            self._add_decayed(_UNRESOLVED, 1.0, t)
+            self._add_decayed(_UNRESOLVED, 1.0, dt)
         self._add_contact_day(t // DAY_MS)
 
-    def _payment(self, r: Mapping[str, Any], t: int) -> None:
+    def _payment(self, r: Mapping[str, Any], dt: int) -> None:
         self.n_payments += 1
         status = r.get("status")
         paid, due = r.get("paid_date"), r.get("due_date")
         if status == "failed":
             self.n_failed += 1
-            self._add_decayed(_FAILED, 1.0, t)
-            self._add_decayed(_LATE, 1.0, t)
+            self._add_decayed(_FAILED, 1.0, dt)
+            self._add_decayed(_LATE, 1.0, dt)
         elif status == "chargeback":
             self.n_chargebacks += 1
         elif paid is not None and due is not None and paid > due:
             self.n_late += 1
             self.past_due_hours += -(-(int(paid) - int(due)) // HOUR_MS)  # started hours count
-            self._add_decayed(_LATE, 1.0, t)
+            self._add_decayed(_LATE, 1.0, dt)
         elif status == "late":
             self.n_late += 1
-            self._add_decayed(_LATE, 1.0, t)
+            self._add_decayed(_LATE, 1.0, dt)
         else:
             self.n_on_time += 1
 

@@ -191,14 +191,11 @@ class Scorer:
     def _take(self, msgs: list[Message], now_ms: int) -> int:
         """Decode a batch's records into their sources' queues; poison and re-keyed records are dealt with now."""
         by_source: dict[tuple[str, int], list[Item]] = {}
-        out, decoder, n = self.out, self.decoder, 0
-        consumed: Counter[str] = Counter()
+        out, decoder = self.out, self.decoder
         for msg in msgs:
             if msg.error() is not None:
                 self._consumer_error(msg)
                 continue
-            n += 1
-            consumed[msg.topic()] += 1
             rec = RawRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
             item = decoder.decode(rec, now_ms)
             if isinstance(item, Event):
@@ -209,11 +206,13 @@ class Scorer:
                 out.dead_letters.append((rec.key, dead_letter(rec, item.error, now_ms)))
                 out.count(rec, "dead")
                 by_source.setdefault((rec.topic, rec.partition), []).append(rec)
+        consumed: Counter[str] = Counter()  # every record without error is in its source's list: counted there
         for (topic, partition), items in by_source.items():
+            consumed[topic] += len(items)
             self.clock.offer(topic, partition, items)
         for topic, count in consumed.items():
             metrics.records_consumed.labels(topic=metrics.topic_label(self.cfg, topic)).inc(count)
-        return n
+        return sum(consumed.values())
 
     def _from_committed(self, msgs: list[Message]) -> list[Message]:
         """After an assignment, start each assigned partition exactly at its committed offset.
