@@ -44,9 +44,9 @@ def test_percentile_of_the_value_just_counted_is_that_of_any_equal_value(moves: 
         pop.update(metric, old, new)
     pop.freeze()
     fresh = Population()
-    fresh.counts, fresh._frozen = pop.counts, pop._frozen  # same view, no memory of the last values
+    fresh.counts, fresh._frozen = pop.counts, pop._frozen  # the same frozen view
     for metric in METRICS:
-        pop.update(metric, None, probe)  # remembered as the last value, counted after the freeze
+        pop.update(metric, None, probe)  # counted after the freeze: ranks stay those of the frozen view
         assert pop.percentile(metric, probe) == fresh.percentile(metric, probe)
         assert pop.percentile(metric, probe + 1.0) == fresh.percentile(metric, probe + 1.0)
 
