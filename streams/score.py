@@ -389,6 +389,8 @@ class Assessor:
             results: list[float | None]
             try:
                 results = list(model.predict_many(rows, prepared))
+                if len(results) != len(rows):  # a bug in a head: its results cannot be matched to the customers
+                    raise ValueError(f"{len(results)} churn probabilities for {len(rows)} customers")
             except Exception:  # one customer's failure must cost that customer only
                 log.warning("vectorised churn scoring failed; scoring one customer at a time", exc_info=True)
                 results = []

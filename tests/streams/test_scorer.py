@@ -499,6 +499,29 @@ def test_a_customer_whose_scoring_raises_costs_that_customer_only(
     assert sum(n for (_, _, fate), n in s.fates.items() if fate == "applied") == consumed - 1  # the straggler: late
 
 
+def test_a_churn_model_giving_a_wrong_number_of_results_costs_no_customer_its_score(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model whose vectorised pass returns one result fewer than its rows (a bug in a head) must not stop the
+    scoring call: the worker falls back to one customer at a time, as for a pass that raises."""
+    from scoring.churn import ChurnModel
+
+    real = ChurnModel.predict_many
+
+    def short(self: ChurnModel, rows: Any, prepared: Any = None) -> list[float]:
+        out = real(self, rows, prepared)
+        return out[:-1] if len(rows) > 1 else out
+
+    log = Log(CFG.partitions)
+    history(log)
+    monkeypatch.setattr(ChurnModel, "predict_many", short)
+    s = fakes.scorer(CFG, log, seed=1, feed=feed_with_models())
+    drain(s)
+    ticked = [m for m in scores(log, "tick") if m.get("churn_model_version") is not None]
+    assert ticked and all(m["churn_probability"] is not None for m in ticked)
+    assert {m["customer_id"] for m in scores(log)} == {f"c{c}" for c in range(10)}
+
+
 @pytest.mark.parametrize(("every", "expected"), [(10.0, 3), (0.0, 0)])
 def test_the_worker_gives_freed_memory_back_every_trim_interval(every: float, expected: int) -> None:
     """glibc kept the pages of every batch's freed blocks for good (a third of a bench worker's resident memory after
