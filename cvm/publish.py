@@ -128,16 +128,25 @@ def produce_retrying(producer: Producer, topic: str, value: bytes, key: bytes, p
             producer.poll(poll_s)
 
 
-def poll_for(producer: Producer, clock: Callable[[], float] = time.monotonic) -> Callable[[float], None]:
+def poll_for(
+    producer: Producer,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], Any] = time.sleep,
+) -> Callable[[float], None]:
     """A sleep of ``seconds`` that serves ``producer`` meanwhile, for :class:`RateLimiter`.
 
     ``producer.poll(timeout)`` returns as soon as it has served an event, long before ``timeout``: as a rate
-    limiter's sleep it let ``cvm replay --rate 0.5`` publish 1,500 events in 11.6 s (129 a second).
+    limiter's sleep it let ``cvm replay --rate 0.5`` publish 1,500 events in 11.6 s (129 a second). It also counts
+    ``timeout`` in whole milliseconds, so a shorter one returns at once: the last fraction of a millisecond is
+    slept (polled, it spun a core at 3,000 events a second, where each wait is about 0.3 ms).
     """
 
     def sleep(seconds: float) -> None:
         deadline = clock() + seconds
         while (left := deadline - clock()) > 0:
+            if left < 0.001:
+                pause(left)
+                return
             producer.poll(left)
 
     return sleep

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from cvm.publish import RateLimiter, poll_for, produce_retrying
 
 
@@ -64,8 +66,40 @@ def test_a_rate_limit_holds_when_the_producer_returns_early() -> None:
             return 1
 
     busy = Busy()
-    bucket = RateLimiter(0.5, clock=lambda: clock[0], sleep=poll_for(busy, clock=lambda: clock[0]))  # type: ignore[arg-type]
+
+    def pause(seconds: float) -> None:
+        clock[0] += seconds
+
+    sleep = poll_for(busy, clock=lambda: clock[0], pause=pause)  # type: ignore[arg-type]
+    bucket = RateLimiter(0.5, clock=lambda: clock[0], sleep=sleep)
     for _ in range(5):
         bucket.take()
     assert clock[0] >= 8.0  # one event of burst, then one every 2 s
     assert busy.polls > 4_000  # the producer was served all along
+
+
+def test_a_sleep_under_a_millisecond_does_not_spin_on_the_producer() -> None:
+    """``producer.poll`` counts its timeout in whole milliseconds: ``poll(0.0003)`` returns at once. At 3,050 events
+    a second the limiter's sleeps are about 0.3 ms each, and polling until their deadlines kept the latency phase's
+    publisher at 0.8 of a core on the two cores the worker, sink and broker share."""
+    clock = [0.0]
+    paused: list[float] = []
+
+    class Rounding:  # as librdkafka: a timeout under 1 ms does not wait
+        polls = 0
+
+        def poll(self, timeout: float) -> int:
+            self.polls += 1
+            clock[0] += int(timeout * 1000) / 1000 or 1e-6
+            return 0
+
+    def pause(seconds: float) -> None:
+        paused.append(seconds)
+        clock[0] += seconds
+
+    producer = Rounding()
+    sleep = poll_for(producer, clock=lambda: clock[0], pause=pause)  # type: ignore[arg-type]
+    sleep(0.0003)
+    assert producer.polls <= 1 and paused == [pytest.approx(0.0003)]
+    sleep(0.0052)  # whole milliseconds polled, the rest paused
+    assert producer.polls <= 3 and clock[0] == pytest.approx(0.0055)
