@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cvm.publish import RateLimiter, poll_for, produce_retrying
+from cvm.publish import Publisher, RateLimiter, poll_for, produce_retrying
 
 
 class FullThenFree:
@@ -103,3 +103,23 @@ def test_a_sleep_under_a_millisecond_does_not_spin_on_the_producer() -> None:
     assert producer.polls <= 1 and paused == [pytest.approx(0.0003)]
     sleep(0.0052)  # whole milliseconds polled, the rest paused
     assert producer.polls <= 3 and clock[0] == pytest.approx(0.0055)
+
+
+def test_a_live_publishers_wait_under_a_millisecond_does_not_poll() -> None:
+    """`cvm simulate`'s live traffic waits for each event's time with :meth:`Publisher.wait`: its last fraction of a
+    millisecond was polled, which returns at once, in a loop until the event was due."""
+
+    class Rounding:
+        polls = 0
+
+        def poll(self, timeout: float) -> int:
+            self.polls += 1
+            return 0
+
+    publisher = Publisher.__new__(Publisher)  # its producer only: no broker
+    publisher.producer = Rounding()  # type: ignore[assignment]
+    publisher.wait(0.0004)
+    publisher.wait(-1.0)
+    assert publisher.producer.polls == 0  # type: ignore[attr-defined]
+    publisher.wait(0.002)
+    assert publisher.producer.polls == 1  # type: ignore[attr-defined]
