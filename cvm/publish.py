@@ -142,7 +142,7 @@ def serve(producer: Producer, seconds: float, pause: Callable[[float], Any] = ti
 
     ``producer.poll(timeout)`` counts ``timeout`` in whole milliseconds: a shorter one returns at once, and a caller
     waiting for a deadline in a loop spins (a rate limiter at 3,000 events a second, whose waits are about 0.3 ms,
-    took a core). A wait under a millisecond is slept instead.
+    took 0.7-0.9 of a core). A wait under a millisecond is slept instead.
     """
     if seconds >= 0.001:
         producer.poll(seconds)
