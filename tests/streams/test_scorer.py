@@ -517,8 +517,8 @@ def test_a_churn_model_giving_a_wrong_number_of_results_costs_no_customer_its_sc
     monkeypatch.setattr(ChurnModel, "predict_many", short)
     s = fakes.scorer(CFG, log, seed=1, feed=feed_with_models())
     drain(s)
-    ticked = [m for m in scores(log, "tick") if m.get("churn_model_version") is not None]
-    assert ticked and all(m["churn_probability"] is not None for m in ticked)
+    under_model = [m for m in scores(log, "tick") if m["as_of"] >= T0 + 30 * DAY]  # the version's valid_from
+    assert under_model and all(m["churn_probability"] is not None for m in under_model)
     assert {m["customer_id"] for m in scores(log)} == {f"c{c}" for c in range(10)}
 
 
