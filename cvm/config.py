@@ -32,6 +32,9 @@ EVENT_TOPICS = ("transactions", "contacts", "payments")
 
 DEFAULT_CONTACT_COSTS = {"phone": 6.0, "email": 2.5, "chat": 3.0, "web": 0.5, "store": 8.0}
 
+#: librdkafka's ``compression.type`` values (``CVM_KAFKA_COMPRESSION``).
+KAFKA_COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+
 
 def _f(default: Any, env: str, doc: str) -> Any:
     if isinstance(default, dict):
@@ -123,6 +126,13 @@ class Config:
     kafka_sasl_username: str = _f("", "CVM_KAFKA_SASL_USERNAME", "SASL user name.")
     kafka_sasl_password: str = _f("", "CVM_KAFKA_SASL_PASSWORD", "SASL password (never logged).")
     kafka_ssl_cafile: str = _f("", "CVM_KAFKA_SSL_CAFILE", "CA bundle for TLS to Kafka.")
+    kafka_compression: str = _f(
+        "none",
+        "CVM_KAFKA_COMPRESSION",
+        "Compression of what the workers and the learner write (scores, alerts, labels, states, models): none, gzip,"
+        " snappy, lz4 or zstd. zstd holds the embedded broker's memory to about a fifth, for more worker CPU and"
+        " memory (docs/benchmarks.md). Publishers of events choose their own.",
+    )
     log_level: str = _f("WARNING", "CVM_LOG_LEVEL", "Log level of cvm processes.")
     # Churn learning (docs/churn.md): scoring.labels.label_rules and PendingLabels take these.
     churn_silence_days: float = _f(
@@ -282,6 +292,10 @@ class Config:
             raise ConfigError("tier_a_share and tier_b_share must be positive shares that add up to less than 1")
         if self.partitions < 1:
             raise ConfigError(f"partitions={self.partitions}: must be at least 1")
+        if self.kafka_compression not in KAFKA_COMPRESSIONS:
+            raise ConfigError(
+                f"kafka_compression={self.kafka_compression!r}: must be one of {', '.join(KAFKA_COMPRESSIONS)}"
+            )
         if self.churn_model not in ("logreg", "hat", "arf"):  # scoring.churn.MODELS, without importing river
             raise ConfigError(f"churn_model={self.churn_model!r}: must be logreg, hat or arf")
         if self.tick_s < 1 or self.model_every_days * 86400 % self.tick_s:

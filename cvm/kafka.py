@@ -147,8 +147,13 @@ def _create(cfg: Config, specs: list[tuple[str, TopicSpec]], timeout: float) -> 
     return created
 
 
-def make_producer(cfg: Config, **extra: Any) -> Producer:
-    """A confluent-kafka producer with cvm's partitioner and batching."""
+def make_producer(cfg: Config, *, compressed: bool = False, **extra: Any) -> Producer:
+    """A confluent-kafka producer with cvm's partitioner and batching.
+
+    ``compressed``: its record batches are compressed with ``CVM_KAFKA_COMPRESSION`` (what the workers and the
+    learner write); the producers that stand in for upstream (``cvm simulate``, ``replay``, ``restore``, the bench's
+    load) publish uncompressed, as most upstream systems do.
+    """
     conf = _client_conf(
         cfg,
         **{
@@ -156,7 +161,7 @@ def make_producer(cfg: Config, **extra: Any) -> Producer:
             "linger.ms": 5,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 500000,
-            "compression.type": "none",
+            "compression.type": cfg.kafka_compression if compressed else "none",
             "acks": "all",
         },
     )

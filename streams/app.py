@@ -43,7 +43,7 @@ def build_scorer(cfg: Config, models: ModelFeed) -> Scorer:
     def delivered(err: KafkaError | None, msg: Message) -> None:
         scorers[0].delivery.delivered(err, msg)
 
-    producer = make_producer(cfg, on_delivery=delivered, **{"delivery.report.only.error": True})
+    producer = make_producer(cfg, compressed=True, on_delivery=delivered, **{"delivery.report.only.error": True})
     consumer = make_consumer(
         cfg,
         group=cfg.app_id,
@@ -61,7 +61,7 @@ def build_scorer(cfg: Config, models: ModelFeed) -> Scorer:
         cfg,
         consumer=consumer,
         producer=producer,
-        learn_producer=make_producer(cfg),
+        learn_producer=make_producer(cfg, compressed=True),
         table=table,
         models=models,
         codec=Codec(make_registry(cfg.schema_registry_url, cfg.schema_registry_wait_s)),

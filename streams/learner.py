@@ -218,7 +218,7 @@ class Learner:
         self.clv = ClvFitter(cfg.clv_period_days)
         self.key = ModelKey.from_config(cfg)
         self.feed = ModelFeed(cfg, self.key)
-        self.producer = make_producer(cfg)
+        self.producer = make_producer(cfg, compressed=True)
         self.summaries = make_consumer(cfg, f"{cfg.app_id}-learner-{uuid.uuid4().hex[:8]}")
         self.summaries.assign([TopicPartition(cfg.topic("clv-summaries"), 0, OFFSET_BEGINNING)])
         self.summaries_read = -1  # the newest clv-summaries offset taken

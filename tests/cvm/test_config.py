@@ -39,6 +39,7 @@ def test_secrets_are_masked() -> None:
         ({"CVM_CONTACT_COSTS": "phone"}, "key=value"),
         ({"CVM_ALLOWED_LATENESS_S": "99999999"}, "between 0 and 49 days"),
         ({"CVM_SCHEMA_REGISTRY_WAIT_S": "600"}, "at most 240"),  # a worker that long without polling leaves its group
+        ({"CVM_KAFKA_COMPRESSION": "brotli"}, "must be one of none, gzip, snappy, lz4, zstd"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(env, message) -> None:

@@ -31,11 +31,13 @@ def publish(cfg: Config, start: int, n: int, customers: int, t0: int) -> float:
     return total
 
 
-def latest_scores(consumer, latest: dict, expect_tx: int, timeout: float = 90) -> dict:
+def latest_scores(consumer, latest: dict, expect_tx: int, timeout: float = 90, sizes: list | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for m in consumer.consume(2000, 0.5):
             if m.error() is None:
+                if sizes is not None:
+                    sizes.append(len(m.value()))
                 d = json.loads(m.value())
                 if d["version"] >= latest.get(d["customer_id"], {}).get("version", -1):
                     latest[d["customer_id"]] = d
@@ -44,7 +46,13 @@ def latest_scores(consumer, latest: dict, expect_tx: int, timeout: float = 90) -
     return latest
 
 
+def received_bytes(stats: str) -> int:
+    """Bytes a consumer received from the brokers, from librdkafka's statistics: what crossed the wire."""
+    return sum(b["rxbytes"] for b in json.loads(stats)["brokers"].values())
+
+
 def test_worker_scores_exactly_and_dead_letters_poison(cfg: Config, tmp_path: Path) -> None:
+    cfg = cfg.replace(kafka_compression="zstd")  # and what the worker writes travels compressed
     create_topics(cfg)
     t0 = int(time.time() * 1000) - 30 * DAY
     total = publish(cfg, 0, 3000, 300, t0)
@@ -53,17 +61,25 @@ def test_worker_scores_exactly_and_dead_letters_poison(cfg: Config, tmp_path: Pa
     producer.produce(cfg.topic("contacts"), key=b"c1", value=b"plain text")
     producer.flush(10)
 
-    consumer = make_consumer(cfg, group="test-reader")
+    stats: list[str] = []
+    consumer = make_consumer(cfg, group="test-reader", **{"statistics.interval.ms": 500, "stats_cb": stats.append})
     consumer.subscribe([cfg.topic("customer-scores")])
     dead = make_consumer(cfg, group="test-dead")
     dead.subscribe([cfg.topic("dead-letters")])
 
     worker = spawn(cfg, "worker", "--id", "a", log=tmp_path / "worker-a.log")
+    sizes: list[int] = []
     try:
-        latest = latest_scores(consumer, {}, 3000)
+        latest = latest_scores(consumer, {}, 3000, sizes=sizes)
+        seen = len(stats)
+        deadline = time.monotonic() + 10
+        while len(stats) <= seen and time.monotonic() < deadline:  # statistics taken after the last record read
+            sizes += [len(m.value()) for m in consumer.consume(100, 0.5) if m.error() is None]
     finally:
         assert stop(worker) == 0, (tmp_path / "worker-a.log").read_text()[-2000:]
         consumer.close()
+    # the score records came zstd-compressed: far fewer bytes on the wire than their JSON (more without compression)
+    assert len(stats) > seen and received_bytes(stats[-1]) < 0.5 * sum(sizes), (received_bytes(stats[-1]), sum(sizes))
     assert len(latest) == 300
     assert sum(d["n_transactions"] for d in latest.values()) == 3000
     assert round(sum(d["revenue"] for d in latest.values()), 2) == round(total, 2)
