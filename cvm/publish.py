@@ -181,7 +181,7 @@ class Publisher:
         check_broker(cfg)
         create_topics(cfg)
         self.codec = Codec(make_registry(cfg.schema_registry_url, cfg.schema_registry_wait_s))
-        self.producer = make_producer(cfg, **{"on_delivery": self._delivered, "delivery.report.only.error": True})
+        self.producer = make_producer(cfg, on_delivery=self._delivered, **{"delivery.report.only.error": True})
         self.topics = {kind: cfg.topic(kind) for kind in EVENT_TOPICS}
         self.limiter = RateLimiter(rate, sleep=poll_for(self.producer)) if rate else None
         self.counts = dict.fromkeys(EVENT_TOPICS, 0)
