@@ -52,7 +52,6 @@ def received_bytes(stats: str) -> int:
 
 
 def test_worker_scores_exactly_and_dead_letters_poison(cfg: Config, tmp_path: Path) -> None:
-    cfg = cfg.replace(kafka_compression="zstd")  # and what the worker writes travels compressed
     create_topics(cfg)
     t0 = int(time.time() * 1000) - 30 * DAY
     total = publish(cfg, 0, 3000, 300, t0)
