@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import json
 import os
 import platform
@@ -54,12 +53,9 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from cvm import bench_restart
 from cvm.bench_harness import (
@@ -72,29 +68,15 @@ from cvm.bench_harness import (
     py_spy,
 )
 from cvm.bench_latency import LatencyPhase, percentile
+from cvm.bench_metrics import STAGES, WorkerCounters, at
 from cvm.bench_restart import KEYS as RESTART_KEYS
 from cvm.config import Config
 from cvm.exceptions import CvmError
-from cvm.metrics import sample_sums
 
 __all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"]
 
 #: What ``--skip`` can leave out; ``pipeline`` also carries ``state_bytes_per_customer`` and ``rss_mb``.
 MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "latency_live", "recovery", "restore")
-
-#: The stages of a worker's batch whose CPU the bench reports per event (cvm_worker_stage_seconds).
-_STAGES = {
-    "consume": "consume (librdkafka hands over the records)",
-    "decode": "decode, validate, queue by source",
-    "fold": "fold events into states, labels",
-    "features": "features (and the churn labels a tick matures)",
-    "score": "population, reasons, alerts, snapshots, timers",
-    "models": "CLV and churn models",
-    "emit": "score, alert, label messages sent and acknowledged",
-    "changelog": "states encoded, table + changelog written",
-    "commit": "offsets committed, sources paused/resumed",
-    "other": "ticks, positions, gauges",
-}
 
 #: The figures of a run, in the order they are shown, with what each one is.
 KEYS = {
@@ -114,12 +96,14 @@ KEYS = {
     "state_bytes_max": "table value bytes per customer, largest",
     "rss_mb": "peak resident memory of the single worker (VmHWM)",
     "pipeline_cpu_us_per_event": "CPU time of the single worker per event (steadier than eps on a busy machine)",
-    "scorings_per_event": "customer scorings of the single worker per event (event, tick and idle scorings)",
-    "rescorings_per_s": "customers re-scored at ticks without an event (silence, new versions), per second of the run",
-    "model_rescorings_per_event": "customers given a slot to be re-scored under a new CLV or churn version, per "
-    "event (summed over the two kinds: versions of both at one tick give each customer one slot, counted twice)",
+    "scorings_per_event": "customer scorings of the single worker per event (event and tick scorings, in the window "
+    "of pipeline_eps)",
+    "rescorings_per_s": "customers re-scored at ticks without an event (silence, new versions), per second of the "
+    "window",
+    "model_rescorings_per_event": "customers given a slot to be re-scored under new CLV or churn versions, per "
+    "event (one slot per customer when both kinds are new at one tick)",
     "scoring_cpu_us": "CPU time per customer scoring (features, CLV, tiers, churn, alerts), the single worker",
-    **{f"stage_{stage}_us": f"worker Kafka thread CPU per event: {what}" for stage, what in _STAGES.items()},
+    **{f"stage_{stage}_us": f"worker Kafka thread CPU per event: {what}" for stage, what in STAGES.items()},
     **RESTART_KEYS,
 }
 
@@ -164,20 +148,6 @@ def machine() -> str:
         pass
     cpu = model or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()}, Python {platform.python_version()}"
-
-
-def _at(samples: Sequence[tuple[float, float]], t: float) -> float:
-    """The value of a sampled, increasing curve at ``t``, linearly interpolated (clamped at the ends).
-
-    >>> _at([(0.0, 1.0), (2.0, 3.0)], 1.5), _at([(0.0, 1.0), (2.0, 3.0)], 9.0)
-    (2.5, 3.0)
-    """
-    if t <= samples[0][0]:
-        return samples[0][1]
-    for (t0, v0), (t1, v1) in itertools.pairwise(samples):
-        if t0 <= t <= t1:
-            return v0 + (v1 - v0) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
-    return samples[-1][1]
 
 
 # --- the bench ----------------------------------------------------------------------------------------------------
@@ -354,8 +324,17 @@ class Bench(LatencyPhase):
             names.append(f"{cfg.app_id}-learner")
         extra: dict[str, Any] = {}
         profiler = Profiler(self.profile, procs[0].pid, self.children) if self.profile and workers == 1 else None
+        counters = WorkerCounters(port, started=spawned) if workers == 1 else None
         try:
-            cpu = self._wait_committed(cfg, procs, names, on_progress=profiler.start if profiler else None)
+            cpu = self._wait_committed(
+                cfg,
+                procs,
+                names,
+                on_progress=profiler.start if profiler else None,
+                sample=counters.poll if counters else None,
+            )
+            if counters is not None:
+                counters.poll(force=True)  # before the worker's idle scoring: the stream went quiet just now
             if profiler is not None:
                 profiler.stop()
             first_ms, first_n, last_ms = self._read_scores(cfg, procs, names, since_ms)
@@ -364,9 +343,10 @@ class Bench(LatencyPhase):
                 extra["rss_mb"] = round(rss, 1) if rss is not None else None
                 extra["pipeline_startup_s"] = round(first_ms / 1000 - spawned, 2)
                 if len(cpu) >= 2:
-                    used = _at(cpu, last_ms / 1000) - _at(cpu, first_ms / 1000)
+                    used = at(cpu, last_ms / 1000) - at(cpu, first_ms / 1000)
                     extra["pipeline_cpu_us_per_event"] = round(used / max(1, self.events - first_n) * 1e6, 1)
-                extra.update(self._scorings(port, (last_ms - first_ms) / 1000))
+                if counters is not None:
+                    extra.update(counters.window(first_ms / 1000, last_ms / 1000, self.events - first_n))
         finally:
             for proc in procs:
                 self.children.stop(proc)
@@ -374,31 +354,6 @@ class Bench(LatencyPhase):
             extra.update(self._state_bytes(cfg))
         extra["pipeline_eps"] = round(_rate(self.events - first_n, (last_ms - first_ms) / 1000))
         return extra
-
-    def _scorings(self, port: int, seconds: float) -> dict[str, Any]:
-        """The single worker's scorings (its /metrics): per event, silent re-scorings per second, CPU per scoring."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                families = list(text_string_to_metric_families(resp.read().decode()))
-        except OSError:
-            return {}
-        scorings = sample_sums(families, "cvm_scorings_total")
-        cpu = sample_sums(families, "cvm_scoring_seconds_total")
-        silent = sample_sums(families, "cvm_silent_rescorings_total")
-        versions = sample_sums(families, "cvm_rescored_customers_total")
-        stages = {
-            f"stage_{stage}_us": round(
-                sample_sums(families, "cvm_worker_stage_seconds_total", stage=stage) / max(1, self.events) * 1e6, 1
-            )
-            for stage in _STAGES
-        }
-        return {
-            "scorings_per_event": round(scorings / max(1, self.events), 3),
-            "rescorings_per_s": round(silent / max(seconds, 1e-9)),
-            "model_rescorings_per_event": round(versions / max(1, self.events), 3),
-            "scoring_cpu_us": round(cpu / max(1.0, scorings) * 1e6, 1),
-            **stages,
-        }
 
     def _state_bytes(self, cfg: Config) -> dict[str, Any]:
         """Mean and largest table value, as a worker recovers its table from the changelog."""

@@ -278,10 +278,12 @@ class Harness:
         procs: Sequence[subprocess.Popen[bytes]],
         names: Sequence[str],
         on_progress: Callable[[], None] | None = None,
+        sample: Callable[[], None] | None = None,
     ) -> list[tuple[float, float]]:
         """Wait until the workers' group has committed the end of every partition (cheap to poll: no CPU taken
-        from the workers); ``on_progress`` is called at the first commit. The figure comes from the score
-        records, read afterwards. Returns the first worker's CPU seconds sampled on the way: ``(time, cpu)``."""
+        from the workers); ``on_progress`` is called at the first commit, ``sample`` at every poll. The figure comes
+        from the score records, read afterwards. Returns the first worker's CPU seconds sampled on the way:
+        ``(time, cpu)``."""
         from confluent_kafka import KafkaException, TopicPartition
 
         from cvm.kafka import make_consumer
@@ -296,6 +298,8 @@ class Harness:
                 used = _cpu_seconds(procs[0].pid)
                 if used is not None:
                     cpu.append((time.time(), used))
+                if sample is not None:
+                    sample()
                 try:
                     committed = consumer.committed(tps, timeout=5.0)
                 except KafkaException:

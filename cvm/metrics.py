@@ -22,7 +22,8 @@ Worker state and models:
 * ``cvm_table_recovery_seconds`` and ``cvm_table_recovered_records_total`` — rebuilding assigned partitions from
   the changelog;
 * ``cvm_rescorings_total{kind}`` and ``cvm_rescored_customers_total{kind}`` — new model versions, and the customers
-  each one gave a slot to be re-scored under it (``CVM_MODEL_RESCORE_SPREAD_S``);
+  they gave a slot to be re-scored under them (``CVM_MODEL_RESCORE_SPREAD_S``), once per customer whichever kinds
+  were new at that tick (``kind`` is ``clv``, ``churn`` or ``clv+churn``);
 * ``cvm_model_version{kind}`` and ``cvm_model_age_seconds{kind}`` — the version in force and the seconds since it
   was signed (:func:`model_in_force`); ``cvm_models_published_total{kind}`` (learner);
 * ``cvm_model_messages_refused_total{reason}`` — model messages refused (``unsigned``, ``forged``, ``malformed``):
@@ -146,7 +147,9 @@ table_recovery_seconds = Histogram(
 table_recovered_records = Counter("cvm_table_recovered_records", "Changelog records read to rebuild tables.")
 rescorings = Counter("cvm_rescorings", "Population re-scorings on a new model version.", ["kind"])
 rescored_customers = Counter(
-    "cvm_rescored_customers", "Customers given a slot to be re-scored under a new model version.", ["kind"]
+    "cvm_rescored_customers",
+    "Customers given a slot to be re-scored under new model versions (kind: the kinds new at that tick).",
+    ["kind"],
 )
 scorings = Counter(
     "cvm_scorings",

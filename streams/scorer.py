@@ -347,11 +347,19 @@ class Scorer:
                 queued,
                 self.spread_ticks,
             )
-            for kind, old, new in (("clv", self.in_force.clv_version, models.clv_version),
-                                   ("churn", self.in_force.churn_version, models.churn_version)):  # fmt: skip
-                if old != new:
-                    metrics.rescorings.labels(kind=kind).inc()
-                    metrics.rescored_customers.labels(kind=kind).inc(queued)
+            kinds = [
+                kind
+                for kind, old, new in (
+                    ("clv", self.in_force.clv_version, models.clv_version),
+                    ("churn", self.in_force.churn_version, models.churn_version),
+                )  # fmt: skip
+                if old != new
+            ]
+            for kind in kinds:
+                metrics.rescorings.labels(kind=kind).inc()
+            # one slot per customer, whichever versions are new: a CLV and a churn version at one grid point give
+            # each customer one scoring (the label says which kinds were new)
+            metrics.rescored_customers.labels(kind="+".join(kinds)).inc(queued)
         ids = self.timers.pop_due(t)  # customer -> the partition of its state
         metrics.silent_rescorings.inc(sum(1 for c in ids if c not in self.changed))
         ids.update(self.changed)

@@ -315,6 +315,37 @@ def test_a_new_model_version_reaches_every_customer_within_the_spread_a_share_at
     assert len(set(first.values())) > 2
 
 
+def test_versions_of_both_kinds_at_one_tick_give_each_customer_one_slot(caplog: pytest.LogCaptureFixture) -> None:
+    """cvm_rescored_customers_total counted a customer once per kind when a CLV and a churn version came at the same
+    grid point, as the learner publishes them: the bench's model_rescorings_per_event read twice the scorings."""
+
+    def slots() -> dict[str, float]:
+        return {
+            sample.labels["kind"]: sample.value
+            for family in REGISTRY.collect()
+            if family.name == "cvm_rescored_customers"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+
+    feed = feed_with_models()
+    model = ChurnModel()
+    model.learn_one({"silence_gaps": 1.0}, 1)
+    blob = pack_churn([model.to_bytes(), model.to_bytes()], [b"", b""])
+    valid_from = T0 + 60 * DAY
+    feed.offer(encode_model({"kind": "clv", "version": 2, "valid_from": valid_from, "bgnbd": BG, "gamma_gamma": GG}))
+    feed.offer(encode_model({"kind": "churn", "version": 2, "valid_from": valid_from}, blob))
+    log = Log(CFG.partitions)
+    history(log)
+    before = slots()
+    with caplog.at_level("INFO", logger="cvm.worker"):
+        drain(fakes.scorer(CFG, log, seed=4, feed=feed))
+    counted = {k: v - before.get(k, 0.0) for k, v in slots().items() if v > before.get(k, 0.0)}
+    given = [int(r.args[2]) for r in caplog.records if r.getMessage().startswith("model versions")]  # type: ignore[index]
+    assert counted.get("clv+churn") == 10  # the ten customers of the history, once each
+    assert sum(counted.values()) == sum(given), (counted, given)
+
+
 class StaleConsumer(fakes.Consumer):
     """Its first poll after the assignment also returns records fetched before it, ahead of the committed offset
     (what a client may hold when a rebalance comes in the middle of a fetch)."""
