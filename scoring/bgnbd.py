@@ -281,6 +281,11 @@ _CLOSED_FORM_MIN_A = 1.5
 #: a tiny fraction of the horizon; the answer is then still close, the tail being small and of one sign).
 _SERIES_TOL = 1e-12
 _MAX_TERMS = 200_000
+#: The vectorised series takes the terms of more than ``_BLOCK_ROWS`` elements one at a time, and those of fewer in
+#: blocks (16 at first, twice as many each round, up to 512): a tick's few customers pay numpy's cost per call, not per
+#: element. One call on this machine, one term at a time against this: 36 elements 464 against 114 µs, 360 elements
+#: 649 against 233 µs, 3,600 elements 1.8 against 1.1 ms; 120,000 elements 38 ms either way.
+_FIRST_BLOCK, _LAST_BLOCK, _BLOCK_ROWS = 16, 512, 512
 
 
 def _alive_purchases(r: float, alpha: float, a: float, b: float, x: float, T: float, t: float) -> float:  # noqa: N803
@@ -336,16 +341,38 @@ def _alive_purchases_series(r: float, alpha: float, a: float, b: float, x: Array
     total = term.copy()
     active = np.arange(x.size)
     n = 1
+    width = _FIRST_BLOCK
     while active.size and n < _MAX_TERMS:
-        ta, za, ca = term[active], z[active], c[active]
-        ratio = za * ((ap + n) * (a + n - 1)) / ((ca + n) * (n + 1))
-        ta = ta * ratio
-        total[active] += ta
-        term[active] = ta
-        n += 1
+        if active.size > _BLOCK_ROWS:  # many elements: one term at a time, numpy's cost per call spread over them
+            ta, za, ca = term[active], z[active], c[active]
+            ratio = za * ((ap + n) * (a + n - 1)) / ((ca + n) * (n + 1))
+            ta = ta * ratio
+            total[active] += ta
+            term[active] = ta
+            n += 1
+            rho = np.maximum(np.abs(ratio), za)
+            done = (np.abs(ratio) < 1) & (np.abs(ta) * rho <= _SERIES_TOL * (1 - rho) * np.abs(total[active]))
+            active = active[~done]
+            continue
+        # Few elements (a tick's customers): the next ``k`` terms of each at once. Each term, partial sum and test
+        # is computed as above (the products and sums in the same order: the same floats), and each element stops at
+        # its own first converged term, whatever else is computed beside it; the terms after it are dropped.
+        k = min(width, _MAX_TERMS - n)
+        ns = np.arange(n, n + k, dtype=np.float64)
+        za, ca = z[active, None], c[active, None]
+        ratio = za * ((ap + ns) * (a + ns - 1)) / ((ca + ns) * (ns + 1))
+        terms = np.cumprod(np.concatenate([term[active, None], ratio], axis=1), axis=1)[:, 1:]
+        totals = np.cumsum(np.concatenate([total[active, None], terms], axis=1), axis=1)[:, 1:]
         rho = np.maximum(np.abs(ratio), za)
-        done = (np.abs(ratio) < 1) & (np.abs(ta) * rho <= _SERIES_TOL * (1 - rho) * np.abs(total[active]))
-        active = active[~done]
+        done = (np.abs(ratio) < 1) & (np.abs(terms) * rho <= _SERIES_TOL * (1 - rho) * np.abs(totals))
+        stopped = done.any(axis=1)
+        first = np.where(stopped, done.argmax(axis=1), k - 1)
+        rows = np.arange(active.size)
+        total[active] = totals[rows, first]
+        term[active] = terms[rows, first]
+        active = active[~stopped]
+        n += k
+        width = min(2 * width, _LAST_BLOCK)
     out[pos] = c * e1 - np.exp(am1 * log1mz) * total
     return out
 

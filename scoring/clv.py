@@ -356,16 +356,20 @@ class ClvModel:
                 cache.clear()
                 missing = distinct
             mx, m_age = np.array(missing, dtype=np.float64).T
-            previous, discounted = self._alive_series(mx, m_age)
+            previous, discounted = self._alive_series(mx, m_age, distinct=True)
             cache.update(zip(missing, zip(previous.tolist(), discounted.tolist(), strict=True), strict=True))
         found = np.array([cache[pair] for pair in distinct], dtype=np.float64).reshape(-1, 2)[inv.reshape(x.shape)]
         return found[..., 0], found[..., 1]
 
-    def _alive_series(self, x: Array, age: Array) -> tuple[Array, Array]:
+    def _alive_series(self, x: Array, age: Array, distinct: bool = False) -> tuple[Array, Array]:
+        """:meth:`_alive` of arrays; ``distinct``: the caller's pairs are distinct already (no search for them)."""
         bg = self.bgnbd
-        # the expectation for an alive customer depends on (x, T) only: compute it once per distinct pair
-        keys, inv = np.unique(np.stack([x.ravel(), age.ravel()]), axis=1, return_inverse=True)
-        ux, u_age = keys
+        if distinct:
+            ux, u_age, inv = x.ravel(), age.ravel(), None
+        else:
+            # the expectation for an alive customer depends on (x, T) only: compute it once per distinct pair
+            keys, inv = np.unique(np.stack([x.ravel(), age.ravel()]), axis=1, return_inverse=True)
+            ux, u_age = keys
         previous = np.zeros(ux.size)
         discounted = np.zeros(ux.size)
         # every step of the horizon in one series run (its elements are computed independently): one loop, not 12
@@ -375,6 +379,8 @@ class ClvModel:
         for y, (_, discount) in zip(ys.reshape(steps, ux.size), self._steps, strict=True):
             discounted += discount * (y - previous)
             previous = y
+        if inv is None:
+            return previous.reshape(x.shape), discounted.reshape(x.shape)
         inv = inv.reshape(x.shape)
         return previous[inv], discounted[inv]
 

@@ -164,6 +164,26 @@ def test_p_alive_and_expected_purchases_equal_the_integral() -> None:
             )
 
 
+@pytest.mark.parametrize("size", [1, 37, 600, 3000])
+def test_the_vectorised_series_gives_each_element_what_it_gives_it_alone(size: int) -> None:
+    """ClvModel's cache keeps a pair's value from whichever call computed it: an element's result must not depend on
+    the others computed beside it (taken one term at a time beyond 512 elements, in blocks of terms below), to the
+    bit, and must agree with the scalar series."""
+    rng = np.random.default_rng(size)
+    for params in (CDNOW, *STRESS):
+        if params.a > bgnbd._CLOSED_FORM_MIN_A:
+            continue
+        r, alpha, a, b = params.r, params.alpha, params.a, params.b
+        x = rng.integers(0, 120, size).astype(float)
+        age = rng.choice([0.0, 0.5, 20.0, 150.0], size) * rng.uniform(0.5, 1.5, size)
+        t = rng.choice([0.0, 4.3, 52.0, 400.0], size)
+        together = bgnbd._alive_purchases_series(r, alpha, a, b, x, age, t)
+        for i in rng.choice(size, min(size, 12), replace=False):
+            alone = bgnbd._alive_purchases_series(r, alpha, a, b, x[i : i + 1], age[i : i + 1], t[i : i + 1])
+            assert alone.tobytes() == together[i : i + 1].tobytes(), (params, x[i], age[i], t[i])
+            assert _close(float(together[i]), bgnbd._alive_purchases(r, alpha, a, b, x[i], age[i], t[i]), 1e-10)
+
+
 def test_expected_purchases_equal_the_papers_hypergeometric_form_where_scipy_is_accurate() -> None:
     # equation 10 as printed, with scipy's hyp2f1, for moderate x and horizons
     r, alpha, a, b = CDNOW.r, CDNOW.alpha, CDNOW.a, CDNOW.b
