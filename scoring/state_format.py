@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 from scoring.state_lanes import (
     AS_OF,
-    BACK,
     COMPLAINTS_30D,
     COMPLAINTS_365D,
     CONTACTS_7D,
@@ -223,9 +222,10 @@ def encode(s: CustomerState) -> bytes:
         head, runs = layout.head, layout.runs
     else:  # some times too far from last_time: stored whole
         wide = 0 if 0 <= ahead < SPAN else TIME_BITS[AS_OF]
-        for i, t in zip([i for i in layout.lanes if i in BACK], times, strict=True):
-            if not last - SPAN < t <= last:
-                wide |= TIME_BITS[i]
+        low = last - SPAN
+        for bit, t in zip(layout.time_bits, times, strict=True):
+            if not low < t <= last:
+                wide |= bit
         head, runs = layout.variants.get(wide) or layout.variant(wide)
     # Each entry of the id memory as its distance from its kind's stream time (the later of its kind and re-key times).
     if len(recent) == 1:  # the usual customer

@@ -314,7 +314,7 @@ def _body(lanes: list[int], flags: int) -> list[str]:
 class _Encoder:
     """How ``encode`` writes the states whose present lanes are these (``nonzero``: the lanes' top bits)."""
 
-    __slots__ = ("flags", "head", "lanes", "packed", "runs", "times", "variants")
+    __slots__ = ("flags", "head", "lanes", "packed", "runs", "time_bits", "times", "variants")
 
     def __init__(self, packed: _Lanes, nonzero: int) -> None:
         slots = sorted({_SLOT_OF[i] for i, b in enumerate(packed.tops) if nonzero >> b & 1})
@@ -325,6 +325,8 @@ class _Encoder:
         times = set(lanes).intersection(BACK)
         types = zip(packed.types, packed.sizes, strict=True)
         self.times = struct.Struct("<" + "".join(t if i in times else f"{n}x" for i, (t, n) in enumerate(types)))
+        #: The header bit of each of those times, in the order ``times`` unpacks them (a time stored whole).
+        self.time_bits = tuple(TIME_BITS[i] for i in sorted(times))
         self.variants: dict[int, tuple[bytes, struct.Struct]] = {}
         self.head, self.runs = self.variant(0)  # every time in 32 bits: the usual case
 
