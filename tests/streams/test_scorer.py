@@ -84,6 +84,17 @@ def history(log: Log, in_time_order: bool = True) -> None:
     publish(log, "transactions", "c1", 50.0, "straggler")  # far behind c1's stream time: late
 
 
+def counter_by(name: str, label: str) -> dict[str, float]:
+    """A counter's values in the process's registry, by one of its labels."""
+    return {
+        sample.labels[label]: sample.value
+        for family in REGISTRY.collect()
+        if family.name == name
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
 def feed_with_models() -> Feed:
     feed = Feed(CFG)
     feed.offer(encode_model({"kind": "clv", "version": 1, "valid_from": 0, "bgnbd": BG, "gamma_gamma": GG}))
@@ -320,13 +331,7 @@ def test_versions_of_both_kinds_at_one_tick_give_each_customer_one_slot(caplog: 
     grid point, as the learner publishes them: the bench's model_rescorings_per_event read twice the scorings."""
 
     def slots() -> dict[str, float]:
-        return {
-            sample.labels["kind"]: sample.value
-            for family in REGISTRY.collect()
-            if family.name == "cvm_rescored_customers"
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        }
+        return counter_by("cvm_rescored_customers", "kind")
 
     feed = feed_with_models()
     model = ChurnModel()
@@ -376,16 +381,9 @@ def test_records_fetched_before_an_assignment_do_not_make_a_hole() -> None:
 
 def test_the_worker_s_cpu_is_charged_to_its_stages() -> None:
     """Every CPU second of the batch loop goes to one stage of cvm_worker_stage_seconds (cvm bench reports them)."""
-    from prometheus_client import REGISTRY
 
     def stages() -> dict[str, float]:
-        return {
-            sample.labels["stage"]: sample.value
-            for family in REGISTRY.collect()
-            if family.name == "cvm_worker_stage_seconds"
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        }
+        return counter_by("cvm_worker_stage_seconds", "stage")
 
     before = stages()
     log = Log(CFG.partitions)
