@@ -4,7 +4,7 @@ The worker's ``/metrics`` (scorings, their CPU, re-scorings, the CPU of each sta
 over its life. Read once after the run, they held its start-up and, worse, the idle scoring it does once the stream
 has gone quiet (every customer re-scored as of the last tick: 136,971 scorings after a 400,000-event run, outside
 the rate's window, about 13 µs per event of ``stage_features_us`` and ``stage_score_us``). :class:`WorkerCounters`
-samples them while the worker works (about once a second: rendering the page costs the worker a few ms) and reads
+samples them while the worker works (about once a second, since rendering the page takes the worker CPU) and reads
 each at the window's two ends by linear interpolation, like ``pipeline_cpu_us_per_event``.
 """
 
