@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cvm import bench_restart
+from cvm import bench_restart, bench_verify
 from cvm.bench_harness import (
     Load,
     Profiler,
@@ -70,13 +70,25 @@ from cvm.bench_harness import (
 from cvm.bench_latency import LatencyPhase, percentile
 from cvm.bench_metrics import STAGES, WorkerCounters, at
 from cvm.bench_restart import KEYS as RESTART_KEYS
+from cvm.bench_verify import KEYS as VERIFY_KEYS
 from cvm.config import Config
 from cvm.exceptions import CvmError
 
 __all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"]
 
 #: What ``--skip`` can leave out; ``pipeline`` also carries ``state_bytes_per_customer`` and ``rss_mb``.
-MEASUREMENTS = ("raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "latency_live", "recovery", "restore")
+MEASUREMENTS = (
+    "raw",
+    "faust",
+    "quix",
+    "pipeline",
+    "pipeline_2w",
+    "verify",
+    "latency",
+    "latency_live",
+    "recovery",
+    "restore",
+)
 
 #: The figures of a run, in the order they are shown, with what each one is.
 KEYS = {
@@ -104,6 +116,7 @@ KEYS = {
     "event (one slot per customer when both kinds are new at one tick)",
     "scoring_cpu_us": "CPU time per customer scoring (features, CLV, tiers, churn, alerts), the single worker",
     **{f"stage_{stage}_us": f"worker Kafka thread CPU per event: {what}" for stage, what in STAGES.items()},
+    **VERIFY_KEYS,
     **RESTART_KEYS,
 }
 
@@ -113,6 +126,7 @@ _PHASES = {
     "quix": "Quix Streams, count per key with RocksDB state (child process)",
     "pipeline": "one cvm worker and the learner",
     "pipeline_2w": "two cvm workers",
+    "verify": "a sink writes the pipeline phases' outputs to ClickHouse, checked exactly against the load",
     "latency": "worker + learner + sink, publishing at pipeline_eps / 2",
     "latency_live": "the same with the events stamped with the wall clock as they are published",
     "recovery": "a worker's table recovered from its changelog, then from its checkpoint",
@@ -175,6 +189,7 @@ class Bench(LatencyPhase):
         self.profile = profile  # py-spy output of the single worker, when asked for
         self.recovery_customers = recovery_customers
         self.errors: dict[str, str] = {}  # measurement → why it failed
+        self.expected: bench_verify.Expected | None = None  # what the load adds up to, once asked for
 
     # --- the run ------------------------------------------------------------------------------------------------
 
@@ -235,10 +250,15 @@ class Bench(LatencyPhase):
             return self.pipeline(workers=1)
         if name == "pipeline_2w":
             return {"pipeline_2w_eps": self.pipeline(workers=2)["pipeline_eps"]}
+        if name == "verify":
+            if so_far["pipeline_eps"] is None and so_far["pipeline_2w_eps"] is None:
+                self.say("verify: nothing to check, no pipeline phase wrote scores")
+                return {}
+            return bench_verify.phase(self, self._expected(load))
         if name == "recovery":
             return bench_restart.recovery(self.cfg, self.recovery_customers)
         if name == "restore":
-            return bench_restart.restore(self)
+            return bench_restart.restore(self, self._expected(load))
         rate = (so_far["pipeline_eps"] or 2000) / 2
         if name == "latency_live":
             figures = self.latency(load.pool, rate, live=True)
@@ -248,6 +268,12 @@ class Bench(LatencyPhase):
                 "p99_live_score_latency_s": figures["p99_score_latency_s"],
             }
         return self.latency(load.pool, rate)
+
+    def _expected(self, load: Load) -> bench_verify.Expected:
+        """What the load must add up to in ClickHouse (computed once, for the verify and restore phases)."""
+        if self.expected is None:
+            self.expected = bench_verify.expect(self.cfg, load.records)
+        return self.expected
 
     def _batch(self, size: int) -> int:
         """``size``, or less for a small load: the first batch is not timed, and a run must time several."""

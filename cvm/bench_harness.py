@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
@@ -45,6 +46,9 @@ __all__ = [
     "peak_rss_mb",
     "publish",
     "py_spy",
+    "raw_rows",
+    "sink_get",
+    "wait_for",
 ]
 
 _EVENTS_PER_CUSTOMER_DAY = 0.1  # a little under the simulator's 0.125 per active day (cvm/simulation_model.py)
@@ -214,6 +218,42 @@ def _cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- waiting on a sink ---------------------------------------------------------------------------------------------
+
+
+def wait_for(bench: Harness, procs: dict[str, Any], done: Any, what: str) -> Any:
+    """Wait until ``done()`` gives something; fail at once when one of ``procs`` (name: process) exits."""
+    deadline = time.monotonic() + bench.timeout * 2
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise bench.fail(
+                    f"{name} exited with code {proc.returncode} while waiting for {what}: {bench.children.tail(name)}"
+                )
+        try:
+            found = done()
+        except (OSError, ValueError, KeyError):
+            found = None
+        if found:
+            return found
+        time.sleep(0.5)
+    raise bench.fail(f"timed out waiting for {what}")
+
+
+def sink_get(cfg: Config, path: str) -> Any:
+    """The JSON answer of the sink of ``cfg`` (its HTTP API) to ``path``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{cfg.http_port}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def raw_rows(cfg: Config) -> int:
+    """Rows of the three raw event tables of ``cfg``'s database, read through its sink."""
+    db = cfg.clickhouse_database
+    query = " + ".join(f"(SELECT count() FROM {db}.{kind})" for kind in ("transactions", "contacts", "payments"))
+    rows = sink_get(cfg, "/api/sql?" + urllib.parse.urlencode({"query": f"SELECT {query} AS n", "format": "json"}))
+    return int(rows[0]["n"])
 
 
 # --- the harness --------------------------------------------------------------------------------------------------

@@ -14,14 +14,15 @@ import os
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cvm.bench_harness import free_port, raw_rows, sink_get, wait_for
+from cvm.bench_verify import Expected, check
 from cvm.config import Config
 from cvm.exceptions import CvmError
+from cvm.verify import verify
 
 if TYPE_CHECKING:
     from cvm.bench_harness import Harness
@@ -40,6 +41,7 @@ KEYS = {
     "recovery_checkpoint_rss_mb": "peak memory of a process recovering it from the checkpoint",
     "restore_events": "events restored from ClickHouse onto a fresh broker",
     "restore_s_per_million": "restore: publish, fold by one worker, rewrite derived tables; s per million events",
+    "restore_verified_customers": "customers of the restored stack whose counts and money match the load exactly",
 }
 
 
@@ -107,17 +109,18 @@ def _recover_here(directory: Path) -> dict[str, Any]:
     return {"customers": len(table), "seconds": round(seconds, 2), "rss_mb": round(peak)}
 
 
-def restore(bench: Harness) -> dict[str, Any]:
-    """Write the bench's load to ClickHouse with a sink, then restore it on a fresh broker."""
+def restore(bench: Harness, expected: Expected) -> dict[str, Any]:
+    """Write the bench's load to ClickHouse with a sink, then restore it on a fresh broker; what the restored stack
+    holds is checked exactly against ``expected`` (:func:`cvm.bench_verify.check`)."""
     from cvm.broker import Broker
 
     cfg = bench.cfg.replace(app_id=f"{bench.cfg.app_id}-restore", clickhouse_database="restore")
     sink = bench.children.start("restore-sink", ["-m", "cvm.cli", "sink"], cfg)
     try:
-        _wait(bench, {"restore-sink": sink}, lambda: _raw_rows(cfg) >= bench.events, "the load in ClickHouse")
+        wait_for(bench, {"restore-sink": sink}, lambda: raw_rows(cfg) >= bench.events, "the load in ClickHouse")
     finally:
         bench.children.stop(sink, timeout=30.0)
-    fresh = cfg.replace(broker_port=_port())
+    fresh = cfg.replace(broker_port=free_port())
     broker = Broker(fresh.broker_port, log_path=bench.workdir / "logs" / "restore-broker.log").start()
     try:
         sink = bench.children.start("restore-sink-2", ["-m", "cvm.cli", "sink"], fresh)
@@ -125,60 +128,28 @@ def restore(bench: Harness) -> dict[str, Any]:
         worker = bench.children.start("restore-worker", ["-m", "cvm.cli", "worker", "--id", "restore"], fresh)
         try:
             procs = {"restore-sink-2": sink, "restore-learner": learner, "restore-worker": worker}
-            status = _wait(bench, procs, lambda: _restored(fresh), "the restore")
+            status = wait_for(bench, procs, lambda: _restored(fresh), "the restore")
+            e = expected
+            report = verify(fresh, e.expectation, e.published, e.dead_letters, wait=bench.timeout * 2)
         finally:
             for proc in (worker, learner, sink):
                 bench.children.stop(proc, timeout=30.0)
     finally:
         broker.stop()
     events, seconds = int(status["published"]), float(status["seconds"])
-    return {"restore_events": events, "restore_s_per_million": round(seconds / max(events, 1) * 1e6, 1)}
-
-
-def _wait(bench: Harness, procs: dict[str, Any], done: Any, what: str) -> Any:
-    """Wait until ``done()`` gives something; fail at once when one of ``procs`` (name: process) exits."""
-    deadline = time.monotonic() + bench.timeout * 2
-    while time.monotonic() < deadline:
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                raise bench.fail(
-                    f"{name} exited with code {proc.returncode} while waiting for {what}: {bench.children.tail(name)}"
-                )
-        try:
-            found = done()
-        except (OSError, ValueError, KeyError):
-            found = None
-        if found:
-            return found
-        time.sleep(0.5)
-    raise bench.fail(f"timed out waiting for {what}")
-
-
-def _get(cfg: Config, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{cfg.http_port}{path}", timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def _raw_rows(cfg: Config) -> int:
-    db = cfg.clickhouse_database
-    query = " + ".join(f"(SELECT count() FROM {db}.{kind})" for kind in ("transactions", "contacts", "payments"))
-    rows = _get(cfg, "/api/sql?" + urllib.parse.urlencode({"query": f"SELECT {query} AS n", "format": "json"}))
-    return int(rows[0]["n"])
+    verified = check(report, "the restored customers")["verified_customers"]
+    return {
+        "restore_events": events,
+        "restore_s_per_million": round(seconds / max(events, 1) * 1e6, 1),
+        "restore_verified_customers": verified,
+    }
 
 
 def _restored(cfg: Config) -> dict[str, Any] | None:
-    status = ((_get(cfg, "/api/status").get("writer") or {}).get("restore")) or {}
+    status = ((sink_get(cfg, "/api/status").get("writer") or {}).get("restore")) or {}
     if status.get("state") == "failed":
         raise CvmError(f"the restore failed: {status.get('error')}")
     return status if status.get("state") == "done" else None
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":  # the recovery's child process: python -m cvm.bench_restart DIRECTORY

@@ -178,7 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         action="append",
-        choices=["raw", "faust", "quix", "pipeline", "pipeline_2w", "latency", "latency_live", "recovery", "restore"],
+        choices=[
+            "raw",
+            "faust",
+            "quix",
+            "pipeline",
+            "pipeline_2w",
+            "verify",
+            "latency",
+            "latency_live",
+            "recovery",
+            "restore",
+        ],
         help="leave out a measurement (repeatable)",
     )
     p.add_argument(

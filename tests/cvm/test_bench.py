@@ -52,6 +52,8 @@ def test_small_run_reports_every_figure() -> None:
     assert result["model_rescorings_per_event"] > 0 and result["stage_models_us"] > 0, result
     for stage in ("consume", "decode", "fold", "features", "score", "models", "emit", "changelog", "commit"):
         assert result[f"stage_{stage}_us"] > 0, (stage, result)
+    # the verify phase: what both pipeline phases wrote, in ClickHouse, matches what the load adds up to, exactly
+    assert result["verify_mismatches"] == 0 and result["verified_customers"] == result["customers"], result
     assert 0 < result["seconds"] < 540
 
 
@@ -129,6 +131,8 @@ def test_recovery_and_restore_are_measured() -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["recovery_customers"] == 5000 and result["restore_events"] == 3000, result
+    assert result["restore_verified_customers"] == result["customers"], result  # checked exactly against the load
+    assert result["verified_customers"] is None  # no pipeline phase: nothing for the verify phase to check
     assert all(result[key] is not None for key in RESTART_KEYS), result
     for key in ("recovery_changelog_s", "recovery_checkpoint_s", "checkpoint_write_s", "restore_s_per_million"):
         assert result[key] > 0, (key, result)
@@ -153,7 +157,7 @@ def test_the_restore_phase_fails_at_once_when_its_worker_or_learner_dies(tmp_pat
     """The restore phase watched only its sink: a crashed worker left `cvm bench` waiting ~16 minutes."""
     import time
 
-    from cvm.bench_restart import _wait
+    from cvm.bench_harness import wait_for
     from cvm.exceptions import CvmError
 
     class Proc:
@@ -176,7 +180,7 @@ def test_the_restore_phase_fails_at_once_when_its_worker_or_learner_dies(tmp_pat
 
     started = time.monotonic()
     with pytest.raises(CvmError, match="restore-worker exited with code 1 .*ValueError: boom"):
-        _wait(Bench(), {"sink": Proc(None), "restore-worker": Proc(1)}, lambda: None, "the restore")  # type: ignore[arg-type]
+        wait_for(Bench(), {"sink": Proc(None), "restore-worker": Proc(1)}, lambda: None, "the restore")  # type: ignore[arg-type]
     assert time.monotonic() - started < 5
 
 
