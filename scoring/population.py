@@ -28,6 +28,8 @@ import math
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from itertools import accumulate
+from typing import NamedTuple
 
 __all__ = ["METRICS", "Population"]
 
@@ -46,6 +48,17 @@ def _bucket(metric: str, value: float) -> int:
     return b if value > 0 else -b
 
 
+class _View(NamedTuple):
+    """A metric's frozen histogram: its buckets in order, where each is in that order, their counts, how many
+    customers lie below each, and how many in all."""
+
+    keys: list[int]
+    index: dict[int, int]
+    counts: list[int]
+    below: list[int]
+    total: int
+
+
 class Population:
     """Histograms of the customers' current values, one per metric.
 
@@ -61,8 +74,9 @@ class Population:
         self.tier_a_share = tier_a_share
         self.tier_b_share = tier_b_share
         self.counts: dict[str, Counter[int]] = {m: Counter() for m in METRICS}
-        self._frozen: dict[str, tuple[list[int], list[int], int, dict[int, float]]] = {}
+        self._frozen: dict[str, _View] = {}
         self._dirty: set[str] = set(METRICS)  # metrics whose counts changed since the last freeze
+        self._reshaped: set[str] = set(METRICS)  # ... and whose buckets did (one appeared or emptied)
 
     def update(self, metric: str, old: float | None, new: float | None) -> None:
         """Move one customer's value from ``old`` to ``new`` (``None``: not counted)."""
@@ -78,8 +92,11 @@ class Population:
             counts[b_old] -= 1
             if counts[b_old] <= 0:
                 del counts[b_old]
+                self._reshaped.add(metric)
         if b_new is not None:
             self._dirty.add(metric)
+            if b_new not in counts:
+                self._reshaped.add(metric)
             counts[b_new] += 1
 
     def move(self, old: Mapping[str, float | None], new: Mapping[str, float | None]) -> None:
@@ -97,11 +114,13 @@ class Population:
         """Forget every customer's value of ``metric`` (they are all about to be counted again)."""
         self.counts[metric] = Counter()
         self._dirty.add(metric)
+        self._reshaped.add(metric)
 
     def rebuild(self, values: Iterable[dict[str, float | None]]) -> None:
         """Start again from every customer's values (e.g. the table after a rebalance)."""
         self.counts = {m: Counter() for m in METRICS}
         self._dirty = set(METRICS)
+        self._reshaped = set(METRICS)
         for row in values:
             for metric, value in row.items():
                 if value is not None:
@@ -109,40 +128,44 @@ class Population:
         self.freeze()
 
     def freeze(self) -> None:
-        """Take the view :meth:`percentile` reads (once per batch; only the metrics whose counts moved)."""
+        """Take the view :meth:`percentile` reads (once per batch; only the metrics whose counts moved).
+
+        A view is the buckets' counts in order and their running sums; the buckets' order and positions are sorted
+        again only when a bucket appeared or emptied since the last freeze (at a tick most customers stay in their
+        buckets). Each bucket's mid-rank is computed when read, from the same numbers in the same operations as a
+        table of them would be."""
         frozen = dict(self._frozen)
         for metric in self._dirty:
             counts = self.counts[metric]
-            keys = sorted(counts)
-            below, total = [], 0
-            for k in keys:
-                below.append(total)
-                total += counts[k]
-            # each bucket's mid-rank, once per freeze rather than once per percentile
-            frozen[metric] = (
-                keys,
-                below,
-                total,
-                {k: (b + counts[k] / 2) / total for k, b in zip(keys, below, strict=True)},
-            )
+            view = frozen.get(metric)
+            if view is None or metric in self._reshaped:
+                keys = sorted(counts)
+                index = {k: i for i, k in enumerate(keys)}
+            else:
+                keys, index = view.keys, view.index
+            in_order = [counts[k] for k in keys]
+            below = list(accumulate(in_order, initial=0))
+            total = below.pop()
+            frozen[metric] = _View(keys, index, in_order, below, total)
         self._frozen = frozen
         self._dirty = set()
+        self._reshaped = set()
 
     def size(self, metric: str) -> int:
         """Customers counted in ``metric`` in the frozen view."""
         view = self._frozen.get(metric)
-        return view[2] if view else 0
+        return view.total if view else 0
 
     def percentile(self, metric: str, value: float) -> float:
         """Share of the population below ``value`` (mid-rank within its bucket), in [0, 1]; 0.5 when empty."""
         view = self._frozen.get(metric)
-        if not view or not view[2]:
+        if not view or not view.total:
             return 0.5
-        keys, below, total, mid = view
+        keys, index, counts, below, total = view
         b = _bucket(metric, value)
-        p = mid.get(b)
-        if p is not None:
-            return p
+        i = index.get(b)
+        if i is not None:
+            return (below[i] + counts[i] / 2) / total  # the bucket's mid-rank
         i = bisect_left(keys, b)  # a bucket no one is in: the share of those below it
         return (below[i] if i < len(keys) else total) / total
 
