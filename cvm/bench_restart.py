@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvm.bench_harness import free_port, raw_rows, sink_get, wait_for
-from cvm.bench_verify import Expected, check
+from cvm.bench_verify import Expected, check, load_config
 from cvm.config import Config
 from cvm.exceptions import CvmError
 from cvm.verify import verify
@@ -114,7 +114,7 @@ def restore(bench: Harness, expected: Expected) -> dict[str, Any]:
     holds is checked exactly against ``expected`` (:func:`cvm.bench_verify.check`)."""
     from cvm.broker import Broker
 
-    cfg = bench.cfg.replace(app_id=f"{bench.cfg.app_id}-restore", clickhouse_database="restore")
+    cfg = load_config(bench.cfg)  # the verify phase's: the load is written already when it ran
     sink = bench.children.start("restore-sink", ["-m", "cvm.cli", "sink"], cfg)
     try:
         wait_for(bench, {"restore-sink": sink}, lambda: raw_rows(cfg) >= bench.events, "the load in ClickHouse")

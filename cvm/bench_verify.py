@@ -8,7 +8,8 @@ counts and the money to the cent, the raw tables, late events and dead letters, 
 the score history with two different sets of figures. A throughput figure is worth nothing if the numbers behind it
 are wrong: a mismatch fails the phase (and ``cvm bench`` exits non-zero) with the first differences.
 
-The restore phase (:mod:`cvm.bench_restart`) checks the customers it restored against the same expectation.
+The restore phase (:mod:`cvm.bench_restart`) restores from the same database (:func:`load_config`: the load is
+written once when both phases run) and checks the customers it restored against the same expectation.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from scoring.currency import Rates
 if TYPE_CHECKING:
     from cvm.bench_harness import Harness
 
-__all__ = ["KEYS", "Expected", "expect", "phase"]
+__all__ = ["KEYS", "Expected", "check", "expect", "load_config", "phase"]
 
 KEYS = {
     "verified_customers": "customers whose counts and money in ClickHouse match the load exactly (verify phase)",
@@ -74,10 +75,16 @@ def expect(cfg: Config, records: Sequence[tuple[str, bytes, bytes]]) -> Expected
     return Expected(expectation, published, dead)
 
 
+def load_config(cfg: Config) -> Config:
+    """Where a sink writes the bench's topics to ClickHouse: the verify phase's sink and the restore phase's first
+    one share its consumer group and its database, so that the second finds the load written and only checks it."""
+    return cfg.replace(app_id=f"{cfg.app_id}-load", clickhouse_database="load")
+
+
 def phase(bench: Harness, expected: Expected) -> dict[str, Any]:
     """A sink on the bench's topics, into a database of its own; ClickHouse compared with ``expected`` until it
     matches or stops changing. Raises :class:`CvmError` with the first differences when it does not match."""
-    cfg = bench.cfg.replace(app_id=f"{bench.cfg.app_id}-verify", clickhouse_database="verify")
+    cfg = load_config(bench.cfg)
     sink = bench.children.start("verify-sink", ["-m", "cvm.cli", "sink"], cfg)
     try:
         report = _compare(bench, cfg, expected, {"verify-sink": sink})

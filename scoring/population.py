@@ -53,7 +53,7 @@ class _View(NamedTuple):
     customers lie below each, and how many in all."""
 
     keys: list[int]
-    index: dict[int, int]
+    position: dict[int, int]
     counts: list[int]
     below: list[int]
     total: int
@@ -140,13 +140,13 @@ class Population:
             view = frozen.get(metric)
             if view is None or metric in self._reshaped:
                 keys = sorted(counts)
-                index = {k: i for i, k in enumerate(keys)}
+                position = {k: i for i, k in enumerate(keys)}
             else:
-                keys, index = view.keys, view.index
+                keys, position = view.keys, view.position
             in_order = [counts[k] for k in keys]
             below = list(accumulate(in_order, initial=0))
             total = below.pop()
-            frozen[metric] = _View(keys, index, in_order, below, total)
+            frozen[metric] = _View(keys, position, in_order, below, total)
         self._frozen = frozen
         self._dirty = set()
         self._reshaped = set()
@@ -161,9 +161,9 @@ class Population:
         view = self._frozen.get(metric)
         if not view or not view.total:
             return 0.5
-        keys, index, counts, below, total = view
+        keys, position, counts, below, total = view
         b = _bucket(metric, value)
-        i = index.get(b)
+        i = position.get(b)
         if i is not None:
             return (below[i] + counts[i] / 2) / total  # the bucket's mid-rank
         i = bisect_left(keys, b)  # a bucket no one is in: the share of those below it
