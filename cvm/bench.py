@@ -71,24 +71,15 @@ from cvm.bench_latency import LatencyPhase, percentile
 from cvm.bench_metrics import STAGES, WorkerCounters, at
 from cvm.bench_restart import KEYS as RESTART_KEYS
 from cvm.bench_verify import KEYS as VERIFY_KEYS
+from cvm.cli import BENCH_MEASUREMENTS
 from cvm.config import Config
 from cvm.exceptions import CvmError
 
 __all__ = ["KEYS", "MEASUREMENTS", "Bench", "format_table", "main", "percentile"]
 
-#: What ``--skip`` can leave out; ``pipeline`` also carries ``state_bytes_per_customer`` and ``rss_mb``.
-MEASUREMENTS = (
-    "raw",
-    "faust",
-    "quix",
-    "pipeline",
-    "pipeline_2w",
-    "verify",
-    "latency",
-    "latency_live",
-    "recovery",
-    "restore",
-)
+#: What ``--skip`` can leave out (listed where the command line is parsed); ``pipeline`` also carries
+#: ``state_bytes_per_customer`` and ``rss_mb``.
+MEASUREMENTS = BENCH_MEASUREMENTS
 
 #: The figures of a run, in the order they are shown, with what each one is.
 KEYS = {

@@ -18,6 +18,21 @@ from cvm.logs import setup_logging
 
 __all__ = ["main"]
 
+#: What ``cvm bench`` measures, in its order (``--skip`` leaves one out): here, where the parser is built, so that no
+#: command imports the bench to list them; :data:`cvm.bench.MEASUREMENTS` is this tuple.
+BENCH_MEASUREMENTS = (
+    "raw",
+    "faust",
+    "quix",
+    "pipeline",
+    "pipeline_2w",
+    "verify",
+    "latency",
+    "latency_live",
+    "recovery",
+    "restore",
+)
+
 #: sub-command → module whose ``main(cfg, args)`` runs it
 COMMANDS = {
     "broker": "cvm.broker_cmd",
@@ -178,18 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         action="append",
-        choices=[
-            "raw",
-            "faust",
-            "quix",
-            "pipeline",
-            "pipeline_2w",
-            "verify",
-            "latency",
-            "latency_live",
-            "recovery",
-            "restore",
-        ],
+        choices=BENCH_MEASUREMENTS,
         help="leave out a measurement (repeatable)",
     )
     p.add_argument(

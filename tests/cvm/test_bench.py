@@ -81,7 +81,8 @@ def test_table_shows_skipped_figures_as_dashes() -> None:
 
 
 def test_every_measurement_can_be_skipped_from_the_command_line() -> None:
-    """`cvm bench --skip` lists the measurements itself (importing the bench would slow every cvm command)."""
+    """`cvm bench --skip` offers every measurement (the parser lists them without importing the bench, which would slow
+    every cvm command)."""
     from cvm.cli import build_parser
 
     bench = build_parser()._subparsers._group_actions[0].choices["bench"]  # type: ignore[union-attr]
