@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cvm.bench_harness import raw_rows, wait_for
@@ -37,13 +38,13 @@ KEYS = {
 }
 
 
+@dataclass(frozen=True)
 class Expected:
     """What the load must add up to in ClickHouse, and how many of its records must be dead letters."""
 
-    def __init__(self, expectation: Expectation, published: Published, dead_letters: int) -> None:
-        self.expectation = expectation
-        self.published = published
-        self.dead_letters = dead_letters
+    expectation: Expectation
+    published: Published
+    dead_letters: int
 
 
 def expect(cfg: Config, records: Sequence[tuple[str, bytes, bytes]]) -> Expected:
