@@ -2,11 +2,12 @@
 
 The workers of the ``pipeline`` and ``pipeline_2w`` phases write their scores to the bench's ``customer-scores``
 topic (two consumer groups on the same events: every customer is scored by both). This phase starts a sink on the
-bench's topics (a ClickHouse database of its own) and compares what it writes with what the published load must add
-up to, computed from the load alone by :class:`cvm.verify.Expectation`: per customer of ``customers FINAL`` the
-counts and the money to the cent, the raw tables, late events and dead letters, and no ``(customer, version)`` of
-the score history with two different sets of figures. A throughput figure is worth nothing if the numbers behind it
-are wrong: a mismatch fails the phase (and ``cvm bench`` exits non-zero) with the first differences.
+bench's topics (into the database :func:`load_config` names, apart from the latency phases') and compares what it
+writes with what the published load must add up to, computed from the load alone by
+:class:`cvm.verify.Expectation`: per customer of ``customers FINAL`` the counts and the money to the cent, the raw
+tables, late events and dead letters, and no ``(customer, version)`` of the score history with two different sets
+of figures. A throughput figure is worth nothing if the numbers behind it are wrong: a mismatch fails the phase
+(and ``cvm bench`` exits non-zero) with the first differences.
 
 The restore phase (:mod:`cvm.bench_restart`) restores from the same database (:func:`load_config`: the load is
 written once when both phases run) and checks the customers it restored against the same expectation.
@@ -83,8 +84,8 @@ def load_config(cfg: Config) -> Config:
 
 
 def phase(bench: Harness, expected: Expected) -> dict[str, Any]:
-    """A sink on the bench's topics, into a database of its own; ClickHouse compared with ``expected`` until it
-    matches or stops changing. Raises :class:`CvmError` with the first differences when it does not match."""
+    """A sink on the bench's topics, into the database of :func:`load_config`; ClickHouse compared with ``expected``
+    until it matches or stops changing. Raises :class:`CvmError` with the first differences when it does not match."""
     cfg = load_config(bench.cfg)
     sink = bench.children.start("verify-sink", ["-m", "cvm.cli", "sink"], cfg)
     try:
