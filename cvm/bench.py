@@ -10,6 +10,9 @@ load once with :mod:`cvm.simulation` (the three topics' natural mix, 200,000 cus
 ``quix_eps``                     Quix Streams counting per key in RocksDB state with its changelog (child process)
 ``pipeline_eps``                 one ``cvm worker`` process beside ``cvm learner``: decode, fold, score under the models
                                  the learner publishes as stream time passes, table + changelog, scores emitted
+``floor_eps``                    the pipeline's outputs alone (its score messages per event, as JSON, and a changelog
+                                 record per event) after consume + decode, no fold or scoring: the ceiling of cvm's
+                                 outputs (:mod:`cvm.bench_floor`)
 ``pipeline_2w_eps``              two ``cvm worker`` processes in one group, under the models published during the above
 ``p50_latency_s``, ``p99_..``    publish → the customer's row in ClickHouse covers the event, at ``pipeline_eps / 2``
 ``p50_score_latency_s``, ..      publish → a score record covering it (the worker's share of the latency)
@@ -57,7 +60,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cvm import bench_restart, bench_verify
+from cvm import bench_floor, bench_restart, bench_verify
+from cvm.bench_floor import KEYS as FLOOR_KEYS
 from cvm.bench_harness import (
     Load,
     Profiler,
@@ -88,6 +92,7 @@ KEYS = {
     "quix_eps": "Quix Streams, count per key in RocksDB state (+ changelog)",
     "pipeline_eps": "cvm worker x1 + learner: decode, fold, score under the models, table + changelog, emit",
     "pipeline_2w_eps": "cvm worker x2, one consumer group, under the models the learner published in x1",
+    **FLOOR_KEYS,
     "p50_latency_s": "publish -> row in ClickHouse, median, at pipeline_eps/2",
     "p99_latency_s": "publish -> row in ClickHouse, 99th percentile",
     "p50_score_latency_s": "publish -> score record sent by the worker, median",
@@ -116,6 +121,7 @@ _PHASES = {
     "faust": "a Faust agent that only iterates (child process)",
     "quix": "Quix Streams, count per key with RocksDB state (child process)",
     "pipeline": "one cvm worker and the learner",
+    "floor": "the pipeline's outputs alone, no fold or scoring: the ceiling of cvm's outputs",
     "pipeline_2w": "two cvm workers",
     "verify": "a sink writes the pipeline phases' outputs to ClickHouse, checked exactly against the load",
     "latency": "worker + learner + sink, publishing at pipeline_eps / 2",
@@ -241,6 +247,11 @@ class Bench(LatencyPhase):
             return self.pipeline(workers=1)
         if name == "pipeline_2w":
             return {"pipeline_2w_eps": self.pipeline(workers=2)["pipeline_eps"]}
+        if name == "floor":
+            if so_far["scorings_per_event"] is None:
+                self.say("floor: left out, it sends what the pipeline phase sent per event (skipped or failed)")
+                return {}
+            return bench_floor.phase(self, self.ends, so_far["scorings_per_event"], self._batch(self.cfg.worker_batch))
         if name == "verify":
             if so_far["pipeline_eps"] is None and so_far["pipeline_2w_eps"] is None:
                 self.say("verify: nothing to check, no pipeline phase wrote scores")
@@ -429,6 +440,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"pipeline_eps / faust_empty_eps = {pipeline / faust:.2f} (target >= 1)")
     if pipeline and quix:
         lines.append(f"pipeline_eps / quix_eps = {pipeline / quix:.3f} (target >= 0.6)")
+    floor = result.get("floor_eps")
+    if floor and quix:
+        lines.append(f"floor_eps / quix_eps = {floor / quix:.3f} (the most cvm's outputs allow against Quix)")
     two = result.get("pipeline_2w_eps")
     if pipeline and two:
         lines.append(f"pipeline_2w_eps / pipeline_eps = {two / pipeline:.2f} (target >= 1.8)")

@@ -25,6 +25,7 @@ BENCH_MEASUREMENTS = (
     "faust",
     "quix",
     "pipeline",
+    "floor",
     "pipeline_2w",
     "verify",
     "latency",

@@ -53,6 +53,8 @@ def test_small_run_reports_every_figure() -> None:
     assert result["model_rescorings_per_event"] > 0 and result["stage_models_us"] > 0, result
     for stage in ("consume", "decode", "fold", "features", "score", "models", "emit", "changelog", "commit"):
         assert result[f"stage_{stage}_us"] > 0, (stage, result)
+    # the floor phase sent the pipeline's outputs again (it fails when it sent another count of score messages)
+    assert result["floor_eps"] > 0 and result["floor_cpu_us_per_event"] > 0, result
     # the verify phase: what both pipeline phases wrote, in ClickHouse, matches what the load adds up to, exactly
     assert result["verify_mismatches"] == 0 and result["verified_customers"] == result["customers"], result
     assert result["restore_events"] == 3000 and result["restore_verified_customers"] == result["customers"], result
@@ -136,6 +138,7 @@ def test_recovery_and_restore_are_measured() -> None:
     assert result["recovery_customers"] == 5000 and result["restore_events"] == 3000, result
     assert result["restore_verified_customers"] == result["customers"], result  # checked exactly against the load
     assert result["verified_customers"] is None  # no pipeline phase: nothing for the verify phase to check
+    assert result["floor_eps"] is None  # nor for the floor phase to send again
     assert all(result[key] is not None for key in RESTART_KEYS), result
     for key in ("recovery_changelog_s", "recovery_checkpoint_s", "checkpoint_write_s", "restore_s_per_million"):
         assert result[key] > 0, (key, result)
