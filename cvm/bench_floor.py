@@ -75,8 +75,8 @@ def messages(per_event: float, events: int) -> int:
 
 @dataclass(frozen=True)
 class Floor:
-    """What the phase timed: events after the first batch, the wall time from it to the end, the CPU time of the
-    whole process (all events), the score messages sent."""
+    """What the phase timed: the events, those after the first batch and the wall time from its end to the last
+    one's, the CPU time of the whole process over all events, the score messages sent."""
 
     events: int
     timed: int
@@ -149,7 +149,7 @@ def run(
             raise CvmError(f"floor read {seen:,} of {events:,} events in {timeout:.0f}s")
         msgs = consumer.consume(num_messages=batch, timeout=1.0)
         if msgs and not seen:
-            started, cpu_started = time.perf_counter(), time.process_time()
+            cpu_started = time.process_time()
         positions: dict[tuple[str, int], int] = {}
         n = 0
         for msg in msgs:
@@ -167,11 +167,11 @@ def run(
             n += 1
         if not n:
             continue
-        if not seen:
-            first = n
-        seen += n
         producer.flush()
         consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()], asynchronous=False)
+        if not seen:  # the clock starts after the first batch, as for the other rates
+            first, started = n, time.perf_counter()
+        seen += n
     return Floor(seen, seen - first, time.perf_counter() - started, time.process_time() - cpu_started, sent)
 
 
