@@ -179,9 +179,9 @@ def _sample(bench: Harness, topic: str, skip: tuple[bytes, ...] = ()) -> list[by
     """About :data:`SAMPLE` values of ``topic``, spread evenly over it (a record in every ``stride`` of each
     partition): what the worker sent all through the phase, not its first, smaller states. Keys in ``skip`` and
     empty values are left out."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-    from cvm.kafka import make_consumer
+    from cvm.kafka import make_consumer, read_to_end
 
     cfg = bench.cfg
     group = f"{cfg.app_id}-floor-read-{uuid.uuid4().hex[:8]}"
@@ -192,17 +192,12 @@ def _sample(bench: Harness, topic: str, skip: tuple[bytes, ...] = ()) -> list[by
         total = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1] for p in partitions)
         stride = max(1, total // SAMPLE)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        pending, deadline = set(partitions), time.monotonic() + 120.0
-        while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=10000, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - its public name
-                        pending.discard(msg.partition())
-                    continue
-                value = msg.value()
-                if msg.offset() % stride == 0 and value and msg.key() not in skip:
-                    values.append(value)
+        for msg in read_to_end(consumer, partitions, 120.0, f"floor: reading {topic}"):
+            value = msg.value()
+            if msg.offset() % stride == 0 and value and msg.key() not in skip:
+                values.append(value)
+    except TimeoutError as exc:
+        raise bench.fail(str(exc)) from None
     finally:
         consumer.close()
     return values

@@ -15,12 +15,12 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cvm import metrics
@@ -179,6 +179,23 @@ EMBEDDED_CONSUMER = {"queued.min.messages": 1, "fetch.queue.backoff.ms": 100}
 
 #: A group member that stops heartbeating (a killed worker) loses its partitions after this many seconds.
 SESSION_TIMEOUT_S = 6.0
+
+
+def read_to_end(consumer: Consumer, partitions: Iterable[int], timeout: float, what: str) -> Iterator[Message]:
+    """The records of ``partitions`` (of the one topic ``consumer`` is assigned, with ``enable.partition.eof``) up
+    to where each ends; ``TimeoutError`` naming ``what`` when that takes over ``timeout`` seconds."""
+    pending = set(partitions)
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: partitions {sorted(pending)} took over {timeout:g}s")
+        for msg in consumer.consume(num_messages=10000, timeout=0.5):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - its public name
+                    pending.discard(msg.partition())
+                continue
+            yield msg
 
 
 def make_consumer(cfg: Config, group: str, **extra: Any) -> Consumer:

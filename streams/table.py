@@ -43,7 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cvm.config import Config
 from cvm.epoch import read as read_epoch
-from cvm.kafka import TopicSpec, create_topic, make_consumer
+from cvm.kafka import TopicSpec, create_topic, make_consumer, read_to_end
 
 __all__ = ["MARKER", "CustomerTable", "Table"]
 
@@ -209,29 +209,19 @@ class CustomerTable:
         read = 0
         try:
             consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in starts.items()])
-            pending = set(starts)
-            deadline = time.monotonic() + timeout
-            while pending:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"recovering {self.topic} partitions {sorted(pending)} took over {timeout:g}s")
-                for msg in consumer.consume(num_messages=10000, timeout=0.5):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - its public name
-                            pending.discard(msg.partition())
-                        continue
-                    partition, key, value = msg.partition(), msg.key(), msg.value()
-                    read += 1
-                    self._end[partition] = msg.offset() + 1
-                    source, n = self.recovered[partition]
-                    self.recovered[partition] = (source, n + 1)
-                    if key is None or key == MARKER:
-                        continue
-                    entries = self.partitions[partition]
-                    if value:
-                        entries[key] = value
-                    else:
-                        entries.pop(key, None)
+            for msg in read_to_end(consumer, starts, timeout, f"recovering {self.topic}"):
+                partition, key, value = msg.partition(), msg.key(), msg.value()
+                read += 1
+                self._end[partition] = msg.offset() + 1
+                source, n = self.recovered[partition]
+                self.recovered[partition] = (source, n + 1)
+                if key is None or key == MARKER:
+                    continue
+                entries = self.partitions[partition]
+                if value:
+                    entries[key] = value
+                else:
+                    entries.pop(key, None)
         finally:
             consumer.close()
         for partition, offset in starts.items():
