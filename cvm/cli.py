@@ -103,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=_positive_float, help="stop live traffic after this many seconds")
     p.add_argument(
-        "--live-only",
-        action="store_true",
-        help="draw the history without publishing it, then publish live events: the customers go on from a history "
-        "already published (what cvm up runs when ClickHouse holds one)",
+        "--published",
+        type=int,
+        default=0,
+        metavar="N",
+        help="an earlier run with the same --customers, --days and --seed published its first N events: draw them "
+        "without publishing them and go on from there (what cvm up runs when ClickHouse holds them)",
     )
 
     p = sub.add_parser("replay", help="publish a history file through the live topics")

@@ -16,9 +16,12 @@ sees traffic and a few churns within minutes; the spacing of a payment's due and
 is kept as modelled. ``--rate`` caps the events per second; ``--duration`` (counted from the start of the command;
 the history is always published whole) and SIGTERM/SIGINT end it.
 
-``--live-only`` draws the history without publishing it, then goes live: the customers go on from a history an
-earlier run published. ``cvm up`` runs the simulator so when ClickHouse already holds a history (a second start):
-publishing a new history would give the same customers a second, overlapping one (their transactions doubled).
+``--published N`` draws the first ``N`` events this simulation would publish without publishing them, then publishes
+what follows: the rest of the history, then live events, whose clock starts at the first one published. ``cvm up``
+runs the simulator so when ClickHouse already holds what an earlier run published (a second start, same
+``--customers``, ``--days`` and ``--seed``): publishing a new history would give the same customers a second,
+overlapping one (their transactions doubled), and starting live traffic over would publish the earlier run's live
+events again, restamped (the customers that arrived live would arrive a second time).
 """
 
 from __future__ import annotations
@@ -165,9 +168,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
     days = args.days or 180
     live = _goes_live(args)
-    live_only = getattr(args, "live_only", False)
-    if live_only and (args.out or not live):
-        raise CvmError("--live-only publishes live events: give --duration (or no --days), not --out")
+    published = args.published or 0
+    if published < 0:
+        raise CvmError(f"--published {published}: a count of events, 0 or more")
+    if published and args.out:
+        raise CvmError("--published skips events published before: it does not go with --out")
     sim = Simulation(args.customers, days, args.seed, _end_ms(args))
     _check_span(cfg, sim)
     settled()  # its customers live until the end
@@ -182,7 +187,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             span = max(1, sim.end_ms - sim.start_ms)
             drawn = 0
             for kind, rec in _in_currency(sim.history(), cfg.base_currency):
-                if live_only:  # the lives up to now, already published by an earlier run: drawn, not sent
+                if drawn < published:  # the lives up to now, already published by an earlier run: drawn, not sent
                     drawn += 1
                     if not drawn & 1023 and stop.requested:
                         break
@@ -192,13 +197,15 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                     progress.update(pub.published, (rec["event_time"] - sim.start_ms) / span, "history")
                     if stop.requested:
                         break
-            if live_only:
-                print(f"cvm simulate: {drawn:,} events of history drawn, not published (--live-only)", file=sys.stderr)
+            if published:
+                print(f"cvm simulate: {drawn:,} events of history drawn, not published (--published)", file=sys.stderr)
             if args.truth:
                 _write_truth(args.truth, sim.truth())
             if live and not stop.requested:
                 pub.flush()
-                time_of = _run_live(sim, pub, progress, stop, started + (args.duration or math.inf), cfg.base_currency)
+                deadline = started + (args.duration or math.inf)
+                skip = max(0, published - drawn)  # of the live events
+                time_of = _run_live(sim, pub, progress, stop, deadline, cfg.base_currency, skip)
             progress.close()
             pub.flush()
     progress.close()
@@ -216,26 +223,39 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _run_live(
-    sim: Simulation, pub: Publisher, progress: Progress, stop: StopSignals, deadline: float, currency: str = "EUR"
+    sim: Simulation,
+    pub: Publisher,
+    progress: Progress,
+    stop: StopSignals,
+    deadline: float,
+    currency: str = "EUR",
+    skip: int = 0,
 ) -> Callable[[int], int]:
-    """Publish live events stamped with the wall clock until the deadline or a stop signal.
+    """Publish live events stamped with the wall clock until the deadline or a stop signal, after drawing the first
+    ``skip`` of them without publishing them (an earlier run published them: ``--published``).
 
     A history that ended in the past (``--end 1998-06-30``, more than a day ago) goes on from its end instead: live
     events are stamped with the time elapsed since live traffic started, added to the history's end, so event time
     stays continuous (the customers do not fall silent for the years between). Returns the map from model time to
     published time, for the truth file.
     """
+    live = sim.live()
+    end = origin = sim.end_ms
+    for _ in range(skip):  # unbounded: next() always has one
+        origin = next(live)[0]
     now = int(time.time() * 1000)
-    end = sim.end_ms
     wall0 = max(now, end + 1)
-    shift = 0 if end >= now - DAY_MS else wall0 - (end + 1)  # stamps = the wall clock - shift
+    # the first event published is stamped with the wall clock, or, after a history that ended in the past, where
+    # the live events drawn before it left off
+    first = wall0 if end >= now - DAY_MS else end + 1 + int((origin - end) / LIVE_SPEEDUP)
+    shift = wall0 - first  # stamps = the wall clock - shift
 
     def time_of(t: int) -> int:
-        return t if t <= end else wall0 - shift + int((t - end) / LIVE_SPEEDUP)
+        return t if t <= end else first + int((t - origin) / LIVE_SPEEDUP)
 
     last = wall0 - shift
     n = 0
-    for t, kind, rec in sim.live():
+    for t, kind, rec in live:
         due = time_of(t) + shift  # on the wall clock
         while True:
             if stop.requested or time.monotonic() >= deadline:

@@ -300,13 +300,13 @@ def restart_dead(children: list[Child], env: dict[str, str], logs: Path) -> bool
 
 
 def simulator_argv(argv: list[str], restored: int) -> list[str]:
-    """The simulator's arguments once the restore is over: after ``restored`` events of an earlier run came back
-    from ClickHouse, its customers go on living (``--live-only``) rather than get a second history.
+    """The simulator's arguments once the restore is over: ``restored`` events of an earlier run came back from
+    ClickHouse, and the simulator goes on after them (``--published``) rather than publish them again.
 
     >>> simulator_argv(["simulate", "--days", "60"], 0), simulator_argv(["simulate", "--days", "60"], 3459)
-    (['simulate', '--days', '60'], ['simulate', '--days', '60', '--live-only'])
+    (['simulate', '--days', '60'], ['simulate', '--days', '60', '--published', '3459'])
     """
-    return [*argv, "--live-only"] if restored else argv
+    return [*argv, "--published", str(restored)] if restored else argv
 
 
 def _wait_restored(

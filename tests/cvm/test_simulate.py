@@ -28,7 +28,7 @@ Event = tuple[str, dict[str, Any]]
 
 def args(**overrides: Any) -> argparse.Namespace:
     base: dict[str, Any] = dict(
-        customers=100, days=60, rate=None, seed=1, out=None, truth=None, end=None, duration=None, live_only=False
+        customers=100, days=60, rate=None, seed=1, out=None, truth=None, end=None, duration=None, published=0
     )
     return argparse.Namespace(**(base | overrides))
 
@@ -293,25 +293,36 @@ def test_publishes_the_history_then_live_events(
     assert len(truth.read_text().splitlines()) >= 300
 
 
-@pytest.mark.integration
-def test_live_only_goes_on_from_a_history_published_before(
-    cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A second `cvm up` gave the restored customers a second, overlapping history (their transactions doubled):
-    after a restore the simulator draws the history without publishing it, and publishes live events only."""
-    started_ms = int(time.time() * 1000)
-    assert main(cfg, args(customers=300, days=None, duration=8, live_only=True)) == 0
+def _published(capsys: pytest.CaptureFixture[str]) -> int:
     summary = capsys.readouterr().err
-    assert re.search(r"[\d,]+ events of history drawn, not published", summary), summary
     match = re.search(r"cvm simulate: ([\d,]+) events \(", summary)
     assert match, summary
-    published = int(match.group(1).replace(",", ""))
-    assert published > 0, "live events follow"
-    events = [Codec().decode(m.value()) for m in consume_all(cfg, published)]
-    assert len(events) == published
-    assert all(rec["event_time"] >= started_ms for _, rec in events), "no event of the history"
-    with pytest.raises(CvmError, match="--live-only"):
-        main(cfg, args(out=str(tmp_path / "x.jsonl"), live_only=True))
+    return int(match.group(1).replace(",", ""))
+
+
+@pytest.mark.integration
+def test_a_second_start_goes_on_from_every_event_the_first_published(
+    cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `cvm up` gave the restored customers a second, overlapping history (their transactions doubled);
+    then, drawing the history without publishing it, it published the first run's live events again, restamped (the
+    customers that had arrived live arrived a second time). With ``--published N`` the simulator draws the first N
+    events it would publish and publishes what follows: no event of a customer's life is published twice."""
+    assert main(cfg, args(customers=300, days=30, duration=6)) == 0
+    first = _published(capsys)
+    started_ms = int(time.time() * 1000)
+    assert main(cfg, args(customers=300, days=30, duration=6, published=first)) == 0
+    second = _published(capsys)
+    assert second > 0, "live events follow"
+    events = [Codec().decode(m.value()) for m in consume_all(cfg, first + second)]
+    assert len(events) == first + second
+    later = [rec for _, rec in events if rec["event_time"] >= started_ms]
+    assert len(later) >= second, "the second run published live events only"
+    # event ids are <run>-<customer>-<kind letter><n>: the run differs, the customer's n goes on
+    lives = Counter((rec["customer_id"], rec["event_id"].rsplit("-", 1)[1]) for _, rec in events)
+    assert [key for key, n in lives.items() if n > 1] == []
+    with pytest.raises(CvmError, match="--published"):
+        main(cfg, args(out=str(tmp_path / "x.jsonl"), published=5))
 
 
 @pytest.mark.integration
