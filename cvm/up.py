@@ -182,7 +182,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                     code, restored = _wait_restored(status, children, env, logs, stop)
                     if code or stop.is_set():
                         return code
-                    child.argv = simulator_argv(child.argv, restored)
+                    anchor = cfg.data_path / "simulator.json"
+                    child.argv = simulator_argv(child.argv, restored, anchor, int(time.time()) * 1000)
                 child.start(env, logs)
                 if child.name == "broker" and not wait_port(cfg.broker_port, timeout=15):
                     raise CvmError(f"the embedded broker did not start: see {child.log}")
@@ -299,14 +300,56 @@ def restart_dead(children: list[Child], env: dict[str, str], logs: Path) -> bool
     return False
 
 
-def simulator_argv(argv: list[str], restored: int) -> list[str]:
-    """The simulator's arguments once the restore is over: ``restored`` events of an earlier run came back from
-    ClickHouse, and the simulator goes on after them (``--published``) rather than publish them again.
+def simulator_argv(argv: list[str], restored: int, anchor: Path, now_ms: int) -> list[str]:
+    """The simulator's arguments once the restore is over.
 
-    >>> simulator_argv(["simulate", "--days", "60"], 0), simulator_argv(["simulate", "--days", "60"], 3459)
-    (['simulate', '--days', '60'], ['simulate', '--days', '60', '--published', '3459'])
+    A fresh history ends now, and ``anchor`` (a file in the data directory) keeps where with the simulator's
+    arguments. After ``restored`` events of an earlier run came back from ClickHouse, the simulator draws the same
+    lives (the same end: the same events, the same event ids) and goes on after those events (``--published``)
+    rather than publish them again. Without an anchor for these arguments (data from elsewhere) it goes on from a
+    history ending now: the same customers, lives drawn anew.
+
+    >>> import tempfile
+    >>> anchor = Path(tempfile.mkdtemp()) / "simulator.json"
+    >>> simulator_argv(["simulate", "--days", "60"], 0, anchor, 1_767_225_600_000)[-2:]
+    ['--end', '2026-01-01T00:00:00.000Z']
+    >>> simulator_argv(["simulate", "--days", "60", "--duration", "5"], 3459, anchor, 1_767_312_000_000)[-4:]
+    ['--end', '2026-01-01T00:00:00.000Z', '--published', '3459']
+    >>> simulator_argv(["simulate", "--days", "90"], 3459, anchor, 1_767_312_000_000)[-4:]
+    ['--end', '2026-01-02T00:00:00.000Z', '--published', '3459']
     """
-    return [*argv, "--published", str(restored)] if restored else argv
+    from cvm.events import iso
+
+    found = None
+    try:
+        kept = json.loads(anchor.read_text())
+        found = int(kept["end_ms"]) if kept.get("lives") == _lives(argv) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if restored and found is not None:
+        return [*argv, "--end", iso(found), "--published", str(restored)]
+    if restored:
+        log_line = f"cvm up: no simulator anchor for these arguments in {anchor}: its lives go on drawn anew"
+        print(log_line, file=sys.stderr)
+        return [*argv, "--end", iso(now_ms), "--published", str(restored)]
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    anchor.write_text(json.dumps({"lives": _lives(argv), "end_ms": now_ms}))
+    return [*argv, "--end", iso(now_ms)]
+
+
+def _lives(argv: list[str]) -> list[str]:
+    """The simulator's arguments that decide its lives (not its pace or how long it runs).
+
+    >>> _lives(["simulate", "--customers", "5", "--rate", "9", "--duration", "60"])
+    ['simulate', '--customers', '5']
+    """
+    out, args = [], iter(argv)
+    for arg in args:
+        if arg in ("--rate", "--duration"):
+            next(args, None)
+        else:
+            out.append(arg)
+    return out
 
 
 def _wait_restored(
