@@ -204,7 +204,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             if live and not stop.requested:
                 pub.flush()
                 deadline = started + (args.duration or math.inf)
-                skip = max(0, published - drawn)  # of the live events
+                skip = max(0, published - drawn) if published else None  # of the live events
                 time_of = _run_live(sim, pub, progress, stop, deadline, cfg.base_currency, skip)
             progress.close()
             pub.flush()
@@ -229,29 +229,29 @@ def _run_live(
     stop: StopSignals,
     deadline: float,
     currency: str = "EUR",
-    skip: int = 0,
+    skip: int | None = None,
 ) -> Callable[[int], int]:
-    """Publish live events stamped with the wall clock until the deadline or a stop signal, after drawing the first
-    ``skip`` of them without publishing them (an earlier run published them: ``--published``).
+    """Publish live events stamped with the wall clock until the deadline or a stop signal.
 
     A history that ended in the past (``--end 1998-06-30``, more than a day ago) goes on from its end instead: live
     events are stamped with the time elapsed since live traffic started, added to the history's end, so event time
     stays continuous (the customers do not fall silent for the years between). Returns the map from model time to
     published time, for the truth file.
+
+    ``skip``: an earlier run published the history and the first ``skip`` live events (``--published``): they are
+    drawn without being published, and live traffic goes on with the wall clock from the next one, however long
+    ago the earlier run stopped (the customers were silent since, as a shop that was closed).
     """
     live = sim.live()
     end = origin = sim.end_ms
-    for _ in range(skip):  # unbounded: next() always has one
+    for _ in range(skip or 0):  # unbounded: next() always has one
         origin = next(live)[0]
     now = int(time.time() * 1000)
     wall0 = max(now, end + 1)
-    # the first event published is stamped with the wall clock, or, after a history that ended in the past, where
-    # the live events drawn before it left off
-    first = wall0 if end >= now - DAY_MS else end + 1 + int((origin - end) / LIVE_SPEEDUP)
-    shift = wall0 - first  # stamps = the wall clock - shift
+    shift = 0 if skip is not None or end >= now - DAY_MS else wall0 - (end + 1)  # stamps = the wall clock - shift
 
     def time_of(t: int) -> int:
-        return t if t <= end else first + int((t - origin) / LIVE_SPEEDUP)
+        return t if t <= end else wall0 - shift + int((t - origin) / LIVE_SPEEDUP)
 
     last = wall0 - shift
     n = 0
