@@ -168,7 +168,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
     days = args.days or 180
     live = _goes_live(args)
-    published = args.published or 0
+    published = getattr(args, "published", 0) or 0  # callers building their own arguments may leave it out
     if published < 0:
         raise CvmError(f"--published {published}: a count of events, 0 or more")
     if published and args.out:
